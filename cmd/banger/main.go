@@ -1,0 +1,10 @@
+// Command banger is the CLI; see internal/cli.
+package main
+
+import (
+	"os"
+
+	"banger/internal/cli"
+)
+
+func main() { os.Exit(cli.Main(os.Args[1:])) }

@@ -1,0 +1,271 @@
+// Package doctor checks that this host can run banger and says how to fix
+// what is missing: one line per check, PASS / WARN / FAIL, each with a
+// one-line fix. The last line says which hypervisor backend `auto` picks
+// and why.
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"banger/internal/config"
+	"banger/internal/paths"
+	"banger/internal/store"
+	"banger/internal/vmm/auto"
+	"banger/internal/vmm/qemu"
+)
+
+// Status of one check.
+type Status string
+
+const (
+	Pass Status = "PASS"
+	Warn Status = "WARN"
+	Fail Status = "FAIL"
+)
+
+// Check is one line of the report.
+type Check struct {
+	Name   string `json:"name"`
+	Status Status `json:"status"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Report is the whole answer.
+type Report struct {
+	Checks  []Check `json:"checks"`
+	Backend string  `json:"backend"` // "" when none can run
+	Accel   string  `json:"accel"`
+	Why     string  `json:"backend_reason"`
+}
+
+// Failed reports whether any check failed.
+func (r Report) Failed() bool {
+	for _, c := range r.Checks {
+		if c.Status == Fail {
+			return true
+		}
+	}
+	return r.Backend == ""
+}
+
+// Env is the host as doctor sees it; tests substitute every part.
+type Env struct {
+	Root      string // "/" on a real host; a fake tree in tests
+	LookPath  func(string) (string, error)
+	Layout    paths.Layout
+	Config    config.Config
+	DaemonPID func() int // pid of our running daemon, 0 if none
+	// FreeBytes reports free space of the filesystem holding dir.
+	FreeBytes func(dir string) (uint64, error)
+	// PortFree reports whether UDP port on 127.0.0.1 can be bound.
+	PortFree func(port int) bool
+}
+
+// HostEnv is the real host.
+func HostEnv(l paths.Layout, c config.Config, daemonPID func() int) Env {
+	return Env{
+		Root: "/", LookPath: lookPath, Layout: l, Config: c, DaemonPID: daemonPID,
+		FreeBytes: freeBytes, PortFree: udpPortFree,
+	}
+}
+
+func lookPath(name string) (string, error) {
+	for _, dir := range append(filepath.SplitList(os.Getenv("PATH")), "/usr/sbin", "/sbin") {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: not found", name)
+}
+
+func freeBytes(dir string) (uint64, error) {
+	for {
+		var st syscall.Statfs_t
+		err := syscall.Statfs(dir, &st)
+		if err == nil {
+			return st.Bavail * uint64(st.Bsize), nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || dir == "/" {
+			return 0, err
+		}
+		dir = filepath.Dir(dir)
+	}
+}
+
+func udpPortFree(port int) bool {
+	c, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// Run performs every check.
+func Run(ctx context.Context, e Env) Report {
+	var r Report
+	add := func(c Check) { r.Checks = append(r.Checks, c) }
+
+	add(kvmCheck(e))
+	tool := func(name, pkg string, st Status, why string) {
+		if p, err := e.LookPath(name); err == nil {
+			add(Check{Name: name, Status: Pass, Detail: p})
+		} else {
+			add(Check{Name: name, Status: st, Detail: "not installed: " + why, Fix: "apt-get install " + pkg})
+		}
+	}
+	tool("qemu-system-x86_64", "qemu-system-x86", Fail, "the QEMU backend runs VMs with it")
+	tool("qemu-img", "qemu-utils", Fail, "copy-on-write root disks are qcow2 overlays")
+	if p, err := e.LookPath("firecracker"); err == nil {
+		add(Check{Name: "firecracker", Status: Pass, Detail: p})
+	} else {
+		add(Check{Name: "firecracker", Status: Warn, Detail: "not installed: the QEMU backend is used instead", Fix: "install a firecracker release binary into PATH (needs hardware KVM)"})
+	}
+	tool("mkfs.ext4", "e2fsprogs", Fail, "images and work disks are ext4 built with mkfs.ext4 -d")
+	tool("debootstrap", "debootstrap", Warn, "needed to build guest images (banger image build)")
+	tool("git", "git", Fail, "workspaces ship a repo's tracked files")
+	tool("ssh", "openssh-client", Warn, "needed by banger vm ssh")
+	if st, err := os.Stat(filepath.Join(e.Root, "dev", "net", "tun")); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+		add(Check{Name: "tun", Status: Pass, Detail: "/dev/net/tun present"})
+	} else {
+		add(Check{Name: "tun", Status: Warn, Detail: "/dev/net/tun missing: VMs get no network", Fix: "modprobe tun"})
+	}
+	add(dnsCheck(e))
+	add(stateDirCheck(e))
+	add(storeCheck(ctx, e))
+	add(diskCheck("disk-state", e.Layout.State, e))
+	add(diskCheck("disk-cache", e.Layout.Cache, e))
+
+	ch := auto.Choose(e.Config.Backend, auto.Host{Root: e.Root, LookPath: e.LookPath})
+	r.Backend, r.Accel, r.Why = ch.Backend, ch.Accel, ch.Reason
+	return r
+}
+
+func kvmCheck(e Env) Check {
+	acc := qemu.DetectAccelAt(e.Root)
+	c := Check{Name: "kvm", Detail: acc.Reason}
+	switch {
+	case acc.Accel == qemu.AccelKVM:
+		c.Status = Pass
+	case strings.Contains(acc.Reason, "PVM"):
+		c.Status, c.Fix = Warn, "nothing to do: VMs run under software emulation (slower); for KVM use a host with standard nested virtualisation"
+	case strings.Contains(acc.Reason, "not readable"):
+		c.Status, c.Fix = Warn, "run as root or add the user to the kvm group"
+	default:
+		c.Status, c.Fix = Warn, "enable virtualisation (VT-x/AMD-V) and load kvm_intel or kvm_amd; until then VMs run under software emulation"
+	}
+	return c
+}
+
+func dnsCheck(e Env) Check {
+	port := e.Config.Network.DNSPort
+	c := Check{Name: "dns-port"}
+	switch {
+	case e.PortFree(port):
+		c.Status, c.Detail = Pass, fmt.Sprintf("UDP %d is free", port)
+	case e.DaemonPID() != 0:
+		c.Status, c.Detail = Pass, fmt.Sprintf("UDP %d is held by bangerd (pid %d)", port, e.DaemonPID())
+	default:
+		c.Status, c.Detail = Fail, fmt.Sprintf("UDP %d is taken by another program", port)
+		c.Fix = fmt.Sprintf("stop it (ss -ulpn 'sport = :%d'), or set network.dns_port in %s", port, e.Layout.ConfigFile())
+	}
+	return c
+}
+
+func stateDirCheck(e Env) Check {
+	dir := e.Layout.State
+	c := Check{Name: "state-dir"}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.Status, c.Detail, c.Fix = Fail, fmt.Sprintf("cannot create %s: %v", dir, err), "fix its permissions or set BANGER_HOME"
+		return c
+	}
+	f, err := os.CreateTemp(dir, ".doctor-*")
+	if err != nil {
+		c.Status, c.Detail, c.Fix = Fail, fmt.Sprintf("%s is not writable: %v", dir, err), "fix its permissions or set BANGER_HOME"
+		return c
+	}
+	f.Close()
+	os.Remove(f.Name())
+	c.Status, c.Detail = Pass, dir+" is writable"
+	return c
+}
+
+func storeCheck(ctx context.Context, e Env) Check {
+	path := e.Layout.StoreFile()
+	c := Check{Name: "store"}
+	err := store.Check(ctx, path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		c.Status, c.Detail = Pass, path+" does not exist yet: it will be created on first daemon start"
+	case err != nil:
+		c.Status, c.Detail = Fail, fmt.Sprintf("%s is unreadable: %v", path, err)
+		c.Fix = "move it aside (banger will create a new one) or restore it from a backup"
+	default:
+		c.Status, c.Detail = Pass, path+" is readable"
+	}
+	return c
+}
+
+const (
+	minFree  = 2 << 30
+	warnFree = 10 << 30
+)
+
+func diskCheck(name, dir string, e Env) Check {
+	c := Check{Name: name}
+	free, err := e.FreeBytes(dir)
+	if err != nil {
+		c.Status, c.Detail = Warn, fmt.Sprintf("cannot read free space of %s: %v", dir, err)
+		return c
+	}
+	c.Detail = fmt.Sprintf("%s free in %s", humanBytes(free), dir)
+	switch {
+	case free < minFree:
+		c.Status, c.Fix = Fail, "free space: images need ~1 GiB and each VM's disk grows as it writes"
+	case free < warnFree:
+		c.Status, c.Fix = Warn, "free some space; banger image prune removes unused images"
+	default:
+		c.Status = Pass
+	}
+	return c
+}
+
+func humanBytes(b uint64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := uint64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+// Format writes the report for people.
+func Format(r Report) string {
+	var b strings.Builder
+	for _, c := range r.Checks {
+		fmt.Fprintf(&b, "%-4s  %-18s %s\n", c.Status, c.Name, c.Detail)
+		if c.Fix != "" && c.Status != Pass {
+			fmt.Fprintf(&b, "      %-18s fix: %s\n", "", c.Fix)
+		}
+	}
+	if r.Backend == "" {
+		fmt.Fprintf(&b, "FAIL  %-18s no backend can run: %s\n", "backend", r.Why)
+	} else {
+		fmt.Fprintf(&b, "=>    %-18s %s (%s): %s\n", "backend", r.Backend, r.Accel, r.Why)
+	}
+	return b.String()
+}

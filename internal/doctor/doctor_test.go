@@ -1,0 +1,175 @@
+package doctor
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"banger/internal/config"
+	"banger/internal/paths"
+)
+
+// fakeHost builds a fake root and an Env around it. tools lists the
+// programs that exist.
+func fakeHost(t *testing.T, tools ...string) (Env, string) {
+	t.Helper()
+	root := t.TempDir()
+	have := map[string]bool{}
+	for _, tl := range tools {
+		have[tl] = true
+	}
+	l, _ := paths.Resolve(func(k string) string {
+		if k == "BANGER_HOME" {
+			return filepath.Join(root, "home")
+		}
+		return ""
+	}, 0)
+	return Env{
+		Root: root,
+		LookPath: func(n string) (string, error) {
+			if have[n] {
+				return "/usr/bin/" + n, nil
+			}
+			return "", fmt.Errorf("%s not found", n)
+		},
+		Layout: l, Config: config.Defaults(),
+		DaemonPID: func() int { return 0 },
+		FreeBytes: func(string) (uint64, error) { return 100 << 30, nil },
+		PortFree:  func(int) bool { return true },
+	}, root
+}
+
+var allTools = []string{"qemu-system-x86_64", "qemu-img", "mkfs.ext4", "debootstrap", "git", "ssh"}
+
+func touch(t *testing.T, p string) {
+	t.Helper()
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	if err := os.WriteFile(p, nil, 0o666); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func find(r Report, name string) Check {
+	for _, c := range r.Checks {
+		if c.Name == name {
+			return c
+		}
+	}
+	return Check{}
+}
+
+func TestKVMAbsentFallsBackToTCG(t *testing.T) {
+	e, _ := fakeHost(t, allTools...)
+	r := Run(context.Background(), e)
+	if c := find(r, "kvm"); c.Status != Warn || !strings.Contains(c.Detail, "no /dev/kvm") {
+		t.Fatalf("kvm check: %+v", c)
+	}
+	if r.Backend != "qemu" || r.Accel != "tcg" || r.Failed() {
+		t.Fatalf("backend %q accel %q failed=%v\n%s", r.Backend, r.Accel, r.Failed(), Format(r))
+	}
+}
+
+func TestPVMOnlyKVMIsReported(t *testing.T) {
+	e, root := fakeHost(t, allTools...)
+	touch(t, filepath.Join(root, "dev", "kvm"))
+	os.MkdirAll(filepath.Join(root, "sys", "module", "kvm_pvm"), 0o755)
+	r := Run(context.Background(), e)
+	c := find(r, "kvm")
+	if c.Status != Warn || !strings.Contains(c.Detail, "PVM") || !strings.Contains(c.Detail, "software emulation") {
+		t.Fatalf("kvm check: %+v", c)
+	}
+	if r.Backend != "qemu" || r.Accel != "tcg" || !strings.Contains(r.Why, "PVM") {
+		t.Fatalf("backend line: %s", Format(r))
+	}
+}
+
+func TestStandardKVMWithFirecrackerPicksFirecracker(t *testing.T) {
+	e, root := fakeHost(t, append(allTools, "firecracker")...)
+	touch(t, filepath.Join(root, "dev", "kvm"))
+	os.MkdirAll(filepath.Join(root, "sys", "module", "kvm_intel"), 0o755)
+	r := Run(context.Background(), e)
+	if find(r, "kvm").Status != Pass || r.Backend != "firecracker" || find(r, "firecracker").Status != Pass {
+		t.Fatalf("%s", Format(r))
+	}
+}
+
+func TestMissingToolFailsWithFix(t *testing.T) {
+	e, _ := fakeHost(t, "qemu-img", "mkfs.ext4", "git")
+	r := Run(context.Background(), e)
+	c := find(r, "qemu-system-x86_64")
+	if c.Status != Fail || c.Fix != "apt-get install qemu-system-x86" {
+		t.Fatalf("qemu check: %+v", c)
+	}
+	if find(r, "debootstrap").Status != Warn || find(r, "firecracker").Status != Warn {
+		t.Fatalf("%s", Format(r))
+	}
+	if !r.Failed() || r.Backend != "" {
+		t.Fatalf("report should fail with no backend:\n%s", Format(r))
+	}
+	if !strings.Contains(Format(r), "no backend can run") {
+		t.Fatalf("%s", Format(r))
+	}
+}
+
+func TestStoreMissingIsPassUnreadableIsFail(t *testing.T) {
+	e, _ := fakeHost(t, allTools...)
+	r := Run(context.Background(), e)
+	if c := find(r, "store"); c.Status != Pass || !strings.Contains(c.Detail, "will be created on first daemon start") {
+		t.Fatalf("missing store: %+v", c)
+	}
+	os.MkdirAll(e.Layout.State, 0o755)
+	os.WriteFile(e.Layout.StoreFile(), []byte(strings.Repeat("not sqlite ", 100)), 0o600)
+	r = Run(context.Background(), e)
+	if c := find(r, "store"); c.Status != Fail || c.Fix == "" {
+		t.Fatalf("corrupt store: %+v", c)
+	}
+	if !r.Failed() {
+		t.Fatal("report with a corrupt store did not fail")
+	}
+}
+
+func TestDNSPortTakenByOtherFailsByOursPasses(t *testing.T) {
+	e, _ := fakeHost(t, allTools...)
+	e.PortFree = func(int) bool { return false }
+	if c := find(Run(context.Background(), e), "dns-port"); c.Status != Fail || !strings.Contains(c.Fix, "network.dns_port") {
+		t.Fatalf("%+v", c)
+	}
+	e.DaemonPID = func() int { return 4242 }
+	if c := find(Run(context.Background(), e), "dns-port"); c.Status != Pass || !strings.Contains(c.Detail, "4242") {
+		t.Fatalf("%+v", c)
+	}
+}
+
+func TestLowDiskFails(t *testing.T) {
+	e, _ := fakeHost(t, allTools...)
+	e.FreeBytes = func(string) (uint64, error) { return 1 << 30, nil }
+	if c := find(Run(context.Background(), e), "disk-state"); c.Status != Fail {
+		t.Fatalf("%+v", c)
+	}
+}
+
+// TestRealHost runs doctor against this machine. It asserts only what is
+// true of every host it can run on: a report with every check and a backend
+// line; on a PVM host (like the CI machines) it must say so.
+func TestRealHost(t *testing.T) {
+	home := t.TempDir()
+	l, _ := paths.Resolve(func(k string) string {
+		if k == "BANGER_HOME" {
+			return home
+		}
+		return ""
+	}, os.Geteuid())
+	r := Run(context.Background(), HostEnv(l, config.Defaults(), func() int { return 0 }))
+	t.Logf("\n%s", Format(r))
+	if len(r.Checks) < 14 {
+		t.Fatalf("only %d checks", len(r.Checks))
+	}
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+		if c := find(r, "kvm"); !strings.Contains(c.Detail, "PVM") || r.Accel != "tcg" {
+			t.Fatalf("PVM host not detected: %+v accel %s", c, r.Accel)
+		}
+	}
+}

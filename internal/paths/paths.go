@@ -1,0 +1,140 @@
+// Package paths owns every on-disk location banger uses. No other package
+// joins directory names of its own: they ask a Layout.
+//
+// Resolution, first match wins:
+//  1. BANGER_HOME=DIR puts everything under DIR (config/, state/, cache/,
+//     run/). Tests and smoke runs use it so they never touch a user's state.
+//  2. XDG: $XDG_CONFIG_HOME/banger, $XDG_STATE_HOME/banger,
+//     $XDG_CACHE_HOME/banger, $XDG_RUNTIME_DIR/banger, each with the XDG
+//     default when unset; root without XDG_RUNTIME_DIR uses /run/banger.
+package paths
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Layout is the set of banger's directories.
+type Layout struct {
+	Config  string // config.toml
+	State   string // state.db, daemon log, per-VM disks
+	Cache   string // images, downloads, templates
+	Runtime string // sockets, pid/lock files
+}
+
+// FromEnv resolves the layout from the process environment.
+func FromEnv() (Layout, error) {
+	return Resolve(os.Getenv, os.Geteuid())
+}
+
+// Resolve is FromEnv with the environment and uid passed in (for tests).
+func Resolve(getenv func(string) string, uid int) (Layout, error) {
+	if h := getenv("BANGER_HOME"); h != "" {
+		abs, err := filepath.Abs(h)
+		if err != nil {
+			return Layout{}, fmt.Errorf("BANGER_HOME: %w", err)
+		}
+		return Layout{
+			Config:  filepath.Join(abs, "config"),
+			State:   filepath.Join(abs, "state"),
+			Cache:   filepath.Join(abs, "cache"),
+			Runtime: filepath.Join(abs, "run"),
+		}, nil
+	}
+	home := getenv("HOME")
+	xdg := func(key, def string) (string, error) {
+		if v := getenv(key); v != "" && filepath.IsAbs(v) {
+			return filepath.Join(v, "banger"), nil
+		}
+		if home == "" {
+			return "", fmt.Errorf("neither %s nor HOME is set", key)
+		}
+		return filepath.Join(home, def, "banger"), nil
+	}
+	var l Layout
+	var err error
+	if l.Config, err = xdg("XDG_CONFIG_HOME", ".config"); err != nil {
+		return l, err
+	}
+	if l.State, err = xdg("XDG_STATE_HOME", filepath.Join(".local", "state")); err != nil {
+		return l, err
+	}
+	if l.Cache, err = xdg("XDG_CACHE_HOME", ".cache"); err != nil {
+		return l, err
+	}
+	switch r := getenv("XDG_RUNTIME_DIR"); {
+	case r != "" && filepath.IsAbs(r):
+		l.Runtime = filepath.Join(r, "banger")
+	case uid == 0:
+		l.Runtime = "/run/banger"
+	default:
+		l.Runtime = filepath.Join(os.TempDir(), fmt.Sprintf("banger-%d", uid))
+	}
+	return l, nil
+}
+
+// Ensure creates every directory of the layout.
+func (l Layout) Ensure() error {
+	for _, d := range []string{l.Config, l.State, l.Cache, l.Runtime, l.VMsDir(), l.ImagesDir()} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return os.Chmod(l.Runtime, 0o700)
+}
+
+// ConfigFile is the user's configuration.
+func (l Layout) ConfigFile() string { return filepath.Join(l.Config, "config.toml") }
+
+// StoreFile is the SQLite database.
+func (l Layout) StoreFile() string { return filepath.Join(l.State, "state.db") }
+
+// DaemonLog is bangerd's structured log.
+func (l Layout) DaemonLog() string { return filepath.Join(l.State, "bangerd.log") }
+
+// DaemonLock is held (flock) by the running daemon; it holds its pid.
+func (l Layout) DaemonLock() string { return filepath.Join(l.Runtime, "bangerd.lock") }
+
+// Socket is the daemon's API socket.
+func (l Layout) Socket() string { return filepath.Join(l.Runtime, "bangerd.sock") }
+
+// VMsDir holds one directory per VM (disks, console log).
+func (l Layout) VMsDir() string { return filepath.Join(l.State, "vms") }
+
+// VMDir is one VM's persistent directory.
+func (l Layout) VMDir(id string) string { return filepath.Join(l.VMsDir(), id) }
+
+// VMRootDisk is a VM's copy-on-write root disk.
+func (l Layout) VMRootDisk(id string) string { return filepath.Join(l.VMDir(id), "root.qcow2") }
+
+// VMConsoleLog is a VM's serial console output.
+func (l Layout) VMConsoleLog(id string) string { return filepath.Join(l.VMDir(id), "console.log") }
+
+// VMVMMLog is the VMM process's own stdout/stderr.
+func (l Layout) VMVMMLog(id string) string { return filepath.Join(l.VMDir(id), "vmm.log") }
+
+// VMRuntimeDir holds a running VM's sockets. Kept short: unix socket paths
+// are limited to 107 bytes.
+func (l Layout) VMRuntimeDir(id string) string { return filepath.Join(l.Runtime, "vm", id) }
+
+// ImagesDir holds one directory per registered image.
+func (l Layout) ImagesDir() string { return filepath.Join(l.Cache, "images") }
+
+// ImageDir is one image's directory (kernel, initrd parts, rootfs).
+func (l Layout) ImageDir(name string) string { return filepath.Join(l.ImagesDir(), name) }
+
+// BuildCacheDir holds downloads reused across image builds (debootstrap
+// packages, kernel packages).
+func (l Layout) BuildCacheDir() string { return filepath.Join(l.Cache, "build") }
+
+// InitrdCacheDir holds initrds composed of an image's modules and this
+// build's agent.
+func (l Layout) InitrdCacheDir() string { return filepath.Join(l.Cache, "initrd") }
+
+// TmpDir is scratch space on the cache's filesystem (so renames are atomic).
+func (l Layout) TmpDir() string { return filepath.Join(l.Cache, "tmp") }
+
+// DaemonOutput receives bangerd's stdout/stderr when the CLI starts it
+// (start-up failures that happen before logging is set up land here).
+func (l Layout) DaemonOutput() string { return filepath.Join(l.State, "bangerd.out") }

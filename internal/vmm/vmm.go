@@ -1,0 +1,110 @@
+// Package vmm is banger's hypervisor interface. A Backend starts, observes
+// and stops virtual machine monitor processes; it knows nothing of the
+// store, names or locks (that is internal/vm's job).
+//
+// Rules every backend follows (and the conformance suite in vmmtest checks):
+//   - The VMM process is started detached (own session and process group)
+//     and is never tied to a context: Start's ctx bounds only the wait for
+//     the process to come up. It survives the daemon's exit or crash.
+//   - Everything needed to find the process again after a daemon restart is
+//     in Handle, which the caller persists. State is derived from the world
+//     (pid + process start time + control socket), never from memory.
+//   - The guest agent is reached through DialAgent; the backend chooses the
+//     transport (virtio-serial chardev socket for QEMU here, hybrid vsock for
+//     Firecracker).
+package vmm
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// Disk is one block device given to the guest.
+type Disk struct {
+	Path     string
+	Format   string // "raw" or "qcow2"
+	ReadOnly bool
+}
+
+// NIC is one network interface backed by an existing host tap.
+type NIC struct {
+	Tap string
+	MAC string
+}
+
+// Spec is everything a backend needs to start one VM.
+type Spec struct {
+	ID        string // short, unique; used in process titles and file names
+	VCPUs     int
+	MemoryMiB int
+	Kernel    string // ELF vmlinux (preferred) or bzImage
+	Initrd    string // optional
+	// KernelArgs are appended after the backend's own (console, root, ...).
+	KernelArgs []string
+	Root       Disk   // becomes /dev/vda
+	Disks      []Disk // /dev/vdb, ...
+	NICs       []NIC
+	// RuntimeDir is where the backend puts sockets; it exists and is empty.
+	RuntimeDir string
+	ConsoleLog string // guest serial console output
+	VMMLog     string // the VMM process's own stdout/stderr
+	// Restore, when set, starts the VM from a snapshot instead of booting.
+	Restore *Snapshot
+}
+
+// Snapshot names the files of a saved VM (warm-start template).
+type Snapshot struct {
+	Dir string // backend-specific files live here
+}
+
+// Handle is what must be persisted to find a running VM again.
+type Handle struct {
+	Backend       string `json:"backend"`
+	PID           int    `json:"pid"`
+	StartTime     uint64 `json:"start_time"` // /proc/PID/stat field 22 (clock ticks since boot)
+	BootID        string `json:"boot_id"`    // /proc/sys/kernel/random/boot_id when started
+	ControlSocket string `json:"control_socket"`
+	AgentSocket   string `json:"agent_socket"`
+	Accel         string `json:"accel"` // "kvm" or "tcg" (qemu); informational
+}
+
+// State is the derived state of a VMM process.
+type State string
+
+const (
+	StateRunning State = "running" // process alive and control socket answers
+	StateExited  State = "exited"  // process gone (or pid reused by another)
+	StateUnknown State = "unknown" // process alive but control socket does not answer
+)
+
+// Availability says whether a backend can run here, and why (not).
+type Availability struct {
+	OK     bool
+	Reason string
+	Accel  string // what would be used, e.g. "kvm", "tcg"
+}
+
+// Backend is one hypervisor implementation.
+type Backend interface {
+	Name() string
+	// Available probes the host without side effects.
+	Available(ctx context.Context) Availability
+	// Start launches a VMM for spec and returns once its control socket
+	// answers (not once the guest has booted). On error nothing is left
+	// running and the runtime dir holds no sockets.
+	Start(ctx context.Context, spec Spec) (Handle, error)
+	// Status derives the process state from the world.
+	Status(ctx context.Context, h Handle) State
+	// Kill stops the VMM at once (control-channel quit, then SIGKILL) and
+	// waits until the process is gone. Killing an exited VM is not an error.
+	Kill(ctx context.Context, h Handle) error
+	// WaitExit blocks until the process is gone or ctx ends.
+	WaitExit(ctx context.Context, h Handle) error
+	// DialAgent connects to the guest agent's transport. Only one
+	// connection at a time is supported; callers multiplex over it.
+	DialAgent(ctx context.Context, h Handle) (net.Conn, error)
+}
+
+// ErrUnsupported is returned for an operation a backend cannot do.
+var ErrUnsupported = errors.New("not supported by this backend")
