@@ -44,3 +44,89 @@ type Progress struct {
 	Detail  string `json:"detail,omitempty"`
 	Elapsed string `json:"elapsed,omitempty"`
 }
+
+// CreateVMRequest is the body of POST /v1/vms (answered with a stream).
+// Zero values take the configured defaults.
+type CreateVMRequest struct {
+	Name      string `json:"name"`
+	Image     string `json:"image,omitempty"`
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	Disk      string `json:"disk,omitempty"` // e.g. "4G"
+}
+
+// VM describes one VM as the world says it is.
+type VM struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	State      string    `json:"state"` // creating, running, stopped, error, unknown, deleting
+	Image      string    `json:"image"`
+	VCPUs      int       `json:"vcpus"`
+	MemoryMiB  int       `json:"memory_mib"`
+	DiskBytes  int64     `json:"disk_bytes"`
+	DiskUsed   int64     `json:"disk_used_bytes"`
+	Backend    string    `json:"backend"`
+	Accel      string    `json:"accel,omitempty"`
+	PID        int       `json:"pid,omitempty"`
+	Boot       string    `json:"boot,omitempty"` // "cold" or "warm"
+	CreatedAt  time.Time `json:"created_at"`
+	StartedAt  time.Time `json:"started_at,omitempty"`
+	Uptime     string    `json:"uptime,omitempty"`
+	ConsoleLog string    `json:"console_log"`
+	RootDisk   string    `json:"root_disk"`
+	LastError  string    `json:"last_error,omitempty"`
+}
+
+// BuildImageRequest is the body of POST /v1/images (answered with a
+// stream).
+type BuildImageRequest struct {
+	Name     string   `json:"name"`
+	Suite    string   `json:"suite,omitempty"`
+	Packages []string `json:"packages,omitempty"`
+	Size     string   `json:"size,omitempty"`
+	Mirror   string   `json:"mirror,omitempty"`
+}
+
+// ImportImageRequest is the body of POST /v1/images/import. Paths are on
+// the daemon's host.
+type ImportImageRequest struct {
+	Name    string `json:"name"`
+	Kernel  string `json:"kernel"`
+	Initrd  string `json:"initrd,omitempty"`
+	Rootfs  string `json:"rootfs"`
+	Modules string `json:"modules,omitempty"`
+}
+
+// Image describes a registered image.
+type Image struct {
+	ID            string          `json:"id"`
+	Name          string          `json:"name"`
+	Dir           string          `json:"dir"`
+	Digest        string          `json:"digest"`
+	KernelVersion string          `json:"kernel_version"`
+	Suite         string          `json:"suite,omitempty"`
+	Packages      []string        `json:"packages,omitempty"`
+	CreatedAt     time.Time       `json:"created_at"`
+	SizeBytes     int64           `json:"size_bytes"`
+	Files         map[string]File `json:"files,omitempty"`
+	VMs           []string        `json:"vms,omitempty"`
+}
+
+// File is one file of an image.
+type File struct {
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// StopVMRequest is the optional body of POST /v1/vms/{name}/stop.
+type StopVMRequest struct {
+	Force   bool   `json:"force,omitempty"`
+	Timeout string `json:"timeout,omitempty"` // e.g. "30s"
+}
+
+// SetVMRequest is the body of POST /v1/vms/{name}/set; zero fields are
+// left alone.
+type SetVMRequest struct {
+	VCPUs     int `json:"vcpus,omitempty"`
+	MemoryMiB int `json:"memory_mib,omitempty"`
+}

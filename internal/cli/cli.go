@@ -83,6 +83,14 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if errors.As(err, &xe) {
 		return xe.code
 	}
+	var re *runError
+	if errors.As(err, &re) {
+		fmt.Fprintf(stderr, "banger: %v\n", re.error)
+		if h := hint(re.error, e); h != "" {
+			fmt.Fprintf(stderr, "hint: %s\n", h)
+		}
+		return ExitRunFailure
+	}
 	var ue usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "banger: %v\n", err)

@@ -1,5 +1,576 @@
 package cli
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
 
-func addVMCommands(root *cobra.Command, e *env) {}
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+	"banger/internal/client"
+	"banger/internal/errdefs"
+)
+
+func addVMCommands(root *cobra.Command, e *env) {
+	vm := group(&cobra.Command{Use: "vm", Short: "Create, run, inspect and remove VMs"})
+	vm.AddCommand(newVMCreateCmd(e), newVMListCmd(e), newVMShowCmd(e), newVMExecCmd(e), newVMRunCmd(e),
+		newVMDeleteCmd(e), newVMStopCmd(e), newVMStartCmd(e), newVMRestartCmd(e), newVMSetCmd(e), newVMLogsCmd(e))
+	root.AddCommand(vm, newImageCmd(e))
+}
+
+// progressPrinter shows progress on stderr: a live line on a terminal,
+// nothing otherwise (scripts get the result or the error), except phases
+// that take minutes, which are always shown.
+func (e *env) progressPrinter(quiet bool) (client.Progress, func()) {
+	f, isFile := e.stderr.(*os.File)
+	tty := isFile && isTerminal(f)
+	last := ""
+	p := func(p api.Progress) {
+		if quiet {
+			return
+		}
+		line := fmt.Sprintf("[%s] %s: %s", p.Elapsed, p.Phase, p.Detail)
+		switch {
+		case tty:
+			fmt.Fprintf(e.stderr, "\r\033[K%s", truncate(line, 120))
+			last = line
+		case p.Phase == "image" || strings.HasPrefix(p.Phase, "debootstrap"):
+			fmt.Fprintf(e.stderr, "banger: %s\n", line)
+		}
+	}
+	done := func() {
+		if tty && last != "" {
+			fmt.Fprint(e.stderr, "\r\033[K")
+		}
+	}
+	return p, done
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n-1] + "…"
+	}
+	return s
+}
+
+type createFlags struct {
+	image string
+	vcpus int
+	mem   int
+	disk  string
+}
+
+func (f *createFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.image, "image", "", "image to boot (default: the configured vm.image, built on first use)")
+	cmd.Flags().IntVar(&f.vcpus, "vcpu", 0, "virtual CPUs (default: vm.vcpus from the config, 1)")
+	cmd.Flags().IntVar(&f.mem, "mem", 0, "memory in MiB (default: vm.memory_mib from the config, 512)")
+	cmd.Flags().StringVar(&f.disk, "disk", "", "root disk size, e.g. 8G (default: vm.disk from the config, 4G)")
+}
+
+func (f *createFlags) request(name string, cmd *cobra.Command) (api.CreateVMRequest, error) {
+	req := api.CreateVMRequest{Name: name, Image: f.image, VCPUs: f.vcpus, MemoryMiB: f.mem, Disk: f.disk}
+	// An explicit 0 is an error, not "the default".
+	if cmd.Flags().Changed("vcpu") && f.vcpus < 1 {
+		return req, errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d: must be between 1 and 64", f.vcpus))
+	}
+	if cmd.Flags().Changed("mem") && f.mem < 1 {
+		return req, errdefs.InvalidArgument(fmt.Sprintf("--mem %d: must be between 128 and 65536 MiB", f.mem))
+	}
+	return req, nil
+}
+
+func newVMCreateCmd(e *env) *cobra.Command {
+	var f createFlags
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "create [NAME]",
+		Short: "Create a VM and boot it; returns when its agent is ready",
+		Args:  args(cobra.MaximumNArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			name := ""
+			if len(a) == 1 {
+				name = a[0]
+			}
+			req, err := f.request(name, c)
+			if err != nil {
+				return err
+			}
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			p, done := e.progressPrinter(jsonOut)
+			v, err := cl.CreateVM(c.Context(), req, p)
+			done()
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, v)
+			}
+			fmt.Fprintf(e.stdout, "%s\n", v.Name)
+			return nil
+		},
+	}
+	f.add(cmd)
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+func newVMListCmd(e *env) *cobra.Command {
+	var jsonOut, quiet bool
+	cmd := &cobra.Command{
+		Use: "ls", Aliases: []string{"list"}, Short: "List VMs with their state", Args: args(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			vms, err := cl.ListVMs(c.Context())
+			if err != nil {
+				return err
+			}
+			switch {
+			case jsonOut:
+				return printJSON(e.stdout, vms)
+			case quiet:
+				for _, v := range vms {
+					fmt.Fprintln(e.stdout, v.Name)
+				}
+				return nil
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tVCPU\tMEM\tDISK\tUPTIME\tPID")
+			for _, v := range vms {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VCPUs, v.MemoryMiB,
+					humanSize(v.DiskBytes), dash(v.Uptime), dashInt(v.PID))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print names only")
+	return cmd
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func dashInt(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprint(n)
+}
+
+func humanSize(b int64) string {
+	switch {
+	case b >= 1<<30:
+		return fmt.Sprintf("%.1fG", float64(b)/(1<<30))
+	case b >= 1<<20:
+		return fmt.Sprintf("%.0fM", float64(b)/(1<<20))
+	case b >= 1<<10:
+		return fmt.Sprintf("%.0fK", float64(b)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", b)
+}
+
+func newVMShowCmd(e *env) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use: "show NAME", Short: "Show a VM: spec, state, image, disk usage, uptime, pid, console log", Args: args(cobra.ExactArgs(1)),
+		ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			v, err := cl.GetVM(c.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, v)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			row := func(k, v string) {
+				if v != "" {
+					fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+				}
+			}
+			row("name", v.Name)
+			row("id", v.ID)
+			row("state", v.State)
+			row("image", v.Image)
+			row("vcpus", fmt.Sprint(v.VCPUs))
+			row("memory", fmt.Sprintf("%d MiB", v.MemoryMiB))
+			row("disk", fmt.Sprintf("%s (%s used)", humanSize(v.DiskBytes), humanSize(v.DiskUsed)))
+			row("backend", strings.TrimSpace(v.Backend+" "+v.Accel))
+			row("boot", v.Boot)
+			row("pid", dashInt(v.PID))
+			row("created", v.CreatedAt.Local().Format(time.RFC3339))
+			if !v.StartedAt.IsZero() {
+				row("started", v.StartedAt.Local().Format(time.RFC3339))
+			}
+			row("uptime", v.Uptime)
+			row("root disk", v.RootDisk)
+			row("console log", v.ConsoleLog)
+			row("last error", v.LastError)
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func (e *env) completeVMs(c *cobra.Command, a []string, _ string) ([]string, cobra.ShellCompDirective) {
+	if len(a) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	cl := client.New(e.layout.Socket())
+	vms, err := cl.ListVMs(c.Context())
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var names []string
+	for _, v := range vms {
+		names = append(names, v.Name+"\t"+v.State)
+	}
+	return names, cobra.ShellCompDirectiveNoFileComp
+}
+
+type execFlags struct {
+	tty     bool
+	noStdin bool
+	dir     string
+	env     []string
+}
+
+func (f *execFlags) add(cmd *cobra.Command) {
+	cmd.Flags().BoolVarP(&f.tty, "tty", "t", false, "give the command a terminal (raw mode, window size, Ctrl-C as a key)")
+	cmd.Flags().BoolVarP(&f.noStdin, "no-stdin", "n", false, "do not forward stdin (the command reads EOF)")
+	cmd.Flags().StringVar(&f.dir, "cwd", "", "working directory in the guest (default /root)")
+	cmd.Flags().StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the command's environment (repeatable)")
+}
+
+// runExec runs argv in a VM with this process's stdio, forwarding signals
+// and window size, and returns the command's exit code.
+func (e *env) runExec(ctx context.Context, cl *client.Client, name string, argv []string, f execFlags) (int, error) {
+	for _, kv := range f.env {
+		if !strings.Contains(kv, "=") || strings.HasPrefix(kv, "=") {
+			return 0, usageError{fmt.Errorf("--env %q: want KEY=VALUE", kv)}
+		}
+	}
+	req := api.ExecRequest{Argv: argv, Env: f.env, Dir: f.dir}
+	stdio := client.ExecIO{Stdout: e.stdout, Stderr: e.stderr}
+	if !f.noStdin {
+		stdio.Stdin = e.stdin
+	}
+	inF, inIsFile := e.stdin.(*os.File)
+	outF, _ := e.stdout.(*os.File)
+	if f.tty {
+		if !inIsFile || !isTerminal(inF) {
+			return 0, errdefs.InvalidArgument("--tty needs stdin to be a terminal")
+		}
+		req.TTY = true
+		req.Rows, req.Cols = termSize(inF)
+		restore, err := makeRaw(inF)
+		if err != nil {
+			return 0, err
+		}
+		defer restore()
+	}
+	_ = outF
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	x, err := cl.StartExec(context.WithoutCancel(ctx), name, req, stdio)
+	if err != nil {
+		return 0, err
+	}
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGWINCH {
+				if f.tty {
+					x.Resize(termSize(inF))
+				}
+				continue
+			}
+			x.Signal(int(s.(syscall.Signal)))
+		case <-x.Done():
+			st, err := x.Wait()
+			if err != nil {
+				return 0, err
+			}
+			return st.Code, nil
+		}
+	}
+}
+
+func newVMExecCmd(e *env) *cobra.Command {
+	var f execFlags
+	cmd := &cobra.Command{
+		Use:   "exec NAME -- CMD [ARG...]",
+		Short: "Run a command in a running VM; its exit code becomes banger's",
+		Long: `Run a command in a running VM through the guest agent. stdin, stdout and
+stderr are streamed; Ctrl-C and other signals reach the command; the exit
+code is the command's (128+N when a signal N ended it). banger's own
+failures exit 125.`,
+		Args:              args(cobra.MinimumNArgs(2)),
+		ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return runFailure(err)
+			}
+			code, err := e.runExec(c.Context(), cl, a[0], a[1:], f)
+			if err != nil {
+				return runFailure(err)
+			}
+			return exitError{code}
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+// runFailure marks banger's own failure in vm run/exec: exit 125.
+func runFailure(err error) error {
+	var ue usageError
+	if errors.As(err, &ue) {
+		return err
+	}
+	return &runError{err}
+}
+
+type runError struct{ error }
+
+func (r *runError) Unwrap() error { return r.error }
+
+func newVMRunCmd(e *env) *cobra.Command {
+	var cf createFlags
+	var f execFlags
+	var rm bool
+	var name string
+	cmd := &cobra.Command{
+		Use:   "run [flags] -- CMD [ARG...]",
+		Short: "Create a VM, run one command in it, pass its exit code back (--rm: then delete the VM)",
+		Long: `Create a fresh VM, run CMD in it and exit with CMD's exit code. With --rm
+the VM is deleted afterwards, whatever happened (also on Ctrl-C, which is
+first delivered to CMD). banger's own failures exit 125.
+
+  banger vm run --rm -- uname -a
+  banger vm run --rm -- sh -c 'exit 42'; echo $?    # 42`,
+		Args: args(cobra.MinimumNArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			if c.ArgsLenAtDash() < 0 || c.ArgsLenAtDash() > 0 {
+				if c.ArgsLenAtDash() < 0 {
+					return usageError{errors.New("put the command after --, e.g. banger vm run --rm -- uname -a")}
+				}
+				return usageError{fmt.Errorf("unexpected argument %q before --", a[0])}
+			}
+			req, err := cf.request(name, c)
+			if err != nil {
+				return runFailure(err)
+			}
+			ctx := c.Context()
+			cl, err := e.client(ctx)
+			if err != nil {
+				return runFailure(err)
+			}
+			p, done := e.progressPrinter(false)
+			v, err := cl.CreateVM(ctx, req, p)
+			done()
+			if err != nil {
+				return runFailure(err)
+			}
+			code, execErr := e.runExec(ctx, cl, v.Name, a, f)
+			if rm {
+				// Clean up even when interrupted: detached from ctx.
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+				defer cancel()
+				if err := cl.DeleteVM(dctx, v.Name, true); err != nil {
+					fmt.Fprintf(e.stderr, "banger: removing vm %s: %v\n", v.Name, err)
+					if execErr == nil {
+						execErr = err
+					}
+				}
+			} else {
+				fmt.Fprintf(e.stderr, "banger: vm %s is still running (banger vm delete --force %s)\n", v.Name, v.Name)
+			}
+			if execErr != nil {
+				return runFailure(execErr)
+			}
+			return exitError{code}
+		},
+	}
+	cf.add(cmd)
+	f.add(cmd)
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command ends")
+	cmd.Flags().StringVar(&name, "name", "", "name of the VM (default: vm-<random>)")
+	return cmd
+}
+
+func newVMDeleteCmd(e *env) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use: "delete NAME...", Aliases: []string{"rm"}, Short: "Delete VMs and everything they own",
+		Long:              "Delete VMs: their disks, runtime files and VMM processes. A running VM needs --force.",
+		Args:              args(cobra.MinimumNArgs(1)),
+		ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			var first error
+			for _, n := range a {
+				if err := cl.DeleteVM(c.Context(), n, force); err != nil {
+					fmt.Fprintf(e.stderr, "banger: %v\n", err)
+					if first == nil {
+						first = err
+					}
+					continue
+				}
+				fmt.Fprintln(e.stdout, n)
+			}
+			if first != nil {
+				return exitError{exitCode(first)}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete running VMs too (killing them)")
+	return cmd
+}
+
+func newVMStopCmd(e *env) *cobra.Command {
+	var force bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use: "stop NAME", Short: "Power a VM off (clean: sync, unmount, power off; --force: at once)",
+		Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			v, err := cl.StopVM(c.Context(), a[0], api.StopVMRequest{Force: force, Timeout: timeout.String()})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s %s\n", v.Name, v.State)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop at once without a clean power-off")
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long a clean power-off may take before it is forced")
+	return cmd
+}
+
+func newVMStartCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use: "start NAME", Short: "Boot a stopped VM on its existing disk", Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			p, done := e.progressPrinter(false)
+			v, err := cl.StartVM(c.Context(), a[0], p)
+			done()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s %s\n", v.Name, v.State)
+			return nil
+		},
+	}
+}
+
+func newVMRestartCmd(e *env) *cobra.Command {
+	var force bool
+	return &cobra.Command{
+		Use: "restart NAME", Short: "Stop and start a VM", Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			if _, err := cl.StopVM(c.Context(), a[0], api.StopVMRequest{Force: force}); err != nil {
+				return err
+			}
+			p, done := e.progressPrinter(false)
+			v, err := cl.StartVM(c.Context(), a[0], p)
+			done()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s %s\n", v.Name, v.State)
+			return nil
+		},
+	}
+}
+
+func newVMSetCmd(e *env) *cobra.Command {
+	var vcpus, mem int
+	cmd := &cobra.Command{
+		Use: "set NAME [--vcpu N] [--mem MiB]", Short: "Change a stopped VM's vCPUs or memory (applies at the next start)",
+		Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			if !c.Flags().Changed("vcpu") && !c.Flags().Changed("mem") {
+				return usageError{errors.New("nothing to set: give --vcpu and/or --mem")}
+			}
+			if c.Flags().Changed("vcpu") && vcpus < 1 {
+				return errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d: must be between 1 and 64", vcpus))
+			}
+			if c.Flags().Changed("mem") && mem < 1 {
+				return errdefs.InvalidArgument(fmt.Sprintf("--mem %d: must be between 128 and 65536 MiB", mem))
+			}
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			v, err := cl.SetVM(c.Context(), a[0], api.SetVMRequest{VCPUs: vcpus, MemoryMiB: mem})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s: %d vCPU, %d MiB\n", v.Name, v.VCPUs, v.MemoryMiB)
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&vcpus, "vcpu", 0, "virtual CPUs")
+	cmd.Flags().IntVar(&mem, "mem", 0, "memory in MiB")
+	return cmd
+}
+
+func newVMLogsCmd(e *env) *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use: "logs NAME", Short: "Print a VM's console log", Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			return cl.Console(c.Context(), a[0], follow, e.stdout)
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return cmd
+}
+
+var _ = io.EOF

@@ -24,6 +24,8 @@ import (
 	"banger/internal/config"
 	"banger/internal/paths"
 	"banger/internal/store"
+	"banger/internal/vm"
+	"banger/internal/vmm/auto"
 )
 
 // Options configure a daemon.
@@ -35,6 +37,8 @@ type Options struct {
 	LogTo io.Writer
 	// Ready, when set, is closed once the socket is being served.
 	Ready chan<- struct{}
+	// ReadyTimeout bounds the wait for a booted guest's agent (0: default).
+	ReadyTimeout time.Duration
 }
 
 // Daemon is a running bangerd.
@@ -51,6 +55,10 @@ type Daemon struct {
 	reqSeq   uint64
 	reqMu    sync.Mutex
 	services []service
+
+	choice auto.Choice
+	vms    *vm.Manager
+	images *images
 }
 
 // service is a part of the daemon with its own start and stop (the VM

@@ -1,13 +1,356 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"banger/internal/agent"
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/system"
+	"banger/internal/vm"
+	"banger/internal/vmm"
+	"banger/internal/vmm/auto"
+	"banger/internal/vmm/qemu"
 )
 
-// init prepares the daemon's services before the socket is served.
-func (d *Daemon) init(ctx context.Context) error { return nil }
+// init prepares the daemon's services before the socket is served: the
+// hypervisor backend, the VM manager, the image registry, and reconcile.
+func (d *Daemon) init(ctx context.Context) error {
+	ch := auto.Choose(d.cfg.Backend, auto.Host{Root: "/", LookPath: system.LookPath})
+	d.choice = ch
+	var backend vmm.Backend
+	switch ch.Backend {
+	case "qemu":
+		backend = qemu.New(qemu.WithLogger(d.log.With("component", "qemu")))
+	default:
+		// No backend can run: the daemon still serves (images, doctor-like
+		// answers), and VM operations explain why they cannot.
+		backend = unavailableBackend{why: ch.Reason}
+	}
+	d.log.Info("backend", "backend", ch.Backend, "accel", ch.Accel, "why", ch.Reason)
+	d.images = &images{store: d.store, layout: d.layout, cfg: d.cfg, log: d.log, building: map[string]*sync.Mutex{}}
+	d.vms = vm.New(vm.Options{
+		Store: d.store, Layout: d.layout, Config: d.cfg, Backend: backend, Images: d.images,
+		Log: d.log.With("component", "vm"), ReadyTimeout: d.opts.ReadyTimeout,
+	})
+	d.images.vms = d.vms
+	if err := d.vms.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	d.services = append(d.services, d.vms)
+	return nil
+}
 
-func (d *Daemon) backendName() string { return d.cfg.Backend }
+func (d *Daemon) backendName() string {
+	if d.choice.Backend == "" {
+		return "none"
+	}
+	return d.choice.Backend + " (" + d.choice.Accel + ")"
+}
 
-func (d *Daemon) vmRoutes(mux *http.ServeMux) {}
+// unavailableBackend answers every VM operation with the reason no
+// backend can run.
+type unavailableBackend struct{ why string }
+
+func (u unavailableBackend) err() error {
+	return errdefs.Unavailable("no hypervisor backend can run here: " + u.why)
+}
+func (u unavailableBackend) Name() string { return "none" }
+func (u unavailableBackend) Available(context.Context) vmm.Availability {
+	return vmm.Availability{Reason: u.why}
+}
+func (u unavailableBackend) Start(context.Context, vmm.Spec) (vmm.Handle, error) {
+	return vmm.Handle{}, u.err()
+}
+func (u unavailableBackend) Status(context.Context, vmm.Handle) vmm.State { return vmm.StateExited }
+func (u unavailableBackend) Kill(context.Context, vmm.Handle) error       { return nil }
+func (u unavailableBackend) WaitExit(ctx context.Context, h vmm.Handle) error {
+	return nil
+}
+func (u unavailableBackend) DialAgent(context.Context, vmm.Handle) (net.Conn, error) {
+	return nil, u.err()
+}
+
+func (d *Daemon) vmRoutes(mux *http.ServeMux) {
+	d.imageRoutes(mux)
+	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		list, err := d.vms.List(r.Context())
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, list)
+	})
+	mux.HandleFunc("GET /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		v, err := d.vms.Get(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, v)
+	})
+	mux.HandleFunc("POST /v1/vms", func(w http.ResponseWriter, r *http.Request) {
+		var req api.CreateVMRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		st := newEventStream(w)
+		v, err := d.vms.Create(r.Context(), req, st.Progress)
+		st.finish(v, err)
+	})
+	mux.HandleFunc("DELETE /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
+		if err := d.vms.Delete(r.Context(), r.PathValue("name"), vm.DeleteOptions{Force: force}); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, map[string]string{"deleted": r.PathValue("name")})
+	})
+	mux.HandleFunc("POST /v1/vms/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
+		var req api.StopVMRequest
+		if r.ContentLength != 0 {
+			if err := decodeBody(r, &req); err != nil {
+				writeError(w, r, err)
+				return
+			}
+		}
+		var timeout time.Duration
+		if req.Timeout != "" {
+			var err error
+			if timeout, err = time.ParseDuration(req.Timeout); err != nil || timeout <= 0 {
+				writeError(w, r, errdefs.InvalidArgument(fmt.Sprintf("--timeout %q is not a positive duration", req.Timeout)))
+				return
+			}
+		}
+		v, err := d.vms.Stop(r.Context(), r.PathValue("name"), vm.StopOptions{Force: req.Force, Timeout: timeout})
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, v)
+	})
+	mux.HandleFunc("POST /v1/vms/{name}/start", func(w http.ResponseWriter, r *http.Request) {
+		st := newEventStream(w)
+		v, err := d.vms.Start(r.Context(), r.PathValue("name"), st.Progress)
+		st.finish(v, err)
+	})
+	mux.HandleFunc("POST /v1/vms/{name}/set", func(w http.ResponseWriter, r *http.Request) {
+		var req api.SetVMRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		v, err := d.vms.Set(r.Context(), r.PathValue("name"), vm.SetOptions{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB})
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, v)
+	})
+	mux.HandleFunc("GET /v1/vms/{name}/console", d.handleConsole)
+	mux.HandleFunc("POST /v1/vms/{name}/exec", d.handleExec)
+}
+
+// handleConsole streams a VM's console log; with ?follow=1 it keeps
+// streaming until the client goes away.
+func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
+	v, err := d.vms.Get(r.Context(), r.PathValue("name"))
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	f, err := os.Open(v.ConsoleLog)
+	if err != nil && !follow {
+		writeError(w, r, errdefs.NotFound(fmt.Sprintf("vm %s has no console log yet", v.Name)))
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(200)
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 64<<10)
+	for {
+		if f == nil {
+			f, _ = os.Open(v.ConsoleLog)
+		}
+		if f != nil {
+			for {
+				n, err := f.Read(buf)
+				if n > 0 {
+					if _, werr := w.Write(buf[:n]); werr != nil {
+						f.Close()
+						return
+					}
+				}
+				if err != nil || n == 0 {
+					break
+				}
+			}
+			rc.Flush()
+		}
+		if !follow {
+			if f != nil {
+				f.Close()
+			}
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			if f != nil {
+				f.Close()
+			}
+			return
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// handleExec runs a command in a VM over an upgraded connection (see
+// api.ExecRequest for the framing).
+func (d *Daemon) handleExec(w http.ResponseWriter, r *http.Request) {
+	var req api.ExecRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	if !strings.EqualFold(r.Header.Get("Upgrade"), api.ExecUpgrade) {
+		writeError(w, r, errdefs.InvalidArgument("exec needs 'Connection: Upgrade' and 'Upgrade: "+api.ExecUpgrade+"'"))
+		return
+	}
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		writeError(w, r, fmt.Errorf("exec: hijack: %w", err))
+		return
+	}
+	defer conn.Close()
+	// The request's context ends when the handler returns; the exec lives
+	// as long as the connection.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancel()
+
+	fw := &frameWriter{w: conn}
+	fw.mu.Lock() // nothing is written before the 101 (or the error)
+	var stdin io.Reader
+	var stdinW *io.PipeWriter
+	if req.Stdin {
+		pr, pw := io.Pipe()
+		stdin, stdinW = pr, pw
+	}
+	p, err := d.vms.Exec(ctx, r.PathValue("name"), req, stdin, fw.stream(api.FrameStdout), fw.stream(api.FrameStderr))
+	var se *agent.StartError
+	if errors.As(err, &se) {
+		// The guest could not run the program: that is the command's
+		// outcome (127 not found, 126 not executable), as in a shell.
+		fmt.Fprintf(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n\r\n", api.ExecUpgrade)
+		api.WriteFrame(conn, api.FrameStderr, []byte(fmt.Sprintf("banger: %s: %s\n", se.Argv0, se.Message)))
+		b, _ := json.Marshal(api.ExecExit{Code: se.Code})
+		api.WriteFrame(conn, api.FrameExit, b)
+		fw.mu.Unlock()
+		return
+	}
+	if err != nil {
+		e := api.ToWire(err)
+		b, _ := json.Marshal(e)
+		fmt.Fprintf(conn, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+			api.HTTPStatus(e.Code), http.StatusText(api.HTTPStatus(e.Code)), len(b), b)
+		fw.mu.Unlock()
+		return
+	}
+	fmt.Fprintf(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n\r\n", api.ExecUpgrade)
+	fw.mu.Unlock()
+
+	go func() {
+		// Client → guest: stdin, signals, window size. A client that goes
+		// away hangs the command up, as ssh does.
+		rd := bufio.NewReader(io.MultiReader(brw.Reader, conn))
+		buf := make([]byte, 0, 64<<10)
+		for {
+			typ, payload, err := api.ReadFrame(rd, buf)
+			if err != nil {
+				if stdinW != nil {
+					stdinW.CloseWithError(io.ErrUnexpectedEOF)
+				}
+				select {
+				case <-p.Done():
+				default:
+					p.Signal(syscall.SIGHUP)
+				}
+				return
+			}
+			switch typ {
+			case api.FrameStdin:
+				if stdinW != nil {
+					stdinW.Write(payload)
+				}
+			case api.FrameStdinEOF:
+				if stdinW != nil {
+					stdinW.Close()
+				}
+			case api.FrameSignal:
+				if len(payload) == 1 {
+					p.Signal(syscall.Signal(payload[0]))
+				}
+			case api.FrameResize:
+				if len(payload) == 4 {
+					p.Resize(binary.BigEndian.Uint16(payload), binary.BigEndian.Uint16(payload[2:]))
+				}
+			}
+		}
+	}()
+	st, err := p.Wait()
+	exit := api.ExecExit{Code: st.Code, Signal: st.Signal}
+	if err != nil {
+		exit.Error = api.ToWire(err)
+	}
+	b, _ := json.Marshal(exit)
+	fw.write(api.FrameExit, b)
+}
+
+// frameWriter serialises frames from several writers onto one connection.
+type frameWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (f *frameWriter) write(typ byte, p []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return api.WriteFrame(f.w, typ, p)
+}
+
+func (f *frameWriter) stream(typ byte) io.Writer {
+	return writerFunc(func(p []byte) (int, error) {
+		n := 0
+		for len(p) > 0 {
+			c := p
+			if len(c) > api.MaxFrame {
+				c = c[:api.MaxFrame]
+			}
+			if err := f.write(typ, c); err != nil {
+				return n, err
+			}
+			n += len(c)
+			p = p[len(c):]
+		}
+		return n, nil
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

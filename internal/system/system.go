@@ -194,3 +194,46 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 }
 
 func (t *tailBuffer) String() string { return string(t.buf) }
+
+// Process is a started program the caller waits for (tests drive the
+// banger binaries through it).
+type Process struct {
+	cmd  *exec.Cmd
+	errb *tailBuffer
+	argv []string
+}
+
+// Start starts argv with o's streams; Wait must be called.
+func Start(o Opts, argv ...string) (*Process, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("system: empty argv")
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = o.Dir
+	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), o.Env...)
+	cmd.Stdin, cmd.Stdout = o.Stdin, o.Stdout
+	errb := &tailBuffer{max: maxStderr}
+	if o.Stderr != nil {
+		cmd.Stderr = io.MultiWriter(o.Stderr, errb)
+	} else {
+		cmd.Stderr = errb
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, wrap(argv, err, "")
+	}
+	return &Process{cmd: cmd, errb: errb, argv: argv}, nil
+}
+
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Wait waits for the process; a non-zero exit is an *Error.
+func (p *Process) Wait() error {
+	if err := p.cmd.Wait(); err != nil {
+		return wrap(p.argv, err, p.errb.String())
+	}
+	return nil
+}

@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+	"banger/internal/client"
+)
+
+func newImageCmd(e *env) *cobra.Command {
+	cmd := group(&cobra.Command{Use: "image", Short: "Build, import, list and remove guest images"})
+	cmd.AddCommand(newImageBuildCmd(e), newImageImportCmd(e), newImageListCmd(e), newImageShowCmd(e), newImageRmCmd(e))
+	return cmd
+}
+
+// imageProgress always prints phases: builds take minutes.
+func (e *env) imageProgress(quiet bool) client.Progress {
+	return func(p api.Progress) {
+		if !quiet {
+			fmt.Fprintf(e.stderr, "banger: [%s] %s %s\n", p.Elapsed, p.Phase, p.Detail)
+		}
+	}
+}
+
+func newImageBuildCmd(e *env) *cobra.Command {
+	var req api.BuildImageRequest
+	var pkgs string
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "build [NAME]",
+		Short: "Build a Debian guest image (debootstrap + Debian's cloud kernel)",
+		Long: `Build a guest image: a Debian root filesystem (debootstrap --variant=minbase
+from the mirror the host's apt uses, with a persistent package cache),
+Debian's linux-image-cloud-amd64 kernel (as bzImage and as the ELF vmlinux
+inside it) and the virtio modules the guest needs. Built in a temporary
+directory and registered only when complete: an interrupted or failed
+build leaves nothing. NAME defaults to "default".`,
+		Args: args(cobra.MaximumNArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			if len(a) == 1 {
+				req.Name = a[0]
+			}
+			if pkgs != "" {
+				for _, p := range strings.Split(pkgs, ",") {
+					if p = strings.TrimSpace(p); p != "" {
+						req.Packages = append(req.Packages, p)
+					}
+				}
+			}
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			im, err := cl.BuildImage(c.Context(), req, e.imageProgress(jsonOut))
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, im)
+			}
+			fmt.Fprintf(e.stdout, "%s %s\n", im.Name, im.Digest)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.Suite, "suite", "", "Debian suite (default bookworm)")
+	cmd.Flags().StringVar(&pkgs, "packages", "", "comma-separated packages to install (default git,iproute2,ca-certificates,openssh-server)")
+	cmd.Flags().StringVar(&req.Size, "size", "", "root filesystem size (default 2G; sparse)")
+	cmd.Flags().StringVar(&req.Mirror, "mirror", "", "Debian mirror URL (default: the host's apt source)")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the image as JSON")
+	return cmd
+}
+
+func newImageImportCmd(e *env) *cobra.Command {
+	var req api.ImportImageRequest
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "import NAME --kernel K --rootfs R.ext4 [--initrd I] [--modules DIR]",
+		Short: "Register an image made of an existing kernel and ext4 root filesystem",
+		Args:  args(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			req.Name = a[0]
+			for _, p := range []*string{&req.Kernel, &req.Rootfs, &req.Initrd, &req.Modules} {
+				if *p != "" {
+					abs, err := filepath.Abs(*p)
+					if err != nil {
+						return err
+					}
+					*p = abs
+				}
+			}
+			if req.Kernel == "" || req.Rootfs == "" {
+				return usageError{fmt.Errorf("import needs --kernel and --rootfs")}
+			}
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			im, err := cl.ImportImage(c.Context(), req, e.imageProgress(jsonOut))
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, im)
+			}
+			fmt.Fprintf(e.stdout, "%s %s\n", im.Name, im.Digest)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&req.Kernel, "kernel", "", "kernel: bzImage or ELF vmlinux")
+	cmd.Flags().StringVar(&req.Rootfs, "rootfs", "", "ext4 root filesystem image")
+	cmd.Flags().StringVar(&req.Initrd, "initrd", "", "initrd (optional)")
+	cmd.Flags().StringVar(&req.Modules, "modules", "", "directory of .ko files with a load-order file (optional)")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the image as JSON")
+	return cmd
+}
+
+func newImageListCmd(e *env) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use: "ls", Aliases: []string{"list"}, Short: "List images", Args: args(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			list, err := cl.ListImages(c.Context())
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, list)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tKERNEL\tSIZE\tDIGEST\tCREATED\tVMS")
+			for _, im := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", im.Name, im.KernelVersion, humanSize(im.SizeBytes), shortDigest(im.Digest), im.CreatedAt.Local().Format(time.DateTime), len(im.VMs))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func shortDigest(d string) string {
+	d = strings.TrimPrefix(d, "sha256:")
+	if len(d) > 12 {
+		return d[:12]
+	}
+	return d
+}
+
+func newImageShowCmd(e *env) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use: "show NAME", Short: "Show an image: files with sizes and sha256, kernel version, created, VMs using it", Args: args(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			im, err := cl.GetImage(c.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, im)
+			}
+			fmt.Fprintf(e.stdout, "name:     %s\nid:       %s\ndigest:   %s\nkernel:   %s\nsuite:    %s\npackages: %s\ncreated:  %s\ndir:      %s\nvms:      %s\nfiles:\n",
+				im.Name, im.ID, im.Digest, im.KernelVersion, dash(im.Suite), dash(strings.Join(im.Packages, ",")),
+				im.CreatedAt.Local().Format(time.RFC3339), im.Dir, dash(strings.Join(im.VMs, ",")))
+			names := make([]string, 0, len(im.Files))
+			for n := range im.Files {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			for _, n := range names {
+				f := im.Files[n]
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", n, humanSize(f.Size), f.SHA256)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	return cmd
+}
+
+func newImageRmCmd(e *env) *cobra.Command {
+	return &cobra.Command{
+		Use: "rm NAME", Aliases: []string{"delete"}, Short: "Remove an image (refused while a VM uses it)", Args: args(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			if err := cl.RemoveImage(c.Context(), a[0]); err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, a[0])
+			return nil
+		},
+	}
+}

@@ -1,0 +1,248 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+
+	"banger/internal/api"
+	"banger/internal/errdefs"
+)
+
+// Progress receives progress events of long operations.
+type Progress func(api.Progress)
+
+// CreateVM creates and boots a VM, returning once its agent is ready.
+func (c *Client) CreateVM(ctx context.Context, req api.CreateVMRequest, p Progress) (api.VM, error) {
+	var v api.VM
+	err := c.Stream(ctx, "POST", "/v1/vms", req, p, &v)
+	return v, err
+}
+
+// ListVMs lists every VM.
+func (c *Client) ListVMs(ctx context.Context) ([]api.VM, error) {
+	var v []api.VM
+	err := c.Do(ctx, "GET", "/v1/vms", nil, &v)
+	return v, err
+}
+
+// GetVM describes one VM.
+func (c *Client) GetVM(ctx context.Context, name string) (api.VM, error) {
+	var v api.VM
+	err := c.Do(ctx, "GET", "/v1/vms/"+url.PathEscape(name), nil, &v)
+	return v, err
+}
+
+// DeleteVM deletes a VM; force kills a running one.
+func (c *Client) DeleteVM(ctx context.Context, name string, force bool) error {
+	return c.Do(ctx, "DELETE", fmt.Sprintf("/v1/vms/%s?force=%t", url.PathEscape(name), force), nil, nil)
+}
+
+// StopVM powers a VM off.
+func (c *Client) StopVM(ctx context.Context, name string, req api.StopVMRequest) (api.VM, error) {
+	var v api.VM
+	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/stop", req, &v)
+	return v, err
+}
+
+// StartVM boots a stopped VM.
+func (c *Client) StartVM(ctx context.Context, name string, p Progress) (api.VM, error) {
+	var v api.VM
+	err := c.Stream(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/start", nil, p, &v)
+	return v, err
+}
+
+// SetVM changes a stopped VM's shape.
+func (c *Client) SetVM(ctx context.Context, name string, req api.SetVMRequest) (api.VM, error) {
+	var v api.VM
+	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/set", req, &v)
+	return v, err
+}
+
+// Console streams a VM's console log into w; follow keeps streaming until
+// ctx ends.
+func (c *Client) Console(ctx context.Context, name string, follow bool, w io.Writer) error {
+	req, err := c.newRequest(ctx, "GET", fmt.Sprintf("/v1/vms/%s/console?follow=%t", url.PathEscape(name), follow), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// BuildImage builds and registers an image.
+func (c *Client) BuildImage(ctx context.Context, req api.BuildImageRequest, p Progress) (api.Image, error) {
+	var im api.Image
+	err := c.Stream(ctx, "POST", "/v1/images", req, p, &im)
+	return im, err
+}
+
+// ImportImage registers an image made of existing files.
+func (c *Client) ImportImage(ctx context.Context, req api.ImportImageRequest, p Progress) (api.Image, error) {
+	var im api.Image
+	err := c.Stream(ctx, "POST", "/v1/images/import", req, p, &im)
+	return im, err
+}
+
+// ListImages lists images.
+func (c *Client) ListImages(ctx context.Context) ([]api.Image, error) {
+	var v []api.Image
+	err := c.Do(ctx, "GET", "/v1/images", nil, &v)
+	return v, err
+}
+
+// GetImage describes one image.
+func (c *Client) GetImage(ctx context.Context, name string) (api.Image, error) {
+	var v api.Image
+	err := c.Do(ctx, "GET", "/v1/images/"+url.PathEscape(name), nil, &v)
+	return v, err
+}
+
+// RemoveImage deletes an image.
+func (c *Client) RemoveImage(ctx context.Context, name string) error {
+	return c.Do(ctx, "DELETE", "/v1/images/"+url.PathEscape(name), nil, nil)
+}
+
+// Exec is a command running in a VM.
+type Exec struct {
+	conn   io.ReadWriteCloser
+	wmu    sync.Mutex
+	done   chan struct{}
+	exit   api.ExecExit
+	err    error
+	closed sync.Once
+}
+
+// ExecIO is where an exec's streams go. Stdin nil: the command gets an
+// empty stdin.
+type ExecIO struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+}
+
+// StartExec starts a command in a VM and streams its I/O until it ends.
+func (c *Client) StartExec(ctx context.Context, name string, req api.ExecRequest, stdio ExecIO) (*Exec, error) {
+	req.Stdin = stdio.Stdin != nil
+	body, _ := json.Marshal(req)
+	hreq, err := http.NewRequestWithContext(ctx, "POST", "http://bangerd/v1/vms/"+url.PathEscape(name)+"/exec", bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Connection", "Upgrade")
+	hreq.Header.Set("Upgrade", api.ExecUpgrade)
+	resp, err := c.send(hreq)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		resp.Body.Close()
+		return nil, errdefs.New(errdefs.ErrInternal, "exec: bangerd did not switch protocols: "+resp.Status)
+	}
+	rwc, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		resp.Body.Close()
+		return nil, errors.New("exec: upgraded body is not writable")
+	}
+	x := &Exec{conn: rwc, done: make(chan struct{})}
+	go x.readLoop(stdio.Stdout, stdio.Stderr)
+	if stdio.Stdin != nil {
+		go x.stdinLoop(stdio.Stdin)
+	}
+	return x, nil
+}
+
+func (x *Exec) send(typ byte, p []byte) error {
+	x.wmu.Lock()
+	defer x.wmu.Unlock()
+	return api.WriteFrame(x.conn, typ, p)
+}
+
+func (x *Exec) stdinLoop(r io.Reader) {
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if x.send(api.FrameStdin, buf[:n]) != nil {
+				return
+			}
+		}
+		if err != nil {
+			x.send(api.FrameStdinEOF, nil)
+			return
+		}
+	}
+}
+
+func (x *Exec) readLoop(stdout, stderr io.Writer) {
+	defer close(x.done)
+	rd := bufio.NewReaderSize(x.conn, 256<<10)
+	buf := make([]byte, 0, 256<<10)
+	for {
+		typ, p, err := api.ReadFrame(rd, buf)
+		if err != nil {
+			x.err = errdefs.Unavailable(fmt.Sprintf("exec: connection to bangerd lost before the command ended: %v", err))
+			return
+		}
+		switch typ {
+		case api.FrameStdout:
+			if stdout != nil {
+				stdout.Write(p)
+			}
+		case api.FrameStderr:
+			if stderr != nil {
+				stderr.Write(p)
+			}
+		case api.FrameExit:
+			if err := json.Unmarshal(p, &x.exit); err != nil {
+				x.err = fmt.Errorf("exec: bad exit frame: %w", err)
+			} else if x.exit.Error != nil {
+				x.err = api.FromWire(x.exit.Error)
+			}
+			return
+		}
+	}
+}
+
+// Signal delivers a signal to the command.
+func (x *Exec) Signal(sig int) error { return x.send(api.FrameSignal, []byte{byte(sig)}) }
+
+// Resize changes the command's terminal size (TTY execs).
+func (x *Exec) Resize(rows, cols uint16) error {
+	var b [4]byte
+	binary.BigEndian.PutUint16(b[:], rows)
+	binary.BigEndian.PutUint16(b[2:], cols)
+	return x.send(api.FrameResize, b[:])
+}
+
+// Done is closed when the command has ended.
+func (x *Exec) Done() <-chan struct{} { return x.done }
+
+// Wait waits for the command and returns how it ended.
+func (x *Exec) Wait() (api.ExecExit, error) {
+	<-x.done
+	x.closed.Do(func() { x.conn.Close() })
+	return x.exit, x.err
+}
+
+// Close abandons the exec (the guest command is hung up).
+func (x *Exec) Close() error {
+	x.closed.Do(func() { x.conn.Close() })
+	return nil
+}

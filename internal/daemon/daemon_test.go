@@ -1,0 +1,247 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"banger/internal/client"
+	"banger/internal/config"
+	"banger/internal/errdefs"
+	"banger/internal/paths"
+)
+
+// testLayout is an isolated BANGER_HOME with a short path (unix sockets
+// are limited to 107 bytes).
+func testLayout(t *testing.T) paths.Layout {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "bgd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	l, err := paths.Resolve(func(k string) string {
+		if k == "BANGER_HOME" {
+			return dir
+		}
+		return ""
+	}, os.Geteuid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// startDaemon runs an in-process daemon and returns a client of it.
+func startDaemon(t *testing.T, l paths.Layout) (*client.Client, *bytes.Buffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	var logBuf bytes.Buffer
+	go func() {
+		done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: &syncWriter{w: &logBuf}})
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("daemon exited: %v", err)
+	case <-time.After(10 * time.Second):
+		cancel()
+		t.Fatal("daemon not ready")
+	}
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	})
+	return client.New(l.Socket()), &logBuf
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func TestVersionHealthAndSocketMode(t *testing.T) {
+	l := testLayout(t)
+	c, _ := startDaemon(t, l)
+	ctx := context.Background()
+	v, err := c.Version(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.APIVersion != "v1" || v.PID != os.Getpid() {
+		t.Fatalf("version %+v", v)
+	}
+	h, err := c.Health(ctx)
+	if err != nil || h.Status != "ok" || h.Socket != l.Socket() {
+		t.Fatalf("health %+v %v", h, err)
+	}
+	st, err := os.Stat(l.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := st.Mode().Perm(); m != 0o600 && m != 0o660 {
+		t.Fatalf("socket mode %o", m)
+	}
+}
+
+func TestErrorCodesRoundTrip(t *testing.T) {
+	l := testLayout(t)
+	c, logs := startDaemon(t, l)
+	ctx := context.Background()
+	err := c.Do(ctx, "GET", "/v1/no/such/thing", nil, nil)
+	if !errors.Is(err, errdefs.ErrNotFound) || !strings.Contains(err.Error(), "/v1/no/such/thing") {
+		t.Fatalf("unknown endpoint: %v", err)
+	}
+	// Every request is logged with its id.
+	if !strings.Contains(logs.String(), `"path":"/v1/no/such/thing"`) || !strings.Contains(logs.String(), `"req":`) {
+		t.Fatalf("request not logged:\n%s", logs)
+	}
+}
+
+// rawPost sends a body as-is, to check what a broken client can do.
+func rawPost(t *testing.T, l paths.Layout, path string, body io.Reader) (*http.Response, string) {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", l.Socket())
+	}}}
+	resp, err := hc.Post("http://d"+path, "application/json", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestBadRequestsGetInvalidArgumentAndDaemonSurvives(t *testing.T) {
+	l := testLayout(t)
+	c, _ := startDaemon(t, l)
+	for name, body := range map[string]io.Reader{
+		"malformed":  strings.NewReader(`{"name": `),
+		"wrong type": strings.NewReader(`{"name": 42}`),
+		"unknown":    strings.NewReader(`{"bogus": true}`),
+		"empty":      strings.NewReader(``),
+		"huge":       io.MultiReader(strings.NewReader(`{"name":"`), io.LimitReader(zeros{}, 8<<20), strings.NewReader(`"}`)),
+		"trailing":   strings.NewReader(`{"name":"a"} {"name":"b"}`),
+	} {
+		resp, b := rawPost(t, l, "/v1/vms", body)
+		if resp.StatusCode != 400 || !strings.Contains(b, `"code":"invalid_argument"`) {
+			t.Errorf("%s: %d %s", name, resp.StatusCode, b)
+		}
+	}
+	if _, err := c.Health(context.Background()); err != nil {
+		t.Fatalf("daemon died: %v", err)
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'a'
+	}
+	return len(p), nil
+}
+
+func TestSecondDaemonRefusesNamingPID(t *testing.T) {
+	l := testLayout(t)
+	startDaemon(t, l)
+	err := Run(context.Background(), Options{Layout: l, Config: config.Defaults(), LogTo: io.Discard})
+	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "pid") {
+		t.Fatalf("second daemon: %v", err)
+	}
+	if got := LockHolder(l.DaemonLock()); got != os.Getpid() {
+		t.Fatalf("LockHolder = %d, want %d", got, os.Getpid())
+	}
+}
+
+func TestStaleSocketAndLockAreAccepted(t *testing.T) {
+	l := testLayout(t)
+	l.Ensure()
+	// What a SIGKILLed daemon leaves: a lock file with a dead pid and a
+	// socket file nobody listens on.
+	os.WriteFile(l.DaemonLock(), []byte("999999\n"), 0o644)
+	ln, err := net.Listen("unix", l.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	if _, err := os.Stat(l.Socket()); err != nil {
+		t.Fatalf("stale socket not left behind: %v", err)
+	}
+	c, _ := startDaemon(t, l)
+	if _, err := c.Health(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStopRequestShutsDownAndRemovesSocket(t *testing.T) {
+	l := testLayout(t)
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(context.Background(), Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: io.Discard})
+	}()
+	<-ready
+	if err := client.New(l.Socket()).StopDaemon(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not stop")
+	}
+	if _, err := os.Stat(l.Socket()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left: %v", err)
+	}
+	if LockHolder(l.DaemonLock()) != 0 {
+		t.Fatal("lock still held")
+	}
+	if _, err := client.New(l.Socket()).Health(context.Background()); !errors.Is(err, errdefs.ErrUnavailable) {
+		t.Fatalf("health after stop: %v", err)
+	}
+	_ = filepath.Join
+}
+
+func TestRotatingLog(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "x.log")
+	r, err := openRotating(p, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 30; i++ {
+		r.Write([]byte("0123456789\n"))
+	}
+	r.Close()
+	st, _ := os.Stat(p)
+	old, err := os.Stat(p + ".1")
+	if err != nil || st.Size() > 100 || old.Size() > 100 {
+		t.Fatalf("sizes: %v %v %v", st.Size(), old, err)
+	}
+}

@@ -1,0 +1,234 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/errdefs"
+	"banger/internal/image"
+	"banger/internal/paths"
+	"banger/internal/store"
+	"banger/internal/vm"
+)
+
+// images is the image registry: image directories under the cache dir,
+// one store row each. A row exists only for a complete image: builds and
+// imports happen in a temporary directory and are registered last.
+type images struct {
+	store  *store.Store
+	layout paths.Layout
+	cfg    config.Config
+	log    interface{ Info(string, ...any) }
+	vms    *vm.Manager
+
+	mu       sync.Mutex
+	building map[string]*sync.Mutex // name → build lock
+}
+
+func (s *images) buildLock(name string) func() {
+	s.mu.Lock()
+	l, ok := s.building[name]
+	if !ok {
+		l = &sync.Mutex{}
+		s.building[name] = l
+	}
+	s.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func imageID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Resolve implements vm.Images: the default image is built on first use.
+func (s *images) Resolve(ctx context.Context, name string, progress vm.Progress) (*store.Image, error) {
+	im, err := s.store.GetImage(ctx, name)
+	if err == nil || !errors.Is(err, errdefs.ErrNotFound) || name != s.cfg.VM.Image {
+		if err != nil && errors.Is(err, errdefs.ErrNotFound) {
+			return nil, errdefs.NotFound(fmt.Sprintf("image %q not found: build it with 'banger image build %s' or import one", name, name))
+		}
+		return im, err
+	}
+	progress("image", fmt.Sprintf("image %q not found: building it first (once; a few minutes)", name))
+	return s.Build(ctx, api.BuildImageRequest{Name: name}, progress)
+}
+
+// Build builds and registers an image.
+func (s *images) Build(ctx context.Context, req api.BuildImageRequest, progress vm.Progress) (*store.Image, error) {
+	if req.Name == "" {
+		req.Name = s.cfg.VM.Image
+	}
+	if !image.ValidName(req.Name) {
+		return nil, errdefs.InvalidArgument(fmt.Sprintf("invalid image name %q", req.Name))
+	}
+	unlock := s.buildLock(req.Name)
+	defer unlock()
+	if im, err := s.store.GetImage(ctx, req.Name); err == nil {
+		return im, errdefs.AlreadyExists(fmt.Sprintf("image %q already exists (remove it first with 'banger image rm %s')", req.Name, req.Name))
+	}
+	o := image.BuildOptions{
+		Name: req.Name, Suite: req.Suite, Packages: req.Packages, Mirror: req.Mirror,
+		CacheDir: s.layout.BuildCacheDir(), TmpDir: s.layout.TmpDir(), Progress: progress,
+	}
+	if req.Size != "" {
+		n, err := config.ParseSize(req.Size)
+		if err != nil {
+			return nil, errdefs.InvalidArgument("--size: " + err.Error())
+		}
+		o.SizeBytes = n
+	}
+	id := imageID()
+	o.Dest = filepath.Join(s.layout.ImagesDir(), id)
+	if err := os.MkdirAll(s.layout.TmpDir(), 0o755); err != nil {
+		return nil, err
+	}
+	man, err := image.Build(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("build image %s: %w", req.Name, err)
+	}
+	return s.register(ctx, id, man)
+}
+
+// Import registers an image made of existing files.
+func (s *images) Import(ctx context.Context, req api.ImportImageRequest, progress vm.Progress) (*store.Image, error) {
+	if !image.ValidName(req.Name) {
+		return nil, errdefs.InvalidArgument(fmt.Sprintf("invalid image name %q", req.Name))
+	}
+	if req.Kernel == "" || req.Rootfs == "" {
+		return nil, errdefs.InvalidArgument("import needs --kernel and --rootfs")
+	}
+	unlock := s.buildLock(req.Name)
+	defer unlock()
+	if _, err := s.store.GetImage(ctx, req.Name); err == nil {
+		return nil, errdefs.AlreadyExists(fmt.Sprintf("image %q already exists", req.Name))
+	}
+	id := imageID()
+	if err := os.MkdirAll(s.layout.TmpDir(), 0o755); err != nil {
+		return nil, err
+	}
+	man, err := image.Import(ctx, image.ImportOptions{
+		Name: req.Name, Kernel: req.Kernel, Initrd: req.Initrd, Rootfs: req.Rootfs, Modules: req.Modules,
+		Dest: filepath.Join(s.layout.ImagesDir(), id), TmpDir: s.layout.TmpDir(), Progress: progress,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("import image %s: %w", req.Name, err)
+	}
+	return s.register(ctx, id, man)
+}
+
+func (s *images) register(ctx context.Context, id string, man *image.Manifest) (*store.Image, error) {
+	raw, _ := json.Marshal(man)
+	im := &store.Image{ID: id, Name: man.Name, Dir: man.Dir, Digest: man.Digest, KernelVersion: man.KernelVersion, Manifest: raw}
+	if err := s.store.CreateImage(context.WithoutCancel(ctx), im); err != nil {
+		os.RemoveAll(man.Dir)
+		return nil, err
+	}
+	s.log.Info("image registered", "image", man.Name, "id", id, "digest", man.Digest)
+	return im, nil
+}
+
+// Remove unregisters an image and deletes its files; refused while a VM
+// uses it.
+func (s *images) Remove(ctx context.Context, name string) error {
+	im, err := s.store.GetImage(ctx, name)
+	if err != nil {
+		return err
+	}
+	users, err := s.vms.ImageInUse(ctx, im.ID)
+	if err != nil {
+		return err
+	}
+	if len(users) > 0 {
+		return errdefs.Conflict(fmt.Sprintf("image %s is used by VMs: %v (delete them first)", im.Name, users))
+	}
+	if err := s.store.DeleteImage(ctx, im.ID); err != nil {
+		return err
+	}
+	return os.RemoveAll(im.Dir)
+}
+
+func (s *images) toAPI(ctx context.Context, im *store.Image) api.Image {
+	out := api.Image{ID: im.ID, Name: im.Name, Dir: im.Dir, Digest: im.Digest, KernelVersion: im.KernelVersion, CreatedAt: im.CreatedAt}
+	var man image.Manifest
+	if json.Unmarshal(im.Manifest, &man) == nil {
+		out.Suite, out.Packages = man.Suite, man.Packages
+		out.Files = map[string]api.File{}
+		for n, f := range man.Files {
+			out.Files[n] = api.File{Size: f.Size, SHA256: f.SHA256}
+			out.SizeBytes += f.Size
+		}
+	}
+	out.VMs, _ = s.vms.ImageInUse(ctx, im.ID)
+	return out
+}
+
+func (d *Daemon) imageRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/images", func(w http.ResponseWriter, r *http.Request) {
+		list, err := d.store.ListImages(r.Context())
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		out := []api.Image{}
+		for _, im := range list {
+			out = append(out, d.images.toAPI(r.Context(), im))
+		}
+		writeJSON(w, 200, out)
+	})
+	mux.HandleFunc("GET /v1/images/{name}", func(w http.ResponseWriter, r *http.Request) {
+		im, err := d.store.GetImage(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, d.images.toAPI(r.Context(), im))
+	})
+	mux.HandleFunc("DELETE /v1/images/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := d.images.Remove(r.Context(), r.PathValue("name")); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, map[string]string{"deleted": r.PathValue("name")})
+	})
+	mux.HandleFunc("POST /v1/images", func(w http.ResponseWriter, r *http.Request) {
+		var req api.BuildImageRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		st := newEventStream(w)
+		im, err := d.images.Build(r.Context(), req, st.Progress)
+		if err != nil {
+			st.finish(nil, err)
+			return
+		}
+		st.finish(d.images.toAPI(r.Context(), im), nil)
+	})
+	mux.HandleFunc("POST /v1/images/import", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ImportImageRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		st := newEventStream(w)
+		im, err := d.images.Import(r.Context(), req, st.Progress)
+		if err != nil {
+			st.finish(nil, err)
+			return
+		}
+		st.finish(d.images.toAPI(r.Context(), im), nil)
+	})
+}

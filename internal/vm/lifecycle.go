@@ -1,0 +1,340 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/image"
+	"banger/internal/vmm"
+)
+
+// DeleteOptions tune Delete.
+type DeleteOptions struct {
+	Force bool // delete a running VM (killing it)
+}
+
+// Delete removes a VM and everything it owns.
+func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) error {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	unlock := m.lock(r.row.ID)
+	defer unlock()
+	if r, err = m.get(ctx, r.row.ID); err != nil { // re-read under the lock
+		return err
+	}
+	state := m.derive(ctx, r)
+	if (state == StateRunning || state == StateUnknown || state == StateCreating) && !o.Force {
+		return errdefs.Conflict(fmt.Sprintf("vm %s is %s: stop it first, or delete with --force", r.row.Name, state))
+	}
+	r.row.State = StateDeleting
+	if err := r.save(ctx, m.store); err != nil {
+		return err
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	m.stopWatch(r.row.ID)
+	m.dropAgent(r.row.ID)
+	if r.handle.PID != 0 {
+		if err := m.backend.Kill(dctx, r.handle); err != nil {
+			r.row.State, r.row.LastError = StateError, "delete: "+err.Error()
+			r.save(dctx, m.store)
+			return fmt.Errorf("delete vm %s: stop VMM: %w", r.row.Name, err)
+		}
+	}
+	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
+	if err := os.RemoveAll(m.layout.VMDir(r.row.ID)); err != nil {
+		return fmt.Errorf("delete vm %s: %w", r.row.Name, err)
+	}
+	if err := m.store.DeleteVM(dctx, r.row.ID); err != nil {
+		return err
+	}
+	m.forgetLock(r.row.ID)
+	m.log.Info("vm deleted", "vm", r.row.Name, "id", r.row.ID)
+	return nil
+}
+
+// StopOptions tune Stop.
+type StopOptions struct {
+	Force   bool          // skip the clean power-off
+	Timeout time.Duration // how long a clean power-off may take
+}
+
+// Stop powers a VM off: cleanly through its agent (sync, remount / read-only,
+// power off), then by force when that does not finish within the timeout.
+func (m *Manager) Stop(ctx context.Context, name string, o StopOptions) (api.VM, error) {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := m.lock(r.row.ID)
+	defer unlock()
+	if r, err = m.get(ctx, r.row.ID); err != nil {
+		return api.VM{}, err
+	}
+	if st := m.derive(ctx, r); st != StateRunning && st != StateUnknown {
+		if st == StateStopped && r.row.State != StateStopped {
+			m.markStopped(ctx, r, "")
+		}
+		return m.toAPI(ctx, r), nil
+	}
+	if o.Timeout == 0 {
+		o.Timeout = 30 * time.Second
+	}
+	m.stopWatch(r.row.ID)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.Timeout+15*time.Second)
+	defer cancel()
+	clean := false
+	if !o.Force {
+		actx, acancel := context.WithTimeout(sctx, o.Timeout)
+		if c, err := m.agent(actx, r); err == nil {
+			if err := c.Shutdown(actx); err == nil {
+				clean = m.backend.WaitExit(actx, r.handle) == nil
+			} else {
+				m.log.Warn("clean shutdown failed", "vm", r.row.Name, "err", err)
+			}
+		}
+		acancel()
+	}
+	m.dropAgent(r.row.ID)
+	if !clean {
+		if err := m.backend.Kill(sctx, r.handle); err != nil {
+			return api.VM{}, fmt.Errorf("stop vm %s: %w", r.row.Name, err)
+		}
+	}
+	m.markStopped(sctx, r, "")
+	m.log.Info("vm stopped", "vm", r.row.Name, "clean", clean)
+	return m.toAPI(ctx, r), nil
+}
+
+func (m *Manager) markStopped(ctx context.Context, r *record, reason string) {
+	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
+	r.row.State = StateStopped
+	if reason != "" {
+		r.row.State = StateError
+	}
+	r.row.LastError = reason
+	r.handle = vmm.Handle{}
+	if err := r.save(ctx, m.store); err != nil {
+		m.log.Warn("mark stopped", "vm", r.row.Name, "err", err)
+	}
+}
+
+// Start boots a stopped VM on its existing root disk.
+func (m *Manager) Start(ctx context.Context, name string, progress Progress) (api.VM, error) {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := m.lock(r.row.ID)
+	defer unlock()
+	if r, err = m.get(ctx, r.row.ID); err != nil {
+		return api.VM{}, err
+	}
+	switch st := m.derive(ctx, r); st {
+	case StateRunning:
+		return m.toAPI(ctx, r), nil
+	case StateStopped, StateError:
+	default:
+		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s is %s", r.row.Name, st))
+	}
+	img, err := m.store.GetImage(ctx, r.row.ImageID)
+	if err != nil {
+		return api.VM{}, fmt.Errorf("vm %s: its image: %w", r.row.Name, err)
+	}
+	man, err := image.Load(img.Dir)
+	if err != nil {
+		return api.VM{}, fmt.Errorf("vm %s: image %s: %w", r.row.Name, img.Name, err)
+	}
+	var u undo
+	if err := m.boot(ctx, r, man, progress, &u); err != nil {
+		u.run()
+		m.markStopped(context.WithoutCancel(ctx), r, "start: "+err.Error())
+		return api.VM{}, err
+	}
+	return m.toAPI(ctx, r), nil
+}
+
+// SetOptions change a stopped VM's shape; zero fields are left alone.
+type SetOptions struct {
+	VCPUs     int
+	MemoryMiB int
+}
+
+// Set changes a stopped VM's vCPUs or memory; it takes effect at start.
+func (m *Manager) Set(ctx context.Context, name string, o SetOptions) (api.VM, error) {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := m.lock(r.row.ID)
+	defer unlock()
+	if r, err = m.get(ctx, r.row.ID); err != nil {
+		return api.VM{}, err
+	}
+	if st := m.derive(ctx, r); st != StateStopped && st != StateError {
+		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s is %s: stop it first ('banger vm stop %s'); vCPUs and memory change only on a stopped VM", r.row.Name, st, r.row.Name))
+	}
+	s := r.spec
+	if o.VCPUs != 0 {
+		s.VCPUs = o.VCPUs
+	}
+	if o.MemoryMiB != 0 {
+		s.MemoryMiB = o.MemoryMiB
+	}
+	if err := checkShape(s.VCPUs, s.MemoryMiB); err != nil {
+		return api.VM{}, err
+	}
+	r.spec = s
+	if err := r.save(ctx, m.store); err != nil {
+		return api.VM{}, err
+	}
+	return m.toAPI(ctx, r), nil
+}
+
+// startWatch notices a VMM that exits on its own (guest power-off, crash,
+// OOM kill) and records the VM as stopped, or error with the reason.
+func (m *Manager) startWatch(r *record) {
+	id, h, name := r.row.ID, r.handle, r.row.Name
+	ctx, cancel := context.WithCancel(context.Background())
+	m.mu.Lock()
+	if old := m.watch[id]; old != nil {
+		old()
+	}
+	m.watch[id] = cancel
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		if err := m.backend.WaitExit(ctx, h); err != nil {
+			return // cancelled: someone else owns the VM's fate now
+		}
+		select {
+		case <-m.closing:
+			return
+		default:
+		}
+		unlock := m.lock(id)
+		defer unlock()
+		cur, err := m.get(context.Background(), id)
+		if err != nil || cur.handle.PID != h.PID || cur.handle.StartTime != h.StartTime || cur.row.State != StateRunning {
+			return
+		}
+		m.dropAgent(id)
+		reason := exitReason(m.layout.VMConsoleLog(id), m.layout.VMVMMLog(id))
+		m.markStopped(context.Background(), cur, reason)
+		m.log.Info("vmm exited on its own", "vm", name, "reason", reason)
+	}()
+}
+
+func (m *Manager) stopWatch(id string) {
+	m.mu.Lock()
+	if c := m.watch[id]; c != nil {
+		c()
+		delete(m.watch, id)
+	}
+	m.mu.Unlock()
+}
+
+// exitReason reads why a VMM ended from the end of its logs: "" for a
+// clean guest power-off, else a short reason.
+func exitReason(consoleLog, vmmLog string) string {
+	con, _ := readTail(consoleLog, 4096)
+	vl, _ := readTail(vmmLog, 1024)
+	c := string(con)
+	switch {
+	case strings.Contains(c, "Kernel panic"):
+		i := strings.LastIndex(c, "Kernel panic")
+		return "guest kernel panic: " + firstLine(c[i:])
+	case strings.Contains(c, "Out of memory"):
+		return "guest ran out of memory"
+	case strings.Contains(c, "banger-agent: power off") || strings.Contains(c, "reboot: Power down"):
+		return ""
+	case strings.TrimSpace(string(vl)) != "":
+		return "VMM exited: " + firstLine(strings.TrimSpace(string(vl)))
+	}
+	return "VMM exited unexpectedly (killed?)"
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return strings.TrimSpace(s)
+}
+
+// Reconcile makes the store agree with the world. It runs at daemon start,
+// before anything is served:
+//   - a VM caught mid-create or mid-delete by a crash is removed entirely
+//     (a create either completes or leaves nothing);
+//   - a VM recorded as running whose VMM is alive is re-attached (its exit
+//     watcher restarts); one whose VMM is gone becomes stopped and its
+//     runtime files are freed;
+//   - VM directories, runtime directories and VMM processes under this
+//     banger's directories that no VM owns are removed.
+func (m *Manager) Reconcile(ctx context.Context) error {
+	rows, err := m.store.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	owned := map[string]bool{}
+	for _, row := range rows {
+		r, err := load(row)
+		if err != nil {
+			m.log.Warn("reconcile: unreadable vm row", "vm", row.Name, "err", err)
+			owned[row.ID] = true
+			continue
+		}
+		switch row.State {
+		case StateCreating, StateDeleting:
+			m.log.Info("reconcile: removing vm left mid-operation", "vm", row.Name, "state", row.State)
+			if r.handle.PID != 0 {
+				m.backend.Kill(ctx, r.handle)
+			}
+			os.RemoveAll(m.layout.VMRuntimeDir(row.ID))
+			os.RemoveAll(m.layout.VMDir(row.ID))
+			m.store.DeleteVM(ctx, row.ID)
+			continue
+		case StateRunning, StateUnknown:
+			owned[row.ID] = true
+			if m.backend.Status(ctx, r.handle) == vmm.StateExited {
+				m.log.Info("reconcile: vm's VMM is gone", "vm", row.Name, "pid", r.handle.PID)
+				m.markStopped(ctx, r, exitReason(m.layout.VMConsoleLog(row.ID), m.layout.VMVMMLog(row.ID)))
+			} else {
+				m.log.Info("reconcile: re-attached", "vm", row.Name, "pid", r.handle.PID)
+				m.startWatch(r)
+			}
+		default:
+			owned[row.ID] = true
+			os.RemoveAll(m.layout.VMRuntimeDir(row.ID))
+		}
+	}
+	// Orphans: directories and processes no row owns.
+	for _, dir := range []string{m.layout.VMsDir(), filepath.Dir(m.layout.VMRuntimeDir("x"))} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if !owned[e.Name()] {
+				m.log.Info("reconcile: removing orphan", "path", filepath.Join(dir, e.Name()))
+				os.RemoveAll(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	for _, o := range findVMMs("/proc", filepath.Dir(m.layout.VMRuntimeDir("x"))) {
+		if !owned[o.id] {
+			m.log.Info("reconcile: killing orphan VMM", "pid", o.pid, "id", o.id)
+			syscall.Kill(o.pid, syscall.SIGKILL)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,333 @@
+// Package vm is the VM state machine: create, start, stop, delete and exec,
+// each under the VM's own lock, with every resource a step acquires undone
+// when a later step fails.
+//
+// A VM is a store row plus what it owns: a copy-on-write root disk and a
+// console log in its state directory, a runtime directory with the VMM's
+// sockets, and the VMM process (found again through vmm.Handle: pid,
+// process start time, boot id, control socket). States:
+//
+//	creating → running ⇄ stopped, plus deleting, error and unknown.
+//
+// The state shown to users is derived from the world (see derive), not
+// trusted from the row.
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"sync"
+	"time"
+
+	"banger/internal/agent"
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/errdefs"
+	"banger/internal/paths"
+	"banger/internal/store"
+	"banger/internal/vmm"
+)
+
+// VM states as stored and shown.
+const (
+	StateCreating = "creating"
+	StateRunning  = "running"
+	StateStopped  = "stopped"
+	StateDeleting = "deleting"
+	StateError    = "error"
+	StateUnknown  = "unknown"
+)
+
+// Spec is a VM's persisted machine shape (the row's spec column).
+type Spec struct {
+	VCPUs       int    `json:"vcpus"`
+	MemoryMiB   int    `json:"memory_mib"`
+	DiskBytes   int64  `json:"disk_bytes"`
+	ImageName   string `json:"image_name"`
+	ImageDigest string `json:"image_digest"`
+	Backend     string `json:"backend"`
+	Boot        string `json:"boot,omitempty"` // how it last started: cold | warm
+}
+
+// Images is what the manager needs of the image registry.
+type Images interface {
+	// Resolve returns the image row and its directory, building the
+	// default image first when it is missing and name is the default.
+	Resolve(ctx context.Context, name string, progress Progress) (*store.Image, error)
+}
+
+// Progress receives phase updates of long operations.
+type Progress func(phase, detail string)
+
+// Options configure a Manager.
+type Options struct {
+	Store   *store.Store
+	Layout  paths.Layout
+	Config  config.Config
+	Backend vmm.Backend
+	Images  Images
+	Log     *slog.Logger
+	// ReadyTimeout bounds the wait for a booted guest's agent.
+	ReadyTimeout time.Duration
+}
+
+// Manager runs VMs.
+type Manager struct {
+	opts    Options
+	store   *store.Store
+	layout  paths.Layout
+	backend vmm.Backend
+	log     *slog.Logger
+
+	mu     sync.Mutex
+	locks  map[string]*sync.Mutex        // VM id → its lock
+	agents map[string]*agentConn         // VM id → connection to its agent
+	watch  map[string]context.CancelFunc // VM id → exit watcher
+
+	closing chan struct{}
+	wg      sync.WaitGroup
+}
+
+// New returns a manager. Call Reconcile before serving.
+func New(o Options) *Manager {
+	if o.ReadyTimeout == 0 {
+		o.ReadyTimeout = 3 * time.Minute
+	}
+	return &Manager{
+		opts: o, store: o.Store, layout: o.Layout, backend: o.Backend, log: o.Log,
+		locks: map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
+		closing: make(chan struct{}),
+	}
+}
+
+// Close stops watchers and closes agent connections. VMs keep running.
+func (m *Manager) Close(ctx context.Context) error {
+	close(m.closing)
+	m.mu.Lock()
+	for _, c := range m.watch {
+		c()
+	}
+	for id, a := range m.agents {
+		a.close()
+		delete(m.agents, id)
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+	return nil
+}
+
+// lock takes a VM's lock; operations on different VMs never wait for each
+// other.
+func (m *Manager) lock(id string) func() {
+	m.mu.Lock()
+	l, ok := m.locks[id]
+	if !ok {
+		l = &sync.Mutex{}
+		m.locks[id] = l
+	}
+	m.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func (m *Manager) forgetLock(id string) {
+	m.mu.Lock()
+	delete(m.locks, id)
+	m.mu.Unlock()
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether s can name a VM (a DNS label: it becomes the
+// guest's hostname and NAME.vm).
+func ValidName(s string) bool { return nameRE.MatchString(s) }
+
+func newID() string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// RandomName returns a name for a VM created without one.
+func RandomName() string { return "vm-" + newID() }
+
+type record struct {
+	row    *store.VM
+	spec   Spec
+	handle vmm.Handle
+}
+
+func load(row *store.VM) (*record, error) {
+	r := &record{row: row}
+	if len(row.Spec) > 0 {
+		if err := json.Unmarshal(row.Spec, &r.spec); err != nil {
+			return nil, fmt.Errorf("vm %s: bad spec: %w", row.Name, err)
+		}
+	}
+	if len(row.Handle) > 0 {
+		if err := json.Unmarshal(row.Handle, &r.handle); err != nil {
+			return nil, fmt.Errorf("vm %s: bad handle: %w", row.Name, err)
+		}
+	}
+	return r, nil
+}
+
+func (r *record) save(ctx context.Context, st *store.Store) error {
+	r.row.Spec, _ = json.Marshal(r.spec)
+	r.row.Handle, _ = json.Marshal(r.handle)
+	return st.UpdateVM(ctx, r.row)
+}
+
+func (m *Manager) get(ctx context.Context, name string) (*record, error) {
+	row, err := m.store.GetVM(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return load(row)
+}
+
+// derive reports the state the world is in for a record. A VM the store
+// calls running whose process is gone is stopped (and the row is fixed by
+// the exit watcher or reconcile, not here).
+func (m *Manager) derive(ctx context.Context, r *record) string {
+	switch r.row.State {
+	case StateRunning, StateUnknown:
+		switch m.backend.Status(ctx, r.handle) {
+		case vmm.StateRunning:
+			return StateRunning
+		case vmm.StateUnknown:
+			return StateUnknown
+		default:
+			return StateStopped
+		}
+	}
+	return r.row.State
+}
+
+func (m *Manager) toAPI(ctx context.Context, r *record) api.VM {
+	v := api.VM{
+		ID: r.row.ID, Name: r.row.Name, State: m.derive(ctx, r), Image: r.spec.ImageName,
+		VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB, DiskBytes: r.spec.DiskBytes,
+		Backend: r.spec.Backend, CreatedAt: r.row.CreatedAt, Boot: r.spec.Boot,
+		ConsoleLog: m.layout.VMConsoleLog(r.row.ID), RootDisk: m.layout.VMRootDisk(r.row.ID),
+		LastError: r.row.LastError,
+	}
+	if st, err := os.Stat(v.RootDisk); err == nil {
+		if sys, ok := st.Sys().(interface{ Blocks() int64 }); ok {
+			v.DiskUsed = sys.Blocks() * 512
+		} else {
+			v.DiskUsed = st.Size()
+		}
+	}
+	if v.State == StateRunning || v.State == StateUnknown {
+		v.PID, v.Accel = r.handle.PID, r.handle.Accel
+		v.StartedAt = r.row.StartedAt
+		if !r.row.StartedAt.IsZero() {
+			v.Uptime = time.Since(r.row.StartedAt).Round(time.Second).String()
+		}
+	}
+	return v
+}
+
+// Get describes one VM.
+func (m *Manager) Get(ctx context.Context, name string) (api.VM, error) {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	return m.toAPI(ctx, r), nil
+}
+
+// List describes every VM.
+func (m *Manager) List(ctx context.Context) ([]api.VM, error) {
+	rows, err := m.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.VM, 0, len(rows))
+	for _, row := range rows {
+		r, err := load(row)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m.toAPI(ctx, r))
+	}
+	return out, nil
+}
+
+// ImageInUse lists the names of VMs whose root disk is based on an image.
+func (m *Manager) ImageInUse(ctx context.Context, imageID string) ([]string, error) {
+	rows, err := m.store.VMsUsingImage(ctx, imageID)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, r := range rows {
+		names = append(names, r.Name)
+	}
+	return names, nil
+}
+
+// agentConn is the one connection to a VM's agent; virtio-serial carries
+// one host client at a time, so every caller shares it.
+type agentConn struct {
+	mu     sync.Mutex
+	client *agent.Client
+}
+
+func (a *agentConn) close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.client != nil {
+		a.client.Close()
+		a.client = nil
+	}
+}
+
+// agent returns a live client of the VM's agent, dialling when needed.
+func (m *Manager) agent(ctx context.Context, r *record) (*agent.Client, error) {
+	m.mu.Lock()
+	a, ok := m.agents[r.row.ID]
+	if !ok {
+		a = &agentConn{}
+		m.agents[r.row.ID] = a
+	}
+	m.mu.Unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.client != nil {
+		select {
+		case <-a.client.Done():
+			a.client = nil
+		default:
+			return a.client, nil
+		}
+	}
+	conn, err := m.backend.DialAgent(ctx, r.handle)
+	if err != nil {
+		return nil, errdefs.Unavailable(fmt.Sprintf("vm %s: connect to agent: %v", r.row.Name, err))
+	}
+	c, err := agent.Dial(ctx, conn)
+	if err != nil {
+		conn.Close()
+		return nil, errdefs.Unavailable(fmt.Sprintf("vm %s: agent handshake: %v", r.row.Name, err))
+	}
+	a.client = c
+	return c, nil
+}
+
+func (m *Manager) dropAgent(id string) {
+	m.mu.Lock()
+	a := m.agents[id]
+	delete(m.agents, id)
+	m.mu.Unlock()
+	if a != nil {
+		a.close()
+	}
+}
