@@ -245,3 +245,39 @@ func TestRotatingLog(t *testing.T) {
 		t.Fatalf("sizes: %v %v %v", st.Size(), old, err)
 	}
 }
+
+func TestTwoDaemonsRaceOneWins(t *testing.T) {
+	l := testLayout(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type res struct {
+		err   error
+		ready bool
+	}
+	results := make(chan res, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			ready := make(chan struct{})
+			done := make(chan error, 1)
+			go func() { done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: io.Discard}) }()
+			select {
+			case <-ready:
+				results <- res{ready: true}
+				<-done
+			case err := <-done:
+				results <- res{err: err}
+			}
+		}()
+	}
+	a, b := <-results, <-results
+	if a.ready == b.ready {
+		t.Fatalf("want exactly one winner: %+v %+v", a, b)
+	}
+	loser := a
+	if a.ready {
+		loser = b
+	}
+	if !errors.Is(loser.err, errdefs.ErrConflict) {
+		t.Fatalf("loser: %v", loser.err)
+	}
+}

@@ -62,7 +62,7 @@ func (s *images) Resolve(ctx context.Context, name string, progress vm.Progress)
 		}
 		return im, err
 	}
-	progress("image", fmt.Sprintf("image %q not found: building it first (once; a few minutes)", name))
+	progress("image", fmt.Sprintf("image %q not found: building it first (once: about a minute, seconds with a warm cache)", name))
 	return s.Build(ctx, api.BuildImageRequest{Name: name}, progress)
 }
 
@@ -97,7 +97,7 @@ func (s *images) Build(ctx context.Context, req api.BuildImageRequest, progress 
 	}
 	man, err := image.Build(ctx, o)
 	if err != nil {
-		return nil, fmt.Errorf("build image %s: %w", req.Name, err)
+		return nil, err // already says "build image NAME: phase: ..."
 	}
 	return s.register(ctx, id, man)
 }
@@ -124,7 +124,7 @@ func (s *images) Import(ctx context.Context, req api.ImportImageRequest, progres
 		Dest: filepath.Join(s.layout.ImagesDir(), id), TmpDir: s.layout.TmpDir(), Progress: progress,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("import image %s: %w", req.Name, err)
+		return nil, err
 	}
 	return s.register(ctx, id, man)
 }

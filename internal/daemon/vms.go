@@ -20,6 +20,7 @@ import (
 	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/errdefs"
+	"banger/internal/image"
 	"banger/internal/system"
 	"banger/internal/vm"
 	"banger/internal/vmm"
@@ -48,6 +49,9 @@ func (d *Daemon) init(ctx context.Context) error {
 		Log: d.log.With("component", "vm"), ReadyTimeout: d.opts.ReadyTimeout,
 	})
 	d.images.vms = d.vms
+	if err := image.RemoveStaleTemp(d.layout.TmpDir()); err != nil {
+		d.log.Warn("remove stale image build dirs", "err", err)
+	}
 	if err := d.vms.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
