@@ -1,0 +1,362 @@
+package network
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// The table, as `nft list table inet banger` prints it (bgr0, 172.30.0.1,
+// DNS port 42069; one nat VM at .2 and one none VM at .3):
+//
+//	chain prerouting {   type nat hook prerouting priority dstnat
+//	    iifname "bgr0" ip daddr 172.30.0.1 udp dport 53 redirect to :42069
+//	    iifname "bgr0" ip daddr 172.30.0.1 tcp dport 53 redirect to :42069 }
+//	chain input {        type filter hook input priority filter; policy accept
+//	    iifname "bgr0" ct state established,related accept
+//	    iifname "bgr0" udp dport 42069 accept
+//	    iifname "bgr0" tcp dport 42069 accept
+//	    iifname "bgr0" drop }
+//	chain forward {      type filter hook forward priority filter; policy accept
+//	    iifname "bgr0" oifname "bgr0" drop
+//	    oifname "bgr0" ct state established,related accept
+//	    iifname "bgr0" jump egress
+//	    iifname "bgr0" drop
+//	    oifname "bgr0" drop }
+//	chain egress {
+//	    ip saddr 172.30.0.2 accept comment "vm=ID"
+//	    ip saddr 172.30.0.3 drop comment "vm=ID" }
+//	chain postrouting {  type nat hook postrouting priority srcnat
+//	    ip saddr 172.30.0.2 oifname != "bgr0" masquerade comment "vm=ID" }
+//
+// and a bridge-family table of the same name pins each tap to its VM's
+// MAC and IPv4 address (frames from a tap with another source MAC, IPv4
+// source or ARP sender address are dropped):
+//
+//	chain antispoof {    type filter hook prerouting priority filter
+//	    iifname "bgt0" ether saddr != 52:54:9f:5f:9c:1e drop comment "vm=ID"
+//	    iifname "bgt0" ip saddr != 172.30.0.2 drop comment "vm=ID"
+//	    iifname "bgt0" arp saddr ip != 172.30.0.2 drop comment "vm=ID" }
+//
+// Base chains accept by default: the tables only ever drop traffic to or
+// from banger's bridge, and never touch the host's other traffic.
+
+// syncRules rebuilds the table from the leases in one atomic batch (Start
+// and Reconcile; Attach and Detach change only their VM's rules), and
+// turns IPv4 forwarding on when a nat lease exists.
+func (m *Manager) syncRules() error {
+	m.rulesMu.Lock()
+	defer m.rulesMu.Unlock()
+	m.mu.Lock()
+	leases := make([]Lease, 0, len(m.leases))
+	nat := false
+	for _, l := range m.leases {
+		leases = append(leases, *l)
+		nat = nat || l.Egress == EgressNAT
+	}
+	m.mu.Unlock()
+	sort.Slice(leases, func(i, j int) bool { return leases[i].Addr.Less(leases[j].Addr) })
+	err := m.do(func() error {
+		if nat {
+			if err := enableForwarding(); err != nil {
+				return err
+			}
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		m.buildTable(c, leases)
+		return c.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("nftables table inet %s: %w", m.o.Table, err)
+	}
+	return nil
+}
+
+func enableForwarding() error {
+	const p = "/proc/sys/net/ipv4/ip_forward"
+	b, err := os.ReadFile(p)
+	if err == nil && len(b) > 0 && b[0] == '1' {
+		return nil
+	}
+	if err := os.WriteFile(p, []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("enable IPv4 forwarding: %w", err)
+	}
+	return nil
+}
+
+// deleteTable removes the table (nothing when it does not exist).
+func (m *Manager) deleteTable() error {
+	m.rulesMu.Lock()
+	defer m.rulesMu.Unlock()
+	return m.do(func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		for _, fam := range []nftables.TableFamily{nftables.TableFamilyINet, nftables.TableFamilyBridge} {
+			t := &nftables.Table{Name: m.o.Table, Family: fam}
+			c.AddTable(t) // so that the delete below cannot fail on a missing table
+			c.DelTable(t)
+		}
+		return c.Flush()
+	})
+}
+
+// buildTable queues: the table created if missing, deleted, and created
+// again with every chain and rule — applied atomically by one Flush.
+func (m *Manager) buildTable(c *nftables.Conn, leases []Lease) {
+	t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	accept := nftables.ChainPolicyAccept
+	pre := c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest})
+	in := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	egress := c.AddChain(&nftables.Chain{Name: "egress", Table: t})
+	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+
+	br := m.o.BridgeName
+	port := uint16(m.o.DNSPort)
+	add := func(ch *nftables.Chain, comment string, es ...[]expr.Any) {
+		var all []expr.Any
+		for _, e := range es {
+			all = append(all, e...)
+		}
+		r := &nftables.Rule{Table: t, Chain: ch, Exprs: all}
+		if comment != "" {
+			r.UserData = userdata.AppendString(nil, userdata.TypeComment, comment)
+		}
+		c.AddRule(r)
+	}
+
+	// prerouting: the gateway's port 53 is banger's DNS.
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		add(pre, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ip4Addr(16, m.gw.As4()), l4Port(proto, 2, 53),
+			[]expr.Any{
+				&expr.Immediate{Register: 1, Data: be16(port)},
+				&expr.Redir{RegisterProtoMin: 1},
+			})
+	}
+	// input: replies to the host's own connections, DNS, nothing else.
+	add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), l4Port(proto, 2, port), verdict(expr.VerdictAccept))
+	}
+	add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+	// forward: no guest to guest through the host; replies in; egress per VM.
+	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+	add(fwd, "", ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "egress"}})
+	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+	add(fwd, "", ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+
+	bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
+	c.AddTable(bt)
+	c.DelTable(bt)
+	c.AddTable(bt)
+	spoof := c.AddChain(&nftables.Chain{Name: "antispoof", Table: bt, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
+
+	for _, l := range leases {
+		m.addVMRules(c, t, egress, post, l)
+		m.addSpoofRules(c, bt, spoof, l)
+	}
+}
+
+// addSpoofRules queues the bridge-family rules that pin a VM's tap to its
+// MAC and IPv4 address: a guest cannot borrow another VM's address (and
+// its egress) nor poison the host's ARP cache.
+func (m *Manager) addSpoofRules(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, l Lease) {
+	ud := userdata.AppendString(nil, userdata.TypeComment, "vm="+l.VMID)
+	rule := func(es ...[]expr.Any) {
+		var all []expr.Any
+		for _, e := range es {
+			all = append(all, e...)
+		}
+		all = append(all, &expr.Verdict{Kind: expr.VerdictDrop})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: all, UserData: ud})
+	}
+	mac, _ := net.ParseMAC(l.MAC)
+	a := l.Addr.As4()
+	tap := ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, l.Tap)
+	rule(tap, []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: mac},
+	})
+	rule(tap, etherType(0x0800), []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: a[:]},
+	})
+	rule(tap, etherType(0x0806), []expr.Any{ // ARP sender protocol address
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 14, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: a[:]},
+	})
+}
+
+func etherType(t uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyPROTOCOL, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(t)},
+	}
+}
+
+// addVMRules queues a VM's own rules (comment "vm=ID").
+func (m *Manager) addVMRules(c *nftables.Conn, t *nftables.Table, egress, post *nftables.Chain, l Lease) {
+	ud := userdata.AppendString(nil, userdata.TypeComment, "vm="+l.VMID)
+	rule := func(ch *nftables.Chain, es ...[]expr.Any) {
+		var all []expr.Any
+		for _, e := range es {
+			all = append(all, e...)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: all, UserData: ud})
+	}
+	src := ip4Addr(12, l.Addr.As4())
+	switch l.Egress {
+	case EgressNAT:
+		rule(egress, src, verdict(expr.VerdictAccept))
+		rule(post, src, ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, m.o.BridgeName), []expr.Any{&expr.Masq{}})
+	default:
+		rule(egress, src, verdict(expr.VerdictDrop))
+	}
+}
+
+// vmRulesChanged adds (add) or removes (!add) one VM's rules in one batch,
+// leaving every other rule in place: a full rebuild costs 7-20 ms (the
+// kernel waits for readers of the old table), this well under 1 ms. When
+// the table is not as Start left it (flushed by someone), it falls back to
+// a rebuild.
+func (m *Manager) vmRulesChanged(l Lease, add bool) error {
+	m.rulesMu.Lock()
+	err := m.do(func() error {
+		if add && l.Egress == EgressNAT {
+			if err := enableForwarding(); err != nil {
+				return err
+			}
+		}
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
+		egress := &nftables.Chain{Name: "egress", Table: t}
+		post := &nftables.Chain{Name: "postrouting", Table: t}
+		bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
+		spoof := &nftables.Chain{Name: "antispoof", Table: bt}
+		if add {
+			m.addVMRules(c, t, egress, post, l)
+			m.addSpoofRules(c, bt, spoof, l)
+			return c.Flush()
+		}
+		for _, ch := range []*nftables.Chain{egress, post, spoof} {
+			rules, err := c.GetRules(ch.Table, ch)
+			if err != nil {
+				return err
+			}
+			for _, r := range rules {
+				if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == "vm="+l.VMID {
+					if err := c.DelRule(r); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return c.Flush()
+	})
+	m.rulesMu.Unlock()
+	if err != nil {
+		m.o.Logger.Warn("nftables: per-VM update failed, rebuilding the table", "vm", l.VMID, "err", err)
+		return m.syncRules()
+	}
+	return nil
+}
+
+func verdict(k expr.VerdictKind) []expr.Any { return []expr.Any{&expr.Verdict{Kind: k}} }
+
+func ifname(key expr.MetaKey, op expr.CmpOp, name string) []expr.Any {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: b},
+	}
+}
+
+// ip4Addr matches the IPv4 header field at offset (12 saddr, 16 daddr).
+func ip4Addr(offset uint32, a [4]byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+	}
+}
+
+// l4Port matches a TCP/UDP port at offset (0 sport, 2 dport).
+func l4Port(proto byte, offset uint32, port uint16) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: offset, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: be16(port)},
+	}
+}
+
+func ctState(bits uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binary.NativeEndian.AppendUint32(nil, bits), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+	}
+}
+
+func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
+
+// RuleOwners lists the VM ids that own rules in the table (for tests and
+// doctor): the "vm=ID" comments.
+func (m *Manager) RuleOwners() ([]string, error) {
+	var out []string
+	err := m.do(func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
+		bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
+		seen := map[string]bool{}
+		for _, ch := range []*nftables.Chain{{Name: "egress", Table: t}, {Name: "postrouting", Table: t}, {Name: "antispoof", Table: bt}} {
+			rules, err := c.GetRules(ch.Table, ch)
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			for _, r := range rules {
+				if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && len(s) > 3 && s[:3] == "vm=" && !seen[s[3:]] {
+					seen[s[3:]] = true
+					out = append(out, s[3:])
+				}
+			}
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out, err
+}
