@@ -54,7 +54,25 @@ type fakeMachine struct {
 	seed       []byte
 	machineID  string
 	prepared   bool
+	net        *NetConfig
+	keys       []string
 	poweredOff chan struct{}
+}
+
+func (m *fakeMachine) ConfigureNetwork(n NetConfig) error {
+	if err := n.validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.net = &n
+	return nil
+}
+func (m *fakeMachine) SetAuthorizedKeys(k []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.keys = k
+	return nil
 }
 
 func newFakeMachine() *fakeMachine { return &fakeMachine{poweredOff: make(chan struct{})} }
@@ -518,6 +536,24 @@ func TestConfigure(t *testing.T) {
 	var re *RemoteError
 	if !errors.As(err, &re) {
 		t.Errorf("bad machine id: %v", err)
+	}
+	nc := &NetConfig{Interface: "eth0", MAC: "52:54:00:01:02:03", Address: "172.30.0.5/24", Gateway: "172.30.0.1", DNS: []string{"172.30.0.1"}, SearchDomain: "vm"}
+	if err := p.client.Configure(tctx(t), GuestConfig{Network: nc, AuthorizedKeys: []string{"ssh-ed25519 AAAA banger"}}); err != nil {
+		t.Fatal(err)
+	}
+	if m.net == nil || m.net.Address != nc.Address || len(m.keys) != 1 {
+		t.Errorf("network/keys not applied: %+v %v", m.net, m.keys)
+	}
+	for _, bad := range []NetConfig{
+		{Interface: "eth0", Address: "nonsense"},
+		{Interface: "../x", Address: "10.0.0.2/24"},
+		{Interface: "eth0", Address: "10.0.0.2/24", Gateway: "x"},
+		{Interface: "eth0", Address: "10.0.0.2/24", DNS: []string{"1.2.3.4\nsearch evil"}},
+	} {
+		bad := bad
+		if err := p.client.Configure(tctx(t), GuestConfig{Network: &bad}); !errors.As(err, &re) {
+			t.Errorf("bad network %+v accepted: %v", bad, err)
+		}
 	}
 }
 

@@ -21,6 +21,8 @@ type Machine interface {
 	SetTime(t time.Time) error
 	SeedRandom(seed []byte) error
 	SetMachineID(id string) error
+	ConfigureNetwork(n NetConfig) error
+	SetAuthorizedKeys(keys []string) error
 	// PrepareShutdown stops every other process, syncs and remounts /
 	// read-only. PowerOff then turns the machine off and does not return
 	// on success.

@@ -134,6 +134,10 @@ type GuestConfig struct {
 	RandomSeed []byte `json:"random_seed,omitempty"`
 	// MachineID replaces /etc/machine-id (32 lowercase hex digits).
 	MachineID string `json:"machine_id,omitempty"`
+	// Network brings the guest NIC up (address, route, resolv.conf).
+	Network *NetConfig `json:"network,omitempty"`
+	// AuthorizedKeys replaces root's ~/.ssh/authorized_keys (nil: leave it).
+	AuthorizedKeys []string `json:"authorized_keys,omitempty"`
 }
 
 // ExitStatus is how a guest process ended.

@@ -152,6 +152,12 @@ func (s *session) configure(st *yamux.Stream, cfg *GuestConfig) {
 	if cfg.MachineID != "" {
 		errs = append(errs, m.SetMachineID(cfg.MachineID))
 	}
+	if cfg.Network != nil {
+		errs = append(errs, m.ConfigureNetwork(*cfg.Network))
+	}
+	if cfg.AuthorizedKeys != nil {
+		errs = append(errs, m.SetAuthorizedKeys(cfg.AuthorizedKeys))
+	}
 	if err := errors.Join(errs...); err != nil {
 		writeFrame(st, reply{Error: err.Error()})
 		return

@@ -53,6 +53,7 @@ type CreateVMRequest struct {
 	VCPUs     int    `json:"vcpus,omitempty"`
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	Disk      string `json:"disk,omitempty"` // e.g. "4G"
+	Net       string `json:"net,omitempty"`  // egress: "nat" or "none"
 }
 
 // VM describes one VM as the world says it is.
@@ -75,6 +76,11 @@ type VM struct {
 	ConsoleLog string    `json:"console_log"`
 	RootDisk   string    `json:"root_disk"`
 	LastError  string    `json:"last_error,omitempty"`
+	Net        string    `json:"net"` // nat, none, off (no NIC)
+	IP         string    `json:"ip,omitempty"`
+	MAC        string    `json:"mac,omitempty"`
+	Tap        string    `json:"tap,omitempty"`
+	Forwards   []string  `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
 }
 
 // BuildImageRequest is the body of POST /v1/images (answered with a
@@ -129,4 +135,18 @@ type StopVMRequest struct {
 type SetVMRequest struct {
 	VCPUs     int `json:"vcpus,omitempty"`
 	MemoryMiB int `json:"memory_mib,omitempty"`
+}
+
+// SSHInfo answers POST /v1/vms/{name}/ssh: how to reach the VM's sshd,
+// which the daemon has just started.
+type SSHInfo struct {
+	Host       string `json:"host"`
+	User       string `json:"user"`
+	Key        string `json:"key"`         // private key file
+	KnownHosts string `json:"known_hosts"` // this VM's host key only
+}
+
+// ForwardRequest is the body of POST /v1/vms/{name}/ports.
+type ForwardRequest struct {
+	Spec string `json:"spec"` // [HOST_ADDR:]HOST_PORT:GUEST_PORT
 }

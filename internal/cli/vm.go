@@ -22,7 +22,7 @@ import (
 func addVMCommands(root *cobra.Command, e *env) {
 	vm := group(&cobra.Command{Use: "vm", Short: "Create, run, inspect and remove VMs"})
 	vm.AddCommand(newVMCreateCmd(e), newVMListCmd(e), newVMShowCmd(e), newVMExecCmd(e), newVMRunCmd(e),
-		newVMDeleteCmd(e), newVMStopCmd(e), newVMStartCmd(e), newVMRestartCmd(e), newVMSetCmd(e), newVMLogsCmd(e))
+		newVMDeleteCmd(e), newVMStopCmd(e), newVMStartCmd(e), newVMRestartCmd(e), newVMSetCmd(e), newVMLogsCmd(e), newVMSSHCmd(e), newVMPortCmd(e))
 	root.AddCommand(vm, newImageCmd(e))
 }
 
@@ -66,6 +66,7 @@ type createFlags struct {
 	vcpus int
 	mem   int
 	disk  string
+	net   string
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
@@ -73,10 +74,11 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.vcpus, "vcpu", 0, "virtual CPUs (default: vm.vcpus from the config, 1)")
 	cmd.Flags().IntVar(&f.mem, "mem", 0, "memory in MiB (default: vm.memory_mib from the config, 512)")
 	cmd.Flags().StringVar(&f.disk, "disk", "", "root disk size, e.g. 8G (default: vm.disk from the config, 4G)")
+	cmd.Flags().StringVar(&f.net, "net", "", "network: nat (reach out through the host) or none (default: network.egress from the config, nat)")
 }
 
 func (f *createFlags) request(name string, cmd *cobra.Command) (api.CreateVMRequest, error) {
-	req := api.CreateVMRequest{Name: name, Image: f.image, VCPUs: f.vcpus, MemoryMiB: f.mem, Disk: f.disk}
+	req := api.CreateVMRequest{Name: name, Image: f.image, VCPUs: f.vcpus, MemoryMiB: f.mem, Disk: f.disk, Net: f.net}
 	// An explicit 0 is an error, not "the default".
 	if cmd.Flags().Changed("vcpu") && f.vcpus < 1 {
 		return req, errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d: must be between 1 and 64", f.vcpus))
@@ -148,10 +150,10 @@ func newVMListCmd(e *env) *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tVCPU\tMEM\tDISK\tUPTIME\tPID")
+			fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tVCPU\tMEM\tDISK\tIP\tUPTIME\tPID")
 			for _, v := range vms {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VCPUs, v.MemoryMiB,
-					humanSize(v.DiskBytes), dash(v.Uptime), dashInt(v.PID))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.Image, v.VCPUs, v.MemoryMiB,
+					humanSize(v.DiskBytes), dash(v.IP), dash(v.Uptime), dashInt(v.PID))
 			}
 			return tw.Flush()
 		},
@@ -218,6 +220,11 @@ func newVMShowCmd(e *env) *cobra.Command {
 			row("memory", fmt.Sprintf("%d MiB", v.MemoryMiB))
 			row("disk", fmt.Sprintf("%s (%s used)", humanSize(v.DiskBytes), humanSize(v.DiskUsed)))
 			row("backend", strings.TrimSpace(v.Backend+" "+v.Accel))
+			row("network", v.Net)
+			row("address", v.IP)
+			row("mac", v.MAC)
+			row("tap", v.Tap)
+			row("forwards", strings.Join(v.Forwards, ", "))
 			row("boot", v.Boot)
 			row("pid", dashInt(v.PID))
 			row("created", v.CreatedAt.Local().Format(time.RFC3339))

@@ -246,3 +246,18 @@ func (x *Exec) Close() error {
 	x.closed.Do(func() { x.conn.Close() })
 	return nil
 }
+
+// PrepareSSH starts sshd in a VM and says how to reach it.
+func (c *Client) PrepareSSH(ctx context.Context, name string) (api.SSHInfo, error) {
+	var v api.SSHInfo
+	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ssh", nil, &v)
+	return v, err
+}
+
+// AddForward forwards a host port to a VM's port; it returns the
+// normalised HOSTADDR:PORT:GUESTPORT.
+func (c *Client) AddForward(ctx context.Context, name, spec string) (string, error) {
+	var v map[string]string
+	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports", api.ForwardRequest{Spec: spec}, &v)
+	return v["forward"], err
+}

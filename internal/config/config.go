@@ -42,6 +42,9 @@ type Network struct {
 	DNSPort   int    `toml:"dns_port"`   // UDP+TCP port of banger's DNS server
 	DNSDomain string `toml:"dns_domain"` // VMs answer as NAME.DOMAIN
 	Egress    string `toml:"egress"`     // default --net: "nat" or "none"
+	Bridge    string `toml:"bridge"`     // name of banger's bridge
+	TapPrefix string `toml:"tap_prefix"` // taps are TapPrefix + N
+	NFTable   string `toml:"nft_table"`  // banger's nftables table
 }
 
 // Daemon holds bangerd's own settings.
@@ -54,7 +57,7 @@ func Defaults() Config {
 	return Config{
 		Backend: "auto",
 		VM:      VM{Image: "default", VCPUs: 1, MemoryMiB: 512, Disk: "4G"},
-		Network: Network{Subnet: "172.30.0.0/24", DNSPort: 42069, DNSDomain: "vm", Egress: "nat"},
+		Network: Network{Subnet: "172.30.0.0/24", DNSPort: 42069, DNSDomain: "vm", Egress: "nat", Bridge: "bgr0", TapPrefix: "bgt", NFTable: "banger"},
 		Daemon:  Daemon{LogMaxMiB: 10},
 	}
 }
@@ -167,11 +170,25 @@ func (c Config) validate() (key, msg string) {
 	default:
 		return "network.egress", fmt.Sprintf("%q is not one of nat, none", c.Network.Egress)
 	}
+	if !ifName.MatchString(c.Network.Bridge) || len(c.Network.Bridge) > 15 {
+		return "network.bridge", fmt.Sprintf("%q is not an interface name (letters, digits, '-', at most 15)", c.Network.Bridge)
+	}
+	if !ifName.MatchString(c.Network.TapPrefix) || len(c.Network.TapPrefix) > 9 {
+		return "network.tap_prefix", fmt.Sprintf("%q is not a tap prefix (letters, digits, '-', at most 9)", c.Network.TapPrefix)
+	}
+	if !nftName.MatchString(c.Network.NFTable) || len(c.Network.NFTable) > 64 {
+		return "network.nft_table", fmt.Sprintf("%q is not an nftables table name", c.Network.NFTable)
+	}
 	if c.Daemon.LogMaxMiB < 1 {
 		return "daemon.log_max_mib", "must be at least 1"
 	}
 	return "", ""
 }
+
+var (
+	ifName  = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9-]*$`)
+	nftName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*$`)
+)
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$`)
 
@@ -274,6 +291,9 @@ subnet = "172.30.0.0/24" # banger's bridge
 dns_port = 42069         # DNS for NAME.vm on the bridge and 127.0.0.1
 dns_domain = "vm"
 egress = "nat"           # default for --net: nat | none
+bridge = "bgr0"          # banger's bridge (created and owned by bangerd)
+tap_prefix = "bgt"       # VM taps are named tap_prefix + N
+nft_table = "banger"     # banger's nftables table (inet and bridge)
 
 [daemon]
 log_max_mib = 10         # bangerd.log is rotated past this size

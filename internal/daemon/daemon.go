@@ -57,6 +57,7 @@ type Daemon struct {
 	services []service
 
 	choice auto.Choice
+	netErr error // why networking is off, if it is
 	vms    *vm.Manager
 	images *images
 }

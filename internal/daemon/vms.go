@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/image"
+	"banger/internal/network"
 	"banger/internal/system"
 	"banger/internal/vm"
 	"banger/internal/vmm"
@@ -44,8 +46,15 @@ func (d *Daemon) init(ctx context.Context) error {
 	}
 	d.log.Info("backend", "backend", ch.Backend, "accel", ch.Accel, "why", ch.Reason)
 	d.images = &images{store: d.store, layout: d.layout, cfg: d.cfg, log: d.log, building: map[string]*sync.Mutex{}}
+	netm := d.startNetwork(ctx)
+	var keys []string
+	if pub, err := d.ensureSSHKey(ctx); err != nil {
+		d.log.Warn("no ssh key: vm ssh will not work", "err", err)
+	} else {
+		keys = []string{pub}
+	}
 	d.vms = vm.New(vm.Options{
-		Store: d.store, Layout: d.layout, Config: d.cfg, Backend: backend, Images: d.images,
+		Store: d.store, Layout: d.layout, Config: d.cfg, Backend: backend, Images: d.images, Network: netm, AuthorizedKeys: keys,
 		Log: d.log.With("component", "vm"), ReadyTimeout: d.opts.ReadyTimeout,
 	})
 	d.images.vms = d.vms
@@ -56,8 +65,77 @@ func (d *Daemon) init(ctx context.Context) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	d.services = append(d.services, d.vms)
+	if netm != nil {
+		dns, err := netm.StartDNS(ctx, network.DNSOptions{Lookup: d.vms.LookupAddr, Reverse: d.vms.LookupName})
+		if err != nil {
+			// DNS is a convenience: VMs still work by address.
+			d.log.Error("dns server not started", "err", err)
+			d.netErr = fmt.Errorf("DNS server: %w", err)
+		} else {
+			d.services = append(d.services, closerService{dns})
+		}
+	}
 	return nil
 }
+
+// startNetwork brings up the bridge, tap pool and nftables table. Without
+// it (no root, no tun, no nftables) VMs still run, without a NIC.
+func (d *Daemon) startNetwork(ctx context.Context) *network.Manager {
+	o, err := network.OptionsFromConfig(d.cfg.Network, d.store, d.log.With("component", "network"))
+	if err == nil {
+		var m *network.Manager
+		if m, err = network.New(o); err == nil {
+			if err = m.Start(ctx); err == nil {
+				d.services = append(d.services, netService{m: m, d: d})
+				return m
+			}
+		}
+	}
+	d.log.Error("networking unavailable: VMs get no network", "err", err)
+	d.netErr = err
+	return nil
+}
+
+// ensureSSHKey creates banger's ed25519 key pair on first start and
+// returns the public key line.
+func (d *Daemon) ensureSSHKey(ctx context.Context) (string, error) {
+	key := d.layout.SSHKey()
+	if _, err := os.Stat(key + ".pub"); err != nil {
+		if err := os.MkdirAll(filepath.Dir(key), 0o700); err != nil {
+			return "", err
+		}
+		os.Remove(key)
+		if _, err := system.Run(ctx, "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f", key); err != nil {
+			return "", err
+		}
+	}
+	b, err := os.ReadFile(key + ".pub")
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// netService stops networking with the daemon: running VMs keep their
+// taps and rules; with no VM left, the bridge, pool taps and nftables
+// tables go too, so a stopped banger leaves nothing in the host's network.
+type netService struct {
+	m *network.Manager
+	d *Daemon
+}
+
+func (n netService) Close(ctx context.Context) error {
+	if vms, err := n.d.store.ListVMs(ctx); err == nil && len(vms) == 0 {
+		n.d.log.Info("no VMs left: removing bridge, taps and nftables tables")
+		return n.m.Teardown(ctx)
+	}
+	return n.m.Close()
+}
+
+// closerService adapts an io.Closer to a daemon service.
+type closerService struct{ c interface{ Close() error } }
+
+func (c closerService) Close(context.Context) error { return c.c.Close() }
 
 func (d *Daemon) backendName() string {
 	if d.choice.Backend == "" {
@@ -167,6 +245,27 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		writeJSON(w, 200, v)
 	})
 	mux.HandleFunc("GET /v1/vms/{name}/console", d.handleConsole)
+	mux.HandleFunc("POST /v1/vms/{name}/ssh", func(w http.ResponseWriter, r *http.Request) {
+		info, err := d.vms.PrepareSSH(r.Context(), r.PathValue("name"))
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, info)
+	})
+	mux.HandleFunc("POST /v1/vms/{name}/ports", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ForwardRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		f, err := d.vms.AddForward(r.Context(), r.PathValue("name"), req.Spec)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, map[string]string{"forward": f})
+	})
 	mux.HandleFunc("POST /v1/vms/{name}/exec", d.handleExec)
 }
 

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 
 	"banger/internal/config"
+	"banger/internal/network"
 	"banger/internal/paths"
 	"banger/internal/store"
 	"banger/internal/vmm/auto"
@@ -68,13 +70,16 @@ type Env struct {
 	FreeBytes func(dir string) (uint64, error)
 	// PortFree reports whether UDP port on 127.0.0.1 can be bound.
 	PortFree func(port int) bool
+	// SubnetConflicts lists host routes overlapping the VM subnet (nil:
+	// not checked).
+	SubnetConflicts func(subnet netip.Prefix, bridge string) ([]string, error)
 }
 
 // HostEnv is the real host.
 func HostEnv(l paths.Layout, c config.Config, daemonPID func() int) Env {
 	return Env{
 		Root: "/", LookPath: lookPath, Layout: l, Config: c, DaemonPID: daemonPID,
-		FreeBytes: freeBytes, PortFree: udpPortFree,
+		FreeBytes: freeBytes, PortFree: udpPortFree, SubnetConflicts: network.SubnetConflicts,
 	}
 }
 
@@ -141,6 +146,8 @@ func Run(ctx context.Context, e Env) Report {
 		add(Check{Name: "tun", Status: Warn, Detail: "/dev/net/tun missing: VMs get no network", Fix: "modprobe tun"})
 	}
 	add(dnsCheck(e))
+	add(subnetCheck(e))
+	add(resolverCheck(e))
 	add(stateDirCheck(e))
 	add(storeCheck(ctx, e))
 	add(diskCheck("disk-state", e.Layout.State, e))
@@ -154,12 +161,12 @@ func Run(ctx context.Context, e Env) Report {
 func kvmCheck(e Env) Check {
 	acc := qemu.DetectAccelAt(e.Root)
 	c := Check{Name: "kvm", Detail: acc.Reason}
-	switch {
-	case acc.Accel == qemu.AccelKVM:
+	switch acc.Cause {
+	case qemu.CauseKVM:
 		c.Status = Pass
-	case strings.Contains(acc.Reason, "PVM"):
+	case qemu.CausePVM:
 		c.Status, c.Fix = Warn, "nothing to do: VMs run under software emulation (slower); for KVM use a host with standard nested virtualisation"
-	case strings.Contains(acc.Reason, "not readable"):
+	case qemu.CauseNoAccess:
 		c.Status, c.Fix = Warn, "run as root or add the user to the kvm group"
 	default:
 		c.Status, c.Fix = Warn, "enable virtualisation (VT-x/AMD-V) and load kvm_intel or kvm_amd; until then VMs run under software emulation"
@@ -178,6 +185,49 @@ func dnsCheck(e Env) Check {
 	default:
 		c.Status, c.Detail = Fail, fmt.Sprintf("UDP %d is taken by another program", port)
 		c.Fix = fmt.Sprintf("stop it (ss -ulpn 'sport = :%d'), or set network.dns_port in %s", port, e.Layout.ConfigFile())
+	}
+	return c
+}
+
+func subnetCheck(e Env) Check {
+	c := Check{Name: "subnet"}
+	p, err := netip.ParsePrefix(e.Config.Network.Subnet)
+	if err != nil {
+		c.Status, c.Detail = Fail, err.Error()
+		return c
+	}
+	if e.SubnetConflicts == nil {
+		c.Status, c.Detail = Pass, p.String()
+		return c
+	}
+	conf, err := e.SubnetConflicts(p.Masked(), e.Config.Network.Bridge)
+	switch {
+	case err != nil:
+		c.Status, c.Detail = Warn, fmt.Sprintf("cannot read routes: %v", err)
+	case len(conf) > 0:
+		c.Status, c.Detail = Fail, fmt.Sprintf("%s overlaps routes of this host: %s", p, strings.Join(conf, "; "))
+		c.Fix = "set network.subnet in " + e.Layout.ConfigFile() + " to a free private range"
+	default:
+		c.Status, c.Detail = Pass, fmt.Sprintf("%s is free (bridge %s)", p, e.Config.Network.Bridge)
+	}
+	return c
+}
+
+func resolverCheck(e Env) Check {
+	c := Check{Name: "host-resolver"}
+	p, err := netip.ParsePrefix(e.Config.Network.Subnet)
+	if err != nil {
+		c.Status, c.Detail = Warn, err.Error()
+		return c
+	}
+	dns := netip.AddrPortFrom(p.Masked().Addr().Next(), uint16(e.Config.Network.DNSPort))
+	st := network.CheckHostResolver(e.Root, e.Config.Network.Bridge, dns, e.Config.Network.DNSDomain)
+	c.Detail = st.Detail
+	if st.Configured {
+		c.Status = Pass
+	} else {
+		// Optional: VMs work without it; only NAME.vm from the host needs it.
+		c.Status, c.Fix = Warn, strings.Join(st.Fix, "; ")
 	}
 	return c
 }

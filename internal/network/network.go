@@ -113,7 +113,7 @@ func OptionsFromConfig(c config.Network, st *store.Store, log *slog.Logger) (Opt
 	if err != nil {
 		return Options{}, errdefs.InvalidArgument(fmt.Sprintf("network.subnet %q: %v", c.Subnet, err))
 	}
-	return Options{Subnet: p.Masked(), DNSPort: c.DNSPort, Domain: c.DNSDomain, Store: st, Logger: log}, nil
+	return Options{Subnet: p.Masked(), DNSPort: c.DNSPort, Domain: c.DNSDomain, BridgeName: c.Bridge, TapPrefix: c.TapPrefix, Table: c.NFTable, Store: st, Logger: log}, nil
 }
 
 func (o *Options) setDefaults() error {

@@ -106,7 +106,7 @@ func SubnetConflicts(subnet netip.Prefix, bridge string) ([]string, error) {
 			continue // the default route overlaps everything by design
 		}
 		p, ok := netipx(r.Dst)
-		if !ok || !p.Overlaps(subnet) {
+		if !ok || p.Bits() == 0 || !p.Overlaps(subnet) { // 0.0.0.0/0 is the default route too
 			continue
 		}
 		dev := ""

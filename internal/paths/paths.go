@@ -138,3 +138,10 @@ func (l Layout) TmpDir() string { return filepath.Join(l.Cache, "tmp") }
 // DaemonOutput receives bangerd's stdout/stderr when the CLI starts it
 // (start-up failures that happen before logging is set up land here).
 func (l Layout) DaemonOutput() string { return filepath.Join(l.State, "bangerd.out") }
+
+// SSHKey is banger's own ssh private key (ed25519), installed in every
+// guest's authorized_keys; SSHKey()+".pub" is its public half.
+func (l Layout) SSHKey() string { return filepath.Join(l.State, "ssh", "id_ed25519") }
+
+// VMKnownHosts is the known_hosts file for one VM (its own host key).
+func (l Layout) VMKnownHosts(id string) string { return filepath.Join(l.VMDir(id), "known_hosts") }

@@ -237,3 +237,17 @@ func (p *Process) Wait() error {
 	}
 	return nil
 }
+
+// Exec replaces the current process with argv (looked up in PATH), as a
+// shell's exec does: the program's exit code becomes the caller's. It
+// returns only on failure.
+func Exec(argv []string, env []string) error {
+	if len(argv) == 0 {
+		return errors.New("system: empty argv")
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return wrap(argv, err, "")
+	}
+	return syscall.Exec(path, argv, append(os.Environ(), env...))
+}

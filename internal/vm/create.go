@@ -66,6 +66,9 @@ func (m *Manager) validate(req *api.CreateVMRequest) (Spec, error) {
 		return Spec{}, errdefs.InvalidArgument(fmt.Sprintf("--disk: %v", err))
 	}
 	s.DiskBytes = n
+	if s.Net, err = m.egress(req.Net); err != nil {
+		return Spec{}, err
+	}
 	return s, nil
 }
 
@@ -133,7 +136,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	if err := disk.CreateOverlay(ctx, man.Path("rootfs.ext4"), "raw", m.layout.VMRootDisk(id), spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}
-	if err := m.boot(ctx, r, man, progress, &u); err != nil {
+	if err := m.boot(ctx, r, man, progress, &u, true); err != nil {
 		return api.VM{}, err
 	}
 	ok = true
@@ -144,8 +147,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 // boot starts the VMM for r, waits for its agent and configures the guest,
 // then records the VM as running. Steps that need undoing are pushed on u.
 // The VMM process is never tied to ctx: ctx bounds only the waiting.
-func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, progress Progress, u *undo) error {
+func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, progress Progress, u *undo, fresh bool) error {
 	id := r.row.ID
+	nics, netcfg, err := m.attachNet(ctx, r, u, fresh)
+	if err != nil {
+		return err
+	}
 	initrdPath, err := m.initrd(man)
 	if err != nil {
 		return err
@@ -164,6 +171,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		ID: id, VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB,
 		Kernel: kernel, Initrd: initrdPath,
 		Root:       vmm.Disk{Path: m.layout.VMRootDisk(id), Format: "qcow2"},
+		NICs:       nics,
 		RuntimeDir: rt, ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
 	}
 	progress("boot", fmt.Sprintf("%s, %d vCPU, %d MiB", m.backend.Name(), spec.VCPUs, spec.MemoryMiB))
@@ -184,9 +192,13 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		return err
 	}
 	progress("agent", "waiting for the guest agent")
-	if err := m.waitReady(ctx, r); err != nil {
+	if err := m.waitReady(ctx, r, netcfg); err != nil {
 		return err
 	}
+	if err := m.openForwards(ctx, r); err != nil {
+		return err
+	}
+	u.push(func(context.Context) { m.closeForwards(id) })
 	progress("ready", fmt.Sprintf("guest ready in %s", time.Since(start).Round(10*time.Millisecond)))
 	r.row.State = StateRunning
 	r.row.StartedAt = time.Now()
@@ -200,7 +212,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 
 // waitReady waits until the guest's agent answers, then applies the
 // per-VM configuration.
-func (m *Manager) waitReady(ctx context.Context, r *record) error {
+func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetConfig) error {
 	ctx, cancel := context.WithTimeout(ctx, m.opts.ReadyTimeout)
 	defer cancel()
 	var last error
@@ -232,7 +244,11 @@ func (m *Manager) waitReady(ctx context.Context, r *record) error {
 	if err != nil {
 		return err
 	}
-	return c.Configure(ctx, agent.GuestConfig{Hostname: r.row.Name, Time: time.Now()})
+	cfg := agent.GuestConfig{Hostname: r.row.Name, Time: time.Now(), Network: netcfg, AuthorizedKeys: m.opts.AuthorizedKeys}
+	if err := c.Configure(ctx, cfg); err != nil {
+		return fmt.Errorf("vm %s: configure guest: %w", r.row.Name, err)
+	}
+	return nil
 }
 
 // consoleTail is the end of a console log, for error messages.

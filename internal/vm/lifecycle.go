@@ -1,10 +1,12 @@
 package vm
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +45,7 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 	defer cancel()
 	m.stopWatch(r.row.ID)
 	m.dropAgent(r.row.ID)
+	m.closeForwards(r.row.ID)
 	if r.handle.PID != 0 {
 		if err := m.backend.Kill(dctx, r.handle); err != nil {
 			r.row.State, r.row.LastError = StateError, "delete: "+err.Error()
@@ -51,6 +54,7 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 		}
 	}
 	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
+	m.detachNet(dctx, r.row.ID)
 	if err := os.RemoveAll(m.layout.VMDir(r.row.ID)); err != nil {
 		return fmt.Errorf("delete vm %s: %w", r.row.Name, err)
 	}
@@ -116,6 +120,7 @@ func (m *Manager) Stop(ctx context.Context, name string, o StopOptions) (api.VM,
 }
 
 func (m *Manager) markStopped(ctx context.Context, r *record, reason string) {
+	m.closeForwards(r.row.ID)
 	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
 	r.row.State = StateStopped
 	if reason != "" {
@@ -155,7 +160,7 @@ func (m *Manager) Start(ctx context.Context, name string, progress Progress) (ap
 		return api.VM{}, fmt.Errorf("vm %s: image %s: %w", r.row.Name, img.Name, err)
 	}
 	var u undo
-	if err := m.boot(ctx, r, man, progress, &u); err != nil {
+	if err := m.boot(ctx, r, man, progress, &u, false); err != nil {
 		u.run()
 		m.markStopped(context.WithoutCancel(ctx), r, "start: "+err.Error())
 		return api.VM{}, err
@@ -204,6 +209,10 @@ func (m *Manager) Set(ctx context.Context, name string, o SetOptions) (api.VM, e
 // OOM kill) and records the VM as stopped, or error with the reason.
 func (m *Manager) startWatch(r *record) {
 	id, h, name := r.row.ID, r.handle, r.row.Name
+	// Only what the logs gain from now on says why this VMM ended: the
+	// console log holds every earlier boot too (a kill -9 after a clean
+	// stop/start must not read the last boot's "Power down").
+	conOff, vmmOff := fileSize(m.layout.VMConsoleLog(id)), fileSize(m.layout.VMVMMLog(id))
 	ctx, cancel := context.WithCancel(context.Background())
 	m.mu.Lock()
 	if old := m.watch[id]; old != nil {
@@ -229,7 +238,7 @@ func (m *Manager) startWatch(r *record) {
 			return
 		}
 		m.dropAgent(id)
-		reason := exitReason(m.layout.VMConsoleLog(id), m.layout.VMVMMLog(id))
+		reason := exitReason(m.layout.VMConsoleLog(id), m.layout.VMVMMLog(id), conOff, vmmOff)
 		m.markStopped(context.Background(), cur, reason)
 		m.log.Info("vmm exited on its own", "vm", name, "reason", reason)
 	}()
@@ -244,12 +253,28 @@ func (m *Manager) stopWatch(id string) {
 	m.mu.Unlock()
 }
 
-// exitReason reads why a VMM ended from the end of its logs: "" for a
+// exitReason reads why a VMM ended from what its logs gained after the
+// given offsets (their sizes when the VMM was last known to run; -1 when
+// unknown: then only the last boot's part of each log is read): "" for a
 // clean guest power-off, else a short reason.
-func exitReason(consoleLog, vmmLog string) string {
-	con, _ := readTail(consoleLog, 4096)
-	vl, _ := readTail(vmmLog, 1024)
+func exitReason(consoleLog, vmmLog string, conOff, vmmOff int64) string {
+	con := readFrom(consoleLog, conOff, 4096)
+	if conOff < 0 {
+		con = lastBoot(con)
+	}
 	c := string(con)
+	// QEMU's own output follows a "banger: starting ARGV" line per start;
+	// that line is not a reason.
+	vl := string(readFrom(vmmLog, vmmOff, 8192))
+	if i := strings.LastIndex(vl, " banger: starting "); i >= 0 {
+		vl = vl[i:]
+		if j := strings.IndexByte(vl, '\n'); j >= 0 {
+			vl = vl[j+1:]
+		} else {
+			vl = ""
+		}
+	}
+	vl = strings.TrimSpace(vl)
 	switch {
 	case strings.Contains(c, "Kernel panic"):
 		i := strings.LastIndex(c, "Kernel panic")
@@ -258,10 +283,70 @@ func exitReason(consoleLog, vmmLog string) string {
 		return "guest ran out of memory"
 	case strings.Contains(c, "banger-agent: power off") || strings.Contains(c, "reboot: Power down"):
 		return ""
-	case strings.TrimSpace(string(vl)) != "":
-		return "VMM exited: " + firstLine(strings.TrimSpace(string(vl)))
+	case vl != "":
+		return "VMM exited: " + firstLine(vl)
 	}
 	return "VMM exited unexpectedly (killed?)"
+}
+
+// readFrom returns a file's bytes after off (at most the last max of
+// them); off < 0 means its last max bytes.
+func readFrom(path string, off, max int64) []byte {
+	b, err := readTail(path, max)
+	if err != nil {
+		return nil
+	}
+	size := fileSize(path)
+	if off >= 0 && size >= 0 {
+		if n := size - off; n < int64(len(b)) {
+			if n <= 0 {
+				return nil
+			}
+			b = b[int64(len(b))-n:]
+		}
+	}
+	return b
+}
+
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// lastBoot returns the part of a console log written by the last boot:
+// from the last line whose kernel timestamp ("[    0.266265] ...") is
+// smaller than the one before it.
+func lastBoot(con []byte) []byte {
+	start, prev := 0, -1.0
+	for off := 0; off < len(con); {
+		line := con[off:]
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			line = line[:i+1]
+		}
+		if ts, ok := kernelTime(line); ok {
+			if ts < prev {
+				start = off
+			}
+			prev = ts
+		}
+		off += len(line)
+	}
+	return con[start:]
+}
+
+func kernelTime(line []byte) (float64, bool) {
+	if len(line) < 3 || line[0] != '[' {
+		return 0, false
+	}
+	end := bytes.IndexByte(line, ']')
+	if end < 0 {
+		return 0, false
+	}
+	ts, err := strconv.ParseFloat(strings.TrimSpace(string(line[1:end])), 64)
+	return ts, err == nil
 }
 
 func firstLine(s string) string {
@@ -289,6 +374,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		return err
 	}
 	owned := map[string]bool{}
+	var reattached []*record
 	for _, row := range rows {
 		r, err := load(row)
 		if err != nil {
@@ -305,15 +391,16 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			os.RemoveAll(m.layout.VMRuntimeDir(row.ID))
 			os.RemoveAll(m.layout.VMDir(row.ID))
 			m.store.DeleteVM(ctx, row.ID)
-			continue
+			continue // its lease, if any, goes with the network reconcile below
 		case StateRunning, StateUnknown:
 			owned[row.ID] = true
 			if m.backend.Status(ctx, r.handle) == vmm.StateExited {
 				m.log.Info("reconcile: vm's VMM is gone", "vm", row.Name, "pid", r.handle.PID)
-				m.markStopped(ctx, r, exitReason(m.layout.VMConsoleLog(row.ID), m.layout.VMVMMLog(row.ID)))
+				m.markStopped(ctx, r, exitReason(m.layout.VMConsoleLog(row.ID), m.layout.VMVMMLog(row.ID), -1, -1))
 			} else {
 				m.log.Info("reconcile: re-attached", "vm", row.Name, "pid", r.handle.PID)
 				m.startWatch(r)
+				reattached = append(reattached, r)
 			}
 		default:
 			owned[row.ID] = true
@@ -334,6 +421,21 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if !owned[o.id] {
 			m.log.Info("reconcile: killing orphan VMM", "pid", o.pid, "id", o.id)
 			syscall.Kill(o.pid, syscall.SIGKILL)
+		}
+	}
+	if m.net != nil {
+		ids := make([]string, 0, len(owned))
+		for id := range owned {
+			ids = append(ids, id)
+		}
+		if err := m.net.Reconcile(ctx, ids); err != nil {
+			m.log.Warn("reconcile network", "err", err)
+		}
+		// Forwards live in the daemon: bring back those of running VMs.
+		for _, r := range reattached {
+			if err := m.openForwards(ctx, r); err != nil {
+				m.log.Warn("reconcile: reopen forwards", "vm", r.row.Name, "err", err)
+			}
 		}
 	}
 	return nil

@@ -29,6 +29,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/errdefs"
+	"banger/internal/network"
 	"banger/internal/paths"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -53,6 +54,11 @@ type Spec struct {
 	ImageDigest string `json:"image_digest"`
 	Backend     string `json:"backend"`
 	Boot        string `json:"boot,omitempty"` // how it last started: cold | warm
+	// Net is the egress policy: "nat", "none", or "off" (no NIC: the
+	// daemon had no networking when the VM was created).
+	Net string `json:"net"`
+	// Forwards are host→guest TCP port forwards, "HOSTADDR:PORT:GUESTPORT".
+	Forwards []string `json:"forwards,omitempty"`
 }
 
 // Images is what the manager needs of the image registry.
@@ -72,6 +78,10 @@ type Options struct {
 	Config  config.Config
 	Backend vmm.Backend
 	Images  Images
+	Network *network.Manager // nil: VMs get no NIC
+	// AuthorizedKeys are installed as root's authorized_keys in every
+	// guest (banger's own ssh key, for vm ssh).
+	AuthorizedKeys []string
 	Log     *slog.Logger
 	// ReadyTimeout bounds the wait for a booted guest's agent.
 	ReadyTimeout time.Duration
@@ -83,9 +93,11 @@ type Manager struct {
 	store   *store.Store
 	layout  paths.Layout
 	backend vmm.Backend
+	net     *network.Manager
 	log     *slog.Logger
 
-	mu     sync.Mutex
+	mu       sync.Mutex
+	forwards map[string][]*network.PortForward // VM id → its live forwards
 	locks  map[string]*sync.Mutex        // VM id → its lock
 	agents map[string]*agentConn         // VM id → connection to its agent
 	watch  map[string]context.CancelFunc // VM id → exit watcher
@@ -100,7 +112,8 @@ func New(o Options) *Manager {
 		o.ReadyTimeout = 3 * time.Minute
 	}
 	return &Manager{
-		opts: o, store: o.Store, layout: o.Layout, backend: o.Backend, log: o.Log,
+		opts: o, store: o.Store, layout: o.Layout, backend: o.Backend, log: o.Log, net: o.Network,
+		forwards: map[string][]*network.PortForward{},
 		locks: map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
 		closing: make(chan struct{}),
 	}
@@ -223,6 +236,12 @@ func (m *Manager) toAPI(ctx context.Context, r *record) api.VM {
 			v.DiskUsed = sys.Blocks() * 512
 		} else {
 			v.DiskUsed = st.Size()
+		}
+	}
+	v.Net, v.Forwards = r.spec.Net, r.spec.Forwards
+	if m.net != nil {
+		if l, err := m.net.Lease(r.row.ID); err == nil && l != nil {
+			v.IP, v.MAC, v.Tap = l.Addr.String(), l.MAC, l.Tap
 		}
 	}
 	if v.State == StateRunning || v.State == StateUnknown {

@@ -11,17 +11,21 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"banger/internal/api"
 	"banger/internal/image/imagetest"
 	"banger/internal/system"
 )
@@ -29,6 +33,36 @@ import (
 type harness struct {
 	home string
 	bin  string
+	dns  int // this harness's DNS port
+}
+
+var harnessSeq int
+
+// isolate writes a config that gives this harness's daemon its own bridge,
+// taps, nftables table, subnet and DNS port, so that it never meets a
+// user's real banger or another test run on this host.
+func (h *harness) isolate() error {
+	harnessSeq++
+	n := (os.Getpid()*7 + harnessSeq) % 200
+	port, err := freeUDPPort()
+	if err != nil {
+		return err
+	}
+	h.dns = port
+	cfg := fmt.Sprintf("[network]\nsubnet = \"172.31.%d.0/24\"\ndns_port = %d\nbridge = \"bge%d\"\ntap_prefix = \"bge%dt\"\nnft_table = \"banger_e2e_%d\"\n", n, port, n, n, n)
+	if err := os.MkdirAll(filepath.Join(h.home, "config"), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(h.home, "config", "config.toml"), []byte(cfg), 0o644)
+}
+
+func freeUDPPort() (int, error) {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port, nil
 }
 
 var (
@@ -58,6 +92,9 @@ func env(t *testing.T) *harness {
 			return
 		}
 		shared = h
+		if setupErr = h.isolate(); setupErr != nil {
+			return
+		}
 		h.bin = os.Getenv("BANGER_TEST_BIN")
 		if h.bin == "" {
 			h.bin = filepath.Join(h.home, "bin")
@@ -144,35 +181,85 @@ func (h *harness) vmmProcs() []string {
 	return out
 }
 
-// assertNoLeftovers checks that no VM, VM directory, runtime directory or
-// VMM process is left (other than the VMs named in keep).
+// assertNoLeftovers checks that no VM other than the ones named in keep
+// exists, and that every VM directory, runtime directory and VMM process
+// of this harness belongs to a kept VM: a state directory per kept VM, a
+// runtime directory and exactly one VMM process per running kept VM, and
+// nothing else.
 func (h *harness) assertNoLeftovers(t *testing.T, keep ...string) {
 	t.Helper()
-	names := strings.Fields(h.must(t, "vm", "ls", "-q"))
+	var vms []api.VM
+	if err := json.Unmarshal([]byte(h.must(t, "vm", "ls", "--json")), &vms); err != nil {
+		t.Fatalf("vm ls --json: %v", err)
+	}
+	kept := map[string]api.VM{} // id → VM
 	var extra []string
-	for _, n := range names {
-		found := false
-		for _, k := range keep {
-			found = found || k == n
-		}
-		if !found {
-			extra = append(extra, n)
+	for _, v := range vms {
+		if slices.Contains(keep, v.Name) {
+			kept[v.ID] = v
+		} else {
+			extra = append(extra, v.Name+" ("+v.State+")")
 		}
 	}
 	if len(extra) > 0 {
 		t.Errorf("VMs left behind: %v", extra)
 	}
-	if len(keep) == 0 {
-		for _, d := range []string{filepath.Join(h.home, "state", "vms"), filepath.Join(h.home, "run", "vm")} {
-			ents, _ := os.ReadDir(d)
-			if len(ents) > 0 {
-				t.Errorf("%s not empty: %d entries", d, len(ents))
+	check := func(dir string, want func(api.VM) bool) {
+		ents, _ := os.ReadDir(dir)
+		seen := map[string]bool{}
+		for _, e := range ents {
+			seen[e.Name()] = true
+			if v, ok := kept[e.Name()]; !ok || !want(v) {
+				t.Errorf("left behind: %s", filepath.Join(dir, e.Name()))
 			}
 		}
-		if p := h.vmmProcs(); len(p) > 0 {
-			t.Errorf("VMM processes left: %v", p)
+		for id, v := range kept {
+			if want(v) && !seen[id] {
+				t.Errorf("vm %s (%s, %s): %s missing", v.Name, id, v.State, filepath.Join(dir, id))
+			}
 		}
 	}
+	running := func(v api.VM) bool { return v.State == "running" }
+	check(filepath.Join(h.home, "state", "vms"), func(api.VM) bool { return true })
+	check(filepath.Join(h.home, "run", "vm"), running)
+	procs := map[string][]int{} // VM id → VMM pids
+	for _, p := range h.vmmProcs() {
+		var pid int
+		fmt.Sscanf(p, "%d:", &pid)
+		id := h.vmmID(pid)
+		if v, ok := kept[id]; !ok || !running(v) {
+			t.Errorf("VMM process left: %s", p)
+			continue
+		}
+		procs[id] = append(procs[id], pid)
+	}
+	for id, v := range kept {
+		switch {
+		case running(v) && (len(procs[id]) != 1 || procs[id][0] != v.PID):
+			t.Errorf("vm %s is running with pid %d, but its VMM processes are %v", v.Name, v.PID, procs[id])
+		case !running(v) && v.State != "unknown" && len(procs[id]) > 0:
+			t.Errorf("vm %s is %s, but VMM processes %v run", v.Name, v.State, procs[id])
+		}
+	}
+}
+
+// vmmID returns the VM id in a VMM process's command line (the directory
+// under run/vm/ that its sockets live in), or "".
+func (h *harness) vmmID(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	prefix := []byte(filepath.Join(h.home, "run", "vm") + "/")
+	i := bytes.Index(b, prefix)
+	if i < 0 {
+		return ""
+	}
+	rest := b[i+len(prefix):]
+	if j := bytes.IndexByte(rest, '/'); j > 0 {
+		return string(rest[:j])
+	}
+	return ""
 }
 
 func (h *harness) teardown() {

@@ -80,6 +80,9 @@ func TestFirstUseBuildsDefaultImage(t *testing.T) {
 	}
 	h := &harness{home: home, bin: base.bin}
 	defer h.teardown()
+	if err := h.isolate(); err != nil {
+		t.Fatal(err)
+	}
 	os.MkdirAll(filepath.Join(home, "cache"), 0o755)
 	if err := os.Symlink(filepath.Join(imagetest.CacheDir(), "build"), filepath.Join(home, "cache", "build")); err != nil {
 		t.Fatal(err)

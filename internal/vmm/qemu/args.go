@@ -28,12 +28,15 @@ const AgentPortName = "banger.agent"
 // "-name banger-<id>,process=banger-<id>".
 const ProcessPrefix = "banger-"
 
-// BaseKernelArgs come first on every guest command line; Spec.KernelArgs
-// follow (so a later duplicate wins where the kernel lets it).
-var BaseKernelArgs = []string{
-	"console=ttyS0", "quiet", "pci=off",
-	"root=/dev/vda", "rw", "rootfstype=ext4",
-	"panic=-1", // with -no-reboot: a guest panic ends the QEMU process
+// BaseKernelArgs returns the arguments that come first on every guest
+// command line; Spec.KernelArgs follow (so a later duplicate wins where
+// the kernel or the agent lets it).
+func BaseKernelArgs() []string {
+	return []string{
+		"console=ttyS0", "quiet", "pci=off",
+		"root=/dev/vda", "rw", "rootfstype=ext4",
+		"panic=-1", // with -no-reboot: a guest panic ends the QEMU process
+	}
 }
 
 // maxSocketPath is sun_path's size minus its terminating NUL.
@@ -196,7 +199,7 @@ func AgentSocket(dir string) string { return filepath.Join(dir, AgentSocketName)
 
 // KernelCmdline is the guest command line BuildArgs passes.
 func KernelCmdline(spec vmm.Spec, cfg Config) string {
-	args := append([]string(nil), BaseKernelArgs...)
+	args := BaseKernelArgs()
 	if cfg.Accel != AccelKVM && cfg.TSCkHz > 0 {
 		args = append(args, "tsc_early_khz="+strconv.FormatInt(cfg.TSCkHz, 10))
 	}

@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// NetConfig brings the guest's NIC up: sent by the host at boot (the guest
+// kernel ignores ip=). Addresses are strings so the agent needs no
+// knowledge of the host's network package.
+type NetConfig struct {
+	Interface    string   `json:"interface"`         // "eth0"
+	MAC          string   `json:"mac,omitempty"`     // set when it differs (restored clones)
+	Address      string   `json:"address"`           // CIDR, e.g. 172.30.0.5/24
+	Gateway      string   `json:"gateway,omitempty"` // default route via
+	DNS          []string `json:"dns,omitempty"`     // /etc/resolv.conf nameservers
+	SearchDomain string   `json:"search,omitempty"`  // /etc/resolv.conf search
+	Hosts        []string `json:"hosts,omitempty"`   // extra /etc/hosts lines
+}
+
+func (n *NetConfig) validate() error {
+	if n.Interface == "" || len(n.Interface) > 15 || strings.ContainsAny(n.Interface, "/ ") {
+		return fmt.Errorf("network: bad interface %q", n.Interface)
+	}
+	if _, _, err := net.ParseCIDR(n.Address); err != nil {
+		return fmt.Errorf("network: bad address %q", n.Address)
+	}
+	if n.Gateway != "" && net.ParseIP(n.Gateway) == nil {
+		return fmt.Errorf("network: bad gateway %q", n.Gateway)
+	}
+	for _, d := range n.DNS {
+		if net.ParseIP(d) == nil {
+			return fmt.Errorf("network: bad DNS server %q", d)
+		}
+	}
+	if n.MAC != "" {
+		if _, err := net.ParseMAC(n.MAC); err != nil {
+			return fmt.Errorf("network: bad MAC %q", n.MAC)
+		}
+	}
+	if strings.ContainsAny(n.SearchDomain, " \n") {
+		return fmt.Errorf("network: bad search domain %q", n.SearchDomain)
+	}
+	return nil
+}
+
+// ConfigureNetwork sets the NIC's MAC, address and default route through
+// netlink and writes /etc/resolv.conf.
+func (m LinuxMachine) ConfigureNetwork(n NetConfig) error {
+	if err := n.validate(); err != nil {
+		return err
+	}
+	var link netlink.Link
+	var err error
+	// The NIC's driver was loaded by init; the link may take a moment.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if link, err = netlink.LinkByName(n.Interface); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("network: %s: %w", n.Interface, err)
+	}
+	if n.MAC != "" {
+		mac, _ := net.ParseMAC(n.MAC)
+		if link.Attrs().HardwareAddr.String() != mac.String() {
+			netlink.LinkSetDown(link)
+			if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+				return fmt.Errorf("network: set MAC: %w", err)
+			}
+		}
+	}
+	addr, err := netlink.ParseAddr(n.Address)
+	if err != nil {
+		return err
+	}
+	// Replace whatever address a template left behind.
+	if old, err := netlink.AddrList(link, netlink.FAMILY_V4); err == nil {
+		for _, a := range old {
+			if !a.Equal(*addr) {
+				netlink.AddrDel(link, &a)
+			}
+		}
+	}
+	if err := netlink.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("network: address %s: %w", n.Address, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("network: up: %w", err)
+	}
+	if n.Gateway != "" {
+		gw := net.ParseIP(n.Gateway)
+		if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}); err != nil {
+			return fmt.Errorf("network: default route via %s: %w", n.Gateway, err)
+		}
+	}
+	var rc strings.Builder
+	for _, d := range n.DNS {
+		fmt.Fprintf(&rc, "nameserver %s\n", d)
+	}
+	if n.SearchDomain != "" {
+		fmt.Fprintf(&rc, "search %s\n", n.SearchDomain)
+	}
+	if err := writeEtc("/etc/resolv.conf", rc.String(), 0o644); err != nil {
+		return err
+	}
+	if len(n.Hosts) > 0 {
+		b, _ := os.ReadFile("/etc/hosts")
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		var keep []string
+		for _, l := range lines {
+			if !strings.HasSuffix(l, "# banger") {
+				keep = append(keep, l)
+			}
+		}
+		for _, h := range n.Hosts {
+			if !strings.ContainsAny(h, "\n") {
+				keep = append(keep, h+" # banger")
+			}
+		}
+		if err := writeEtc("/etc/hosts", strings.Join(keep, "\n")+"\n", 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetAuthorizedKeys replaces root's authorized_keys.
+func (LinuxMachine) SetAuthorizedKeys(keys []string) error {
+	for _, k := range keys {
+		if strings.ContainsAny(k, "\n\r") || len(k) > 16<<10 {
+			return errors.New("authorized key: bad key line")
+		}
+	}
+	if err := os.MkdirAll("/root/.ssh", 0o700); err != nil {
+		return err
+	}
+	os.Chmod("/root/.ssh", 0o700)
+	return writeEtc("/root/.ssh/authorized_keys", strings.Join(keys, "\n")+"\n", 0o600)
+}
+
+// writeEtc replaces a file atomically (a dangling symlink, such as a
+// resolv.conf pointing into /run, is replaced by a file).
+func writeEtc(path, content string, mode os.FileMode) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".banger")
+	if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
