@@ -143,7 +143,7 @@ func (c *Client) Stream(ctx context.Context, method, path string, in any, progre
 	sc.Buffer(make([]byte, 64<<10), maxResponse)
 	for sc.Scan() {
 		var ev struct {
-			Progress *api.Progress  `json:"progress"`
+			Progress *api.Progress   `json:"progress"`
 			Result   json.RawMessage `json:"result"`
 			Error    *api.Error      `json:"error"`
 		}

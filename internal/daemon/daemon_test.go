@@ -259,7 +259,9 @@ func TestTwoDaemonsRaceOneWins(t *testing.T) {
 		go func() {
 			ready := make(chan struct{})
 			done := make(chan error, 1)
-			go func() { done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: io.Discard}) }()
+			go func() {
+				done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: io.Discard})
+			}()
 			select {
 			case <-ready:
 				results <- res{ready: true}

@@ -82,7 +82,7 @@ type Options struct {
 	// AuthorizedKeys are installed as root's authorized_keys in every
 	// guest (banger's own ssh key, for vm ssh).
 	AuthorizedKeys []string
-	Log     *slog.Logger
+	Log            *slog.Logger
 	// ReadyTimeout bounds the wait for a booted guest's agent.
 	ReadyTimeout time.Duration
 }
@@ -98,9 +98,9 @@ type Manager struct {
 
 	mu       sync.Mutex
 	forwards map[string][]*network.PortForward // VM id → its live forwards
-	locks  map[string]*sync.Mutex        // VM id → its lock
-	agents map[string]*agentConn         // VM id → connection to its agent
-	watch  map[string]context.CancelFunc // VM id → exit watcher
+	locks    map[string]*sync.Mutex            // VM id → its lock
+	agents   map[string]*agentConn             // VM id → connection to its agent
+	watch    map[string]context.CancelFunc     // VM id → exit watcher
 
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -114,7 +114,7 @@ func New(o Options) *Manager {
 	return &Manager{
 		opts: o, store: o.Store, layout: o.Layout, backend: o.Backend, log: o.Log, net: o.Network,
 		forwards: map[string][]*network.PortForward{},
-		locks: map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
+		locks:    map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
 		closing: make(chan struct{}),
 	}
 }
