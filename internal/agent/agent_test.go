@@ -56,6 +56,7 @@ type fakeMachine struct {
 	prepared   bool
 	net        *NetConfig
 	keys       []string
+	mounts     []Mount
 	poweredOff chan struct{}
 }
 
@@ -66,6 +67,17 @@ func (m *fakeMachine) ConfigureNetwork(n NetConfig) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.net = &n
+	return nil
+}
+func (m *fakeMachine) MountAll(ms []Mount) error {
+	for _, mt := range ms {
+		if err := mt.validate(); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.mounts = append(m.mounts, ms...)
 	return nil
 }
 func (m *fakeMachine) SetAuthorizedKeys(k []string) error {
@@ -543,6 +555,14 @@ func TestConfigure(t *testing.T) {
 	}
 	if m.net == nil || m.net.Address != nc.Address || len(m.keys) != 1 {
 		t.Errorf("network/keys not applied: %+v %v", m.net, m.keys)
+	}
+	if err := p.client.Configure(tctx(t), GuestConfig{Mounts: []Mount{{Device: "/dev/vdb", Path: "/root/repo"}}}); err != nil || len(m.mounts) != 1 {
+		t.Errorf("mount: %v %v", err, m.mounts)
+	}
+	for _, bad := range []Mount{{Device: "vdb", Path: "/x"}, {Device: "/dev/vdb", Path: "rel"}, {Device: "/dev/../etc/x", Path: "/x"}, {Device: "/dev/vdb", Path: "/"}} {
+		if err := p.client.Configure(tctx(t), GuestConfig{Mounts: []Mount{bad}}); !errors.As(err, &re) {
+			t.Errorf("bad mount %+v accepted: %v", bad, err)
+		}
 	}
 	for _, bad := range []NetConfig{
 		{Interface: "eth0", Address: "nonsense"},

@@ -23,6 +23,7 @@ type Machine interface {
 	SetMachineID(id string) error
 	ConfigureNetwork(n NetConfig) error
 	SetAuthorizedKeys(keys []string) error
+	MountAll(ms []Mount) error
 	// PrepareShutdown stops every other process, syncs and remounts /
 	// read-only. PowerOff then turns the machine off and does not return
 	// on success.

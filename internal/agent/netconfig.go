@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // NetConfig brings the guest's NIC up: sent by the host at boot (the guest
@@ -159,4 +160,66 @@ func writeEtc(path, content string, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// Mount is a filesystem the guest mounts at boot (a work disk).
+type Mount struct {
+	Device  string `json:"device"`            // e.g. /dev/vdb
+	Path    string `json:"path"`              // absolute mount point, created if missing
+	FSType  string `json:"fstype,omitempty"`  // default ext4
+	Options string `json:"options,omitempty"` // mount data, e.g. "noatime"
+}
+
+func (mt Mount) validate() error {
+	if !strings.HasPrefix(mt.Device, "/dev/") || strings.Contains(mt.Device, "..") {
+		return fmt.Errorf("mount: bad device %q", mt.Device)
+	}
+	if !filepath.IsAbs(mt.Path) || filepath.Clean(mt.Path) != mt.Path || mt.Path == "/" {
+		return fmt.Errorf("mount: bad path %q", mt.Path)
+	}
+	return nil
+}
+
+// MountAll mounts each filesystem (waiting briefly for its device).
+func (LinuxMachine) MountAll(ms []Mount) error {
+	for _, mt := range ms {
+		if err := mt.validate(); err != nil {
+			return err
+		}
+		fstype := mt.FSType
+		if fstype == "" {
+			fstype = "ext4"
+		}
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			if _, err := os.Stat(mt.Device); err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err := os.MkdirAll(mt.Path, 0o755); err != nil {
+			return fmt.Errorf("mount %s: %w", mt.Path, err)
+		}
+		if mounted(mt.Path) {
+			continue
+		}
+		if err := unix.Mount(mt.Device, mt.Path, fstype, unix.MS_NOATIME, mt.Options); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", mt.Device, mt.Path, err)
+		}
+	}
+	return nil
+}
+
+// mounted reports whether path is a mount point (per /proc/self/mountinfo).
+func mounted(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && f[4] == path {
+			return true
+		}
+	}
+	return false
 }

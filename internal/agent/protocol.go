@@ -138,6 +138,8 @@ type GuestConfig struct {
 	Network *NetConfig `json:"network,omitempty"`
 	// AuthorizedKeys replaces root's ~/.ssh/authorized_keys (nil: leave it).
 	AuthorizedKeys []string `json:"authorized_keys,omitempty"`
+	// Mounts are mounted in order (work disks).
+	Mounts []Mount `json:"mounts,omitempty"`
 }
 
 // ExitStatus is how a guest process ended.

@@ -158,6 +158,9 @@ func (s *session) configure(st *yamux.Stream, cfg *GuestConfig) {
 	if cfg.AuthorizedKeys != nil {
 		errs = append(errs, m.SetAuthorizedKeys(cfg.AuthorizedKeys))
 	}
+	if len(cfg.Mounts) > 0 {
+		errs = append(errs, m.MountAll(cfg.Mounts))
+	}
 	if err := errors.Join(errs...); err != nil {
 		writeFrame(st, reply{Error: err.Error()})
 		return

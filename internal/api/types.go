@@ -48,39 +48,41 @@ type Progress struct {
 // CreateVMRequest is the body of POST /v1/vms (answered with a stream).
 // Zero values take the configured defaults.
 type CreateVMRequest struct {
-	Name      string `json:"name"`
-	Image     string `json:"image,omitempty"`
-	VCPUs     int    `json:"vcpus,omitempty"`
-	MemoryMiB int    `json:"memory_mib,omitempty"`
-	Disk      string `json:"disk,omitempty"` // e.g. "4G"
-	Net       string `json:"net,omitempty"`  // egress: "nat" or "none"
+	Name      string         `json:"name"`
+	Image     string         `json:"image,omitempty"`
+	VCPUs     int            `json:"vcpus,omitempty"`
+	MemoryMiB int            `json:"memory_mib,omitempty"`
+	Disk      string         `json:"disk,omitempty"` // e.g. "4G"
+	Net       string         `json:"net,omitempty"`  // egress: "nat" or "none"
+	Workspace *WorkspaceSpec `json:"workspace,omitempty"`
 }
 
 // VM describes one VM as the world says it is.
 type VM struct {
-	ID         string    `json:"id"`
-	Name       string    `json:"name"`
-	State      string    `json:"state"` // creating, running, stopped, error, unknown, deleting
-	Image      string    `json:"image"`
-	VCPUs      int       `json:"vcpus"`
-	MemoryMiB  int       `json:"memory_mib"`
-	DiskBytes  int64     `json:"disk_bytes"`
-	DiskUsed   int64     `json:"disk_used_bytes"`
-	Backend    string    `json:"backend"`
-	Accel      string    `json:"accel,omitempty"`
-	PID        int       `json:"pid,omitempty"`
-	Boot       string    `json:"boot,omitempty"` // "cold" or "warm"
-	CreatedAt  time.Time `json:"created_at"`
-	StartedAt  time.Time `json:"started_at,omitempty"`
-	Uptime     string    `json:"uptime,omitempty"`
-	ConsoleLog string    `json:"console_log"`
-	RootDisk   string    `json:"root_disk"`
-	LastError  string    `json:"last_error,omitempty"`
-	Net        string    `json:"net"` // nat, none, off (no NIC)
-	IP         string    `json:"ip,omitempty"`
-	MAC        string    `json:"mac,omitempty"`
-	Tap        string    `json:"tap,omitempty"`
-	Forwards   []string  `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
+	ID         string         `json:"id"`
+	Name       string         `json:"name"`
+	State      string         `json:"state"` // creating, running, stopped, error, unknown, deleting
+	Image      string         `json:"image"`
+	VCPUs      int            `json:"vcpus"`
+	MemoryMiB  int            `json:"memory_mib"`
+	DiskBytes  int64          `json:"disk_bytes"`
+	DiskUsed   int64          `json:"disk_used_bytes"`
+	Backend    string         `json:"backend"`
+	Accel      string         `json:"accel,omitempty"`
+	PID        int            `json:"pid,omitempty"`
+	Boot       string         `json:"boot,omitempty"` // "cold" or "warm"
+	CreatedAt  time.Time      `json:"created_at"`
+	StartedAt  time.Time      `json:"started_at,omitempty"`
+	Uptime     string         `json:"uptime,omitempty"`
+	ConsoleLog string         `json:"console_log"`
+	RootDisk   string         `json:"root_disk"`
+	LastError  string         `json:"last_error,omitempty"`
+	Net        string         `json:"net"` // nat, none, off (no NIC)
+	IP         string         `json:"ip,omitempty"`
+	MAC        string         `json:"mac,omitempty"`
+	Tap        string         `json:"tap,omitempty"`
+	Forwards   []string       `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
+	Workspace  *WorkspaceInfo `json:"workspace,omitempty"`
 }
 
 // BuildImageRequest is the body of POST /v1/images (answered with a
@@ -149,4 +151,38 @@ type SSHInfo struct {
 // ForwardRequest is the body of POST /v1/vms/{name}/ports.
 type ForwardRequest struct {
 	Spec string `json:"spec"` // [HOST_ADDR:]HOST_PORT:GUEST_PORT
+}
+
+// WorkspaceSpec asks create to attach a work disk the client built (as the
+// repository's owner) with internal/workspace.BuildDisk. The daemon takes
+// the file over (renames or copies it into the VM's directory).
+type WorkspaceSpec struct {
+	Disk string `json:"disk"`           // host path of the work disk image
+	Path string `json:"path,omitempty"` // mount point in the guest, default /root/repo
+	Repo string `json:"repo,omitempty"` // host work tree
+	Base Base   `json:"base"`
+}
+
+// Base is what a workspace was shipped from: the host's HEAD commit, the
+// tree of the shipped files and the guest's base commit (export diffs
+// against it; --branch builds on Head and Tree).
+type Base struct {
+	Head   string `json:"head,omitempty"`
+	Tree   string `json:"tree,omitempty"`
+	Commit string `json:"commit,omitempty"`
+}
+
+// WorkspaceInfo describes a VM's workspace in vm show.
+type WorkspaceInfo struct {
+	Path     string `json:"path"`
+	Repo     string `json:"repo,omitempty"`
+	Base     Base   `json:"base"`
+	Disk     bool   `json:"disk"`               // on its own work disk (else unpacked into the root disk)
+	Exported string `json:"exported,omitempty"` // sha256 of the last exported patch
+}
+
+// ExportedRequest is the body of POST /v1/vms/{name}/workspace/exported:
+// the client saved the patch with this sha256.
+type ExportedRequest struct {
+	SHA256 string `json:"sha256"`
 }

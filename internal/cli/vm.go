@@ -17,13 +17,14 @@ import (
 	"banger/internal/api"
 	"banger/internal/client"
 	"banger/internal/errdefs"
+	"banger/internal/workspace"
 )
 
 func addVMCommands(root *cobra.Command, e *env) {
 	vm := group(&cobra.Command{Use: "vm", Short: "Create, run, inspect and remove VMs"})
 	vm.AddCommand(newVMCreateCmd(e), newVMListCmd(e), newVMShowCmd(e), newVMExecCmd(e), newVMRunCmd(e),
 		newVMDeleteCmd(e), newVMStopCmd(e), newVMStartCmd(e), newVMRestartCmd(e), newVMSetCmd(e), newVMLogsCmd(e), newVMSSHCmd(e), newVMPortCmd(e))
-	root.AddCommand(vm, newImageCmd(e))
+	root.AddCommand(vm, newImageCmd(e), newWorkspaceCmd(e))
 }
 
 // progressPrinter shows progress on stderr: a live line on a terminal,
@@ -62,7 +63,10 @@ func truncate(s string, n int) string {
 }
 
 type createFlags struct {
-	image string
+	workspace string
+	untracked bool
+	wsPath    string
+	image     string
 	vcpus int
 	mem   int
 	disk  string
@@ -105,6 +109,14 @@ func newVMCreateCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if f.workspace != "" {
+				ws, cleanup, err := e.buildWorkDisk(c.Context(), f.workspace, f.untracked, f.wsPath)
+				if err != nil {
+					return err
+				}
+				defer cleanup()
+				req.Workspace = ws
+			}
 			cl, err := e.client(c.Context())
 			if err != nil {
 				return err
@@ -124,6 +136,9 @@ func newVMCreateCmd(e *env) *cobra.Command {
 	}
 	f.add(cmd)
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the VM as JSON")
+	cmd.Flags().StringVar(&f.workspace, "workspace", "", "ship this repository into the VM on a work disk (see 'banger workspace')")
+	cmd.Flags().BoolVar(&f.untracked, "include-untracked", false, "with --workspace: also ship untracked files that are not ignored")
+	cmd.Flags().StringVar(&f.wsPath, "path", workspace.DefaultPath, "with --workspace: where the repository goes in the guest")
 	return cmd
 }
 
@@ -370,30 +385,70 @@ func (r *runError) Unwrap() error { return r.error }
 func newVMRunCmd(e *env) *cobra.Command {
 	var cf createFlags
 	var f execFlags
-	var rm bool
-	var name string
+	var rm, untracked bool
+	var name, exportFlag, path string
 	cmd := &cobra.Command{
-		Use:   "run [flags] -- CMD [ARG...]",
-		Short: "Create a VM, run one command in it, pass its exit code back (--rm: then delete the VM)",
+		Use:   "run [flags] [REPO] -- CMD [ARG...]",
+		Short: "Create a VM, ship REPO into it, run one command there, pass its exit code back",
 		Long: `Create a fresh VM, run CMD in it and exit with CMD's exit code. With --rm
 the VM is deleted afterwards, whatever happened (also on Ctrl-C, which is
 first delivered to CMD). banger's own failures exit 125.
 
+With REPO (e.g. "."), the repository's tracked files (with uncommitted
+edits; untracked ones with --include-untracked) are shipped to --path on a
+work disk and CMD runs there. Edits CMD makes come back:
+  --export apply         applied to REPO's working tree
+  --export branch:NAME   as a commit on a new branch
+  --export patch:FILE    as a patch file
+and with no --export, nothing is lost: before --rm removes the VM, the
+edits are saved as a patch in REPO's git dir, and its path and a diffstat
+are printed.
+
   banger vm run --rm -- uname -a
+  banger vm run --rm . -- make test
   banger vm run --rm -- sh -c 'exit 42'; echo $?    # 42`,
 		Args: args(cobra.MinimumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
-			if c.ArgsLenAtDash() < 0 || c.ArgsLenAtDash() > 0 {
-				if c.ArgsLenAtDash() < 0 {
-					return usageError{errors.New("put the command after --, e.g. banger vm run --rm -- uname -a")}
-				}
-				return usageError{fmt.Errorf("unexpected argument %q before --", a[0])}
+			dash := c.ArgsLenAtDash()
+			if dash < 0 {
+				return usageError{errors.New("put the command after --, e.g. banger vm run --rm . -- make test")}
+			}
+			if dash > 1 {
+				return usageError{fmt.Errorf("unexpected argument %q before --: only REPO goes there", a[1])}
+			}
+			if dash == len(a) {
+				return usageError{errors.New("no command after --")}
+			}
+			repo, argv := "", a[dash:]
+			if dash == 1 {
+				repo = a[0]
+			}
+			mode, err := parseExportMode(exportFlag)
+			if err != nil {
+				return err
+			}
+			if repo == "" && (exportFlag != "" || untracked) {
+				return usageError{errors.New("--export and --include-untracked need a REPO before --")}
 			}
 			req, err := cf.request(name, c)
 			if err != nil {
 				return runFailure(err)
 			}
 			ctx := c.Context()
+			if repo != "" {
+				ws, cleanup, err := e.buildWorkDisk(ctx, repo, untracked, path)
+				if err != nil {
+					return runFailure(err)
+				}
+				defer cleanup()
+				req.Workspace = ws
+				if f.dir == "" {
+					f.dir = ws.Path
+					if f.dir == "" {
+						f.dir = workspace.DefaultPath
+					}
+				}
+			}
 			cl, err := e.client(ctx)
 			if err != nil {
 				return runFailure(err)
@@ -404,19 +459,32 @@ first delivered to CMD). banger's own failures exit 125.
 			if err != nil {
 				return runFailure(err)
 			}
-			code, execErr := e.runExec(ctx, cl, v.Name, a, f)
-			if rm {
-				// Clean up even when interrupted: detached from ctx.
-				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-				defer cancel()
-				if err := cl.DeleteVM(dctx, v.Name, true); err != nil {
+			code, execErr := e.runExec(ctx, cl, v.Name, argv, f)
+			// What follows must happen even after Ctrl-C.
+			post, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+			defer cancel()
+			saved := true
+			if v.Workspace != nil && (rm || exportFlag != "") {
+				if _, err := e.export(post, cl, v.Name, v.Workspace, mode); err != nil {
+					fmt.Fprintf(e.stderr, "banger: exporting the workspace of vm %s: %v\n", v.Name, err)
+					saved = false
+					if execErr == nil {
+						execErr = err
+					}
+				}
+			}
+			switch {
+			case rm && saved:
+				if err := cl.DeleteVM(post, v.Name, true); err != nil {
 					fmt.Fprintf(e.stderr, "banger: removing vm %s: %v\n", v.Name, err)
 					if execErr == nil {
 						execErr = err
 					}
 				}
-			} else {
-				fmt.Fprintf(e.stderr, "banger: vm %s is still running (banger vm delete --force %s)\n", v.Name, v.Name)
+			case rm:
+				fmt.Fprintf(e.stderr, "banger: vm %s is kept because its edits could not be saved; export them with 'banger workspace export %s', then 'banger vm delete %s'\n", v.Name, v.Name, v.Name)
+			default:
+				fmt.Fprintf(e.stderr, "banger: vm %s is still running (banger vm delete %s)\n", v.Name, v.Name)
 			}
 			if execErr != nil {
 				return runFailure(execErr)
@@ -426,8 +494,11 @@ first delivered to CMD). banger's own failures exit 125.
 	}
 	cf.add(cmd)
 	f.add(cmd)
-	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command ends")
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command ends (saving workspace edits first)")
 	cmd.Flags().StringVar(&name, "name", "", "name of the VM (default: vm-<random>)")
+	cmd.Flags().BoolVar(&untracked, "include-untracked", false, "also ship untracked files that are not ignored")
+	cmd.Flags().StringVar(&exportFlag, "export", "", "bring workspace edits back: apply, branch:NAME or patch:FILE")
+	cmd.Flags().StringVar(&path, "path", workspace.DefaultPath, "where REPO goes in the guest")
 	return cmd
 }
 
@@ -435,7 +506,9 @@ func newVMDeleteCmd(e *env) *cobra.Command {
 	var force bool
 	cmd := &cobra.Command{
 		Use: "delete NAME...", Aliases: []string{"rm"}, Short: "Delete VMs and everything they own",
-		Long:              "Delete VMs: their disks, runtime files and VMM processes. A running VM needs --force.",
+		Long: `Delete VMs: their disks, runtime files and VMM processes (a running VM is
+stopped). A VM whose workspace holds edits that were never exported is not
+deleted (the changed files are named) unless --force is given.`,
 		Args:              args(cobra.MinimumNArgs(1)),
 		ValidArgsFunction: e.completeVMs,
 		RunE: func(c *cobra.Command, a []string) error {
@@ -460,7 +533,7 @@ func newVMDeleteCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete running VMs too (killing them)")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "delete even with unexported workspace edits, or in any state")
 	return cmd
 }
 

@@ -261,3 +261,61 @@ func (c *Client) AddForward(ctx context.Context, name, spec string) (string, err
 	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/ports", api.ForwardRequest{Spec: spec}, &v)
 	return v["forward"], err
 }
+
+// PrepareWorkspace streams a workspace tar into a running VM at path.
+// produce writes the tar and returns the workspace's base (known only at
+// the end of the stream; it travels in the request's trailers).
+func (c *Client) PrepareWorkspace(ctx context.Context, name, path, repo string, produce func(w io.Writer) (api.Base, error)) (api.VM, error) {
+	q := url.Values{"path": {path}, "repo": {repo}}
+	pr, pw := io.Pipe()
+	req, err := http.NewRequestWithContext(ctx, "POST", "http://bangerd/v1/vms/"+url.PathEscape(name)+"/workspace?"+q.Encode(), pr)
+	if err != nil {
+		return api.VM{}, err
+	}
+	req.Header.Set("Content-Type", "application/x-tar")
+	req.Trailer = http.Header{"X-Banger-Base-Head": nil, "X-Banger-Base-Tree": nil, "X-Banger-Base-Commit": nil}
+	done := make(chan error, 1)
+	go func() {
+		base, err := produce(pw)
+		defer func() { done <- err }()
+		if err == nil {
+			req.Trailer.Set("X-Banger-Base-Head", base.Head)
+			req.Trailer.Set("X-Banger-Base-Tree", base.Tree)
+			req.Trailer.Set("X-Banger-Base-Commit", base.Commit)
+		}
+		pw.CloseWithError(err)
+	}()
+	resp, err := c.send(req)
+	pr.CloseWithError(errors.New("request ended"))
+	perr := <-done
+	if err != nil {
+		return api.VM{}, err
+	}
+	if perr != nil {
+		resp.Body.Close()
+		return api.VM{}, perr
+	}
+	defer resp.Body.Close()
+	var v api.VM
+	err = json.NewDecoder(io.LimitReader(resp.Body, maxResponse)).Decode(&v)
+	return v, err
+}
+
+// ExportWorkspace returns a reader of the VM's workspace patch, as the
+// guest produced it (untrusted: give it to workspace.ParsePatch).
+func (c *Client) ExportWorkspace(ctx context.Context, name string) (io.ReadCloser, error) {
+	req, err := c.newRequest(ctx, "GET", "/v1/vms/"+url.PathEscape(name)+"/workspace/export", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return nil, err
+	}
+	return resp.Body, nil
+}
+
+// MarkExported tells the daemon the patch with this digest was saved.
+func (c *Client) MarkExported(ctx context.Context, name, sha string) error {
+	return c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/workspace/exported", api.ExportedRequest{SHA256: sha}, nil)
+}

@@ -245,6 +245,34 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		writeJSON(w, 200, v)
 	})
 	mux.HandleFunc("GET /v1/vms/{name}/console", d.handleConsole)
+	mux.HandleFunc("POST /v1/vms/{name}/workspace", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		// The base is known only once the client has produced the whole
+		// stream: it arrives in the request's trailers.
+		base := func() api.Base {
+			io.Copy(io.Discard, io.LimitReader(r.Body, 1<<20))
+			return api.Base{Head: r.Trailer.Get("X-Banger-Base-Head"), Tree: r.Trailer.Get("X-Banger-Base-Tree"), Commit: r.Trailer.Get("X-Banger-Base-Commit")}
+		}
+		v, err := d.vms.PrepareTar(r.Context(), r.PathValue("name"), q.Get("path"), q.Get("repo"), base, r.Body)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, v)
+	})
+	mux.HandleFunc("GET /v1/vms/{name}/workspace/export", d.handleExport)
+	mux.HandleFunc("POST /v1/vms/{name}/workspace/exported", func(w http.ResponseWriter, r *http.Request) {
+		var req api.ExportedRequest
+		if err := decodeBody(r, &req); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		if err := d.vms.MarkExported(r.Context(), r.PathValue("name"), req.SHA256); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, map[string]string{"exported": req.SHA256})
+	})
 	mux.HandleFunc("POST /v1/vms/{name}/ssh", func(w http.ResponseWriter, r *http.Request) {
 		info, err := d.vms.PrepareSSH(r.Context(), r.PathValue("name"))
 		if err != nil {
@@ -321,6 +349,29 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// handleExport streams a VM's workspace patch (untrusted guest output: the
+// client validates it). The patch is spooled to a file first so that a
+// failure half-way is an error response, never a truncated patch.
+func (d *Daemon) handleExport(w http.ResponseWriter, r *http.Request) {
+	f, err := os.CreateTemp(d.layout.Runtime, "export-*.patch")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	if err := d.vms.ExportPatch(r.Context(), r.PathValue("name"), f); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	n, _ := f.Seek(0, io.SeekCurrent)
+	f.Seek(0, io.SeekStart)
+	w.Header().Set("Content-Type", "text/x-diff")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	w.WriteHeader(200)
+	io.Copy(w, f)
 }
 
 // handleExec runs a command in a VM over an upgraded connection (see

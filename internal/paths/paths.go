@@ -145,3 +145,17 @@ func (l Layout) SSHKey() string { return filepath.Join(l.State, "ssh", "id_ed255
 
 // VMKnownHosts is the known_hosts file for one VM (its own host key).
 func (l Layout) VMKnownHosts(id string) string { return filepath.Join(l.VMDir(id), "known_hosts") }
+
+// TemplatesDir holds the warm-start templates, one directory per key
+// (internal/template owns what is inside).
+func (l Layout) TemplatesDir() string { return filepath.Join(l.Cache, "templates") }
+
+// TemplateDir is one template's directory.
+func (l Layout) TemplateDir(key string) string { return filepath.Join(l.TemplatesDir(), key) }
+
+// TemplateRuntimeDir holds the sockets of a template VM while it is being
+// built (short: unix socket paths are limited to 107 bytes).
+func (l Layout) TemplateRuntimeDir(id string) string { return filepath.Join(l.Runtime, "tpl", id) }
+
+// VMWorkDisk is a VM's work disk (the repository shipped at create).
+func (l Layout) VMWorkDisk(id string) string { return filepath.Join(l.VMDir(id), "work.ext4") }

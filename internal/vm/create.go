@@ -133,6 +133,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		return api.VM{}, err
 	}
 	u.push(func(context.Context) { os.RemoveAll(m.layout.VMDir(id)) })
+	if req.Workspace != nil {
+		progress("workspace", "attaching work disk")
+		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace); err != nil {
+			return api.VM{}, err
+		}
+	}
 	if err := disk.CreateOverlay(ctx, man.Path("rootfs.ext4"), "raw", m.layout.VMRootDisk(id), spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}
@@ -153,6 +159,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 	if err != nil {
 		return err
 	}
+	disks, mounts := m.workDisks(r)
 	initrdPath, err := m.initrd(man)
 	if err != nil {
 		return err
@@ -171,6 +178,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		ID: id, VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB,
 		Kernel: kernel, Initrd: initrdPath,
 		Root:       vmm.Disk{Path: m.layout.VMRootDisk(id), Format: "qcow2"},
+		Disks:      disks,
 		NICs:       nics,
 		RuntimeDir: rt, ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
 	}
@@ -192,7 +200,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		return err
 	}
 	progress("agent", "waiting for the guest agent")
-	if err := m.waitReady(ctx, r, netcfg); err != nil {
+	if err := m.waitReady(ctx, r, netcfg, mounts); err != nil {
 		return err
 	}
 	if err := m.openForwards(ctx, r); err != nil {
@@ -212,7 +220,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 
 // waitReady waits until the guest's agent answers, then applies the
 // per-VM configuration.
-func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetConfig) error {
+func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetConfig, mounts []agent.Mount) error {
 	ctx, cancel := context.WithTimeout(ctx, m.opts.ReadyTimeout)
 	defer cancel()
 	var last error
@@ -244,7 +252,7 @@ func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetCon
 	if err != nil {
 		return err
 	}
-	cfg := agent.GuestConfig{Hostname: r.row.Name, Time: time.Now(), Network: netcfg, AuthorizedKeys: m.opts.AuthorizedKeys}
+	cfg := agent.GuestConfig{Hostname: r.row.Name, Time: time.Now(), Network: netcfg, AuthorizedKeys: m.opts.AuthorizedKeys, Mounts: mounts}
 	if err := c.Configure(ctx, cfg); err != nil {
 		return fmt.Errorf("vm %s: configure guest: %w", r.row.Name, err)
 	}

@@ -34,8 +34,13 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 		return err
 	}
 	state := m.derive(ctx, r)
-	if (state == StateRunning || state == StateUnknown || state == StateCreating) && !o.Force {
-		return errdefs.Conflict(fmt.Sprintf("vm %s is %s: stop it first, or delete with --force", r.row.Name, state))
+	if !o.Force {
+		if state == StateCreating || state == StateUnknown {
+			return errdefs.Conflict(fmt.Sprintf("vm %s is %s: delete it with --force", r.row.Name, state))
+		}
+		if err := m.checkExported(ctx, r, state); err != nil {
+			return err
+		}
 	}
 	r.row.State = StateDeleting
 	if err := r.save(ctx, m.store); err != nil {
@@ -63,6 +68,50 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 	}
 	m.forgetLock(r.row.ID)
 	m.log.Info("vm deleted", "vm", r.row.Name, "id", r.row.ID)
+	return nil
+}
+
+// checkExported refuses to delete a workspace holding edits that were
+// never exported. A stopped VM is booted to look (its disk is the truth).
+func (m *Manager) checkExported(ctx context.Context, r *record, state string) (err error) {
+	if r.spec.Workspace == nil {
+		return nil
+	}
+	if state != StateRunning {
+		defer func() {
+			if err != nil && r.handle.PID != 0 { // refused: back to stopped, as it was
+				m.stopWatch(r.row.ID)
+				m.dropAgent(r.row.ID)
+				m.backend.Kill(context.WithoutCancel(ctx), r.handle)
+				m.markStopped(context.WithoutCancel(ctx), r, "")
+			}
+		}()
+		img, err := m.store.GetImage(ctx, r.row.ImageID)
+		if err != nil {
+			return err
+		}
+		man, err := image.Load(img.Dir)
+		if err != nil {
+			return err
+		}
+		var u undo
+		if err := m.boot(ctx, r, man, func(string, string) {}, &u, false); err != nil {
+			u.run()
+			return fmt.Errorf("vm %s: boot to check its workspace for unexported edits: %w (delete with --force to skip the check)", r.row.Name, err)
+		}
+	}
+	files, err := m.unexported(ctx, r)
+	if err != nil {
+		return fmt.Errorf("vm %s: check its workspace for unexported edits: %w (delete with --force to skip the check)", r.row.Name, err)
+	}
+	if len(files) > 0 {
+		shown := files
+		if len(shown) > 10 {
+			shown = append(shown[:10:10], fmt.Sprintf("... (%d files)", len(files)))
+		}
+		return errdefs.Conflict(fmt.Sprintf("vm %s has unexported workspace edits: %s; export them ('banger workspace export %s') or delete with --force",
+			r.row.Name, strings.Join(shown, ", "), r.row.Name))
+	}
 	return nil
 }
 

@@ -59,6 +59,8 @@ type Spec struct {
 	Net string `json:"net"`
 	// Forwards are host→guest TCP port forwards, "HOSTADDR:PORT:GUESTPORT".
 	Forwards []string `json:"forwards,omitempty"`
+	// Workspace is the repository shipped into the VM, if any.
+	Workspace *api.WorkspaceInfo `json:"workspace,omitempty"`
 }
 
 // Images is what the manager needs of the image registry.
@@ -238,7 +240,7 @@ func (m *Manager) toAPI(ctx context.Context, r *record) api.VM {
 			v.DiskUsed = st.Size()
 		}
 	}
-	v.Net, v.Forwards = r.spec.Net, r.spec.Forwards
+	v.Net, v.Forwards, v.Workspace = r.spec.Net, r.spec.Forwards, r.spec.Workspace
 	if m.net != nil {
 		if l, err := m.net.Lease(r.row.ID); err == nil && l != nil {
 			v.IP, v.MAC, v.Tap = l.Addr.String(), l.MAC, l.Tap

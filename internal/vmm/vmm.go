@@ -27,7 +27,9 @@ type Disk struct {
 	ReadOnly bool
 }
 
-// NIC is one network interface backed by an existing host tap.
+// NIC is one network interface backed by an existing host tap. An empty
+// Tap gives the guest the NIC with no host side (a warm-start template's
+// NIC slot: its clones get their own tap at restore).
 type NIC struct {
 	Tap string
 	MAC string
@@ -49,14 +51,54 @@ type Spec struct {
 	RuntimeDir string
 	ConsoleLog string // guest serial console output
 	VMMLog     string // the VMM process's own stdout/stderr
-	// Restore, when set, starts the VM from a snapshot instead of booting.
+	// Restore, when set, starts the VM from a snapshot instead of booting
+	// (backends implementing Snapshotter only). The spec then describes
+	// the clone: its own ID, runtime dir, logs, root disk (a copy-on-write
+	// layer over the snapshotted VM's frozen root), disks and taps; the
+	// machine shape and the number and order of disks and NICs must be
+	// those of the snapshotted VM (ErrSnapshotMismatch otherwise). The
+	// kernel and initrd are not re-read by the guest.
 	Restore *Snapshot
+	// SnapshotDir, when set, starts a VM that Snapshotter.Snapshot can
+	// later save into this (existing, empty) directory: a warm-start
+	// template. A backend may keep files there while the VM runs (QEMU:
+	// the guest RAM).
+	SnapshotDir string
 }
 
-// Snapshot names the files of a saved VM (warm-start template).
+// Snapshot names the files of a saved VM (warm-start template). They are
+// only read by restores, never written.
 type Snapshot struct {
 	Dir string // backend-specific files live here
 }
+
+// Snapshotter is implemented by backends that can save a running VM and
+// start clones of it (Spec.Restore).
+//
+// A template's life: Start(spec with SnapshotDir = D) boots it cold; the
+// caller waits for its agent and then closes every agent connection (the
+// guest agent must be idle, waiting for a host); Snapshot(h, D) saves the
+// VM into D and ends its process. From then on D and the template's root
+// disk are read-only: each clone is Start(spec with Restore = {D}) with
+// its own root overlay backed by the template's root disk. Start returns
+// once the clone runs; the guest agent answers on a fresh DialAgent
+// connection, and the clone is a copy of the template (same RNG state,
+// clock, hostname, MAC) until the caller gives it an identity.
+type Snapshotter interface {
+	// Snapshot saves the VM h, started with Spec.SnapshotDir = dir, into
+	// dir and stops its process (whatever the outcome). On error dir
+	// holds nothing usable.
+	Snapshot(ctx context.Context, h Handle, dir string) error
+	// SnapshotIdentity names what a snapshot taken here depends on (the
+	// VMM program's version and build, the accelerator): a snapshot is
+	// only restored by a backend with the same identity.
+	SnapshotIdentity(ctx context.Context) (string, error)
+}
+
+// ErrSnapshotMismatch is returned by Start when Spec.Restore names a
+// snapshot that this spec or backend cannot restore (other shape,
+// device set, VMM, or missing files). The caller boots cold instead.
+var ErrSnapshotMismatch = errors.New("snapshot does not match")
 
 // Handle is what must be persisted to find a running VM again.
 type Handle struct {

@@ -210,7 +210,7 @@ func Branch(ctx context.Context, repo string, p *Patch, name string, base Base) 
 		return "", err
 	}
 	g := gitCmd{dir: root}
-	if _, err := g.run(ctx, "check-ref-format", "--branch", name); err != nil || strings.HasPrefix(name, "-") {
+	if _, err := g.run(ctx, "check-ref-format", "--branch", name); err != nil || strings.HasPrefix(name, "-") || name == "HEAD" {
 		return "", errdefs.InvalidArgument(fmt.Sprintf("%q is not a valid branch name", name))
 	}
 	ref := "refs/heads/" + name
@@ -309,18 +309,50 @@ func treeLinks(ctx context.Context, g gitCmd, tree string) (map[string]bool, err
 // lost when a VM is removed with unexported edits. It returns the file's
 // path and a diffstat for people (git apply --stat).
 func SaveRescue(ctx context.Context, repo, label string, p *Patch) (string, string, error) {
-	root, err := Root(ctx, repo)
+	path, err := saveRescue(ctx, repo, label, func(w io.Writer) error { return WritePatch(p, w) })
 	if err != nil {
 		return "", "", err
+	}
+	stat, err := Diffstat(ctx, p)
+	return path, stat, err
+}
+
+// SaveRescueStream saves the export output read from r, unparsed and
+// unvalidated, like SaveRescue: for output that ParsePatch refused (too
+// large, or rejected) which must not be lost either. Nothing applies it;
+// a person reads it. At most limit bytes are kept (<= 0: no limit); more
+// is an error after the file is written, so that the caller knows it is
+// incomplete.
+func SaveRescueStream(ctx context.Context, repo, label string, r io.Reader, limit int64) (string, error) {
+	var n int64
+	path, err := saveRescue(ctx, repo, label, func(w io.Writer) error {
+		var err error
+		if limit > 0 {
+			n, err = io.Copy(w, io.LimitReader(r, limit+1))
+		} else {
+			n, err = io.Copy(w, r)
+		}
+		return err
+	})
+	if err == nil && limit > 0 && n > limit {
+		return path, fmt.Errorf("workspace: rescue patch %s truncated at %d bytes", path, limit)
+	}
+	return path, err
+}
+
+func saveRescue(ctx context.Context, repo, label string, write func(io.Writer) error) (string, error) {
+	root, err := Root(ctx, repo)
+	if err != nil {
+		return "", err
 	}
 	g := gitCmd{dir: root}
 	common, err := g.line(ctx, "rev-parse", "--path-format=absolute", "--git-common-dir")
 	if err != nil {
-		return "", "", fmt.Errorf("workspace: %w", err)
+		return "", fmt.Errorf("workspace: %w", err)
 	}
 	dir := filepath.Join(common, "banger")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", "", fmt.Errorf("workspace: %w", err)
+		return "", fmt.Errorf("workspace: %w", err)
 	}
 	base := "rescue-" + safeLabel(label) + "-" + time.Now().UTC().Format("20060102T150405Z")
 	var f *os.File
@@ -335,22 +367,20 @@ func SaveRescue(ctx context.Context, repo, label string, p *Patch) (string, stri
 			break
 		}
 		if !errors.Is(err, fs.ErrExist) || i > 100 {
-			return "", "", fmt.Errorf("workspace: save rescue patch: %w", err)
+			return "", fmt.Errorf("workspace: save rescue patch: %w", err)
 		}
 	}
-	if err := WritePatch(p, f); err != nil {
-		f.Close()
-		return "", "", fmt.Errorf("workspace: save rescue patch: %w", err)
+	err = write(f)
+	if err == nil {
+		err = f.Sync()
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", "", fmt.Errorf("workspace: save rescue patch: %w", err)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	if err := f.Close(); err != nil {
-		return "", "", fmt.Errorf("workspace: save rescue patch: %w", err)
+	if err != nil {
+		return path, fmt.Errorf("workspace: save rescue patch %s: %w", path, err)
 	}
-	stat, err := Diffstat(ctx, p)
-	return path, stat, err
+	return path, nil
 }
 
 // Diffstat is git apply --stat of the patch ("" for an empty patch).

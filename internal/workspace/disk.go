@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"banger/internal/errdefs"
 	"banger/internal/system"
 )
 
@@ -46,6 +47,11 @@ type DiskInfo struct {
 // DiskLabel is the ext4 label of work disks (the guest may mount by label).
 const DiskLabel = "banger-work"
 
+// DefaultPath is where the guest mounts the work disk (or extracts the
+// tar stream) unless told otherwise: `mount -t ext4 -o noatime /dev/vdb
+// /root/repo`. ExportCommand takes the same path.
+const DefaultPath = "/root/repo"
+
 const (
 	mib         = 1 << 20
 	minDiskSize = 64 * mib
@@ -80,6 +86,8 @@ func BuildDisk(ctx context.Context, repo string, set *FileSet, o DiskOptions) (*
 	size := o.Size
 	if size == 0 {
 		size = used + used/2 + 64*mib
+	} else if size < used+used/8+8*mib {
+		return nil, errdefs.InvalidArgument(fmt.Sprintf("work disk size %d bytes is too small for %d bytes of files and metadata", size, used))
 	}
 	size = (size + mib - 1) / mib * mib
 	if size < minDiskSize {

@@ -4,13 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"banger/internal/errdefs"
 	"banger/internal/system"
 )
 
@@ -99,6 +102,57 @@ func TestBuildDiskGuestStatus(t *testing.T) {
 	}
 }
 
+func TestBuildDiskSize(t *testing.T) {
+	r := fixture(t)
+	ctx := tctx(t)
+	set, err := List(ctx, r, ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(t.TempDir(), "w.ext4")
+	if _, err := BuildDisk(ctx, r, set, DiskOptions{Dest: dest, Size: 1 << 20}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Fatalf("1 MiB disk: %v", err)
+	}
+	if _, err := os.Stat(dest); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a failed build left %s: %v", dest, err)
+	}
+	info, err := BuildDisk(ctx, r, set, DiskOptions{Dest: dest, Size: 200 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dest); err != nil || fi.Size() != 200<<20 || info.Size != 200<<20 {
+		t.Fatalf("image %v %v, info size %d", fi, err, info.Size)
+	}
+	info, err = BuildDisk(ctx, r, set, DiskOptions{Dest: dest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Size < minDiskSize || info.Size%mib != 0 || info.Staging != "" {
+		t.Fatalf("auto size %d, staging %q", info.Size, info.Staging)
+	}
+	noStagingLeft(t, r)
+	// No temporary image left beside dest.
+	if entries, _ := os.ReadDir(filepath.Dir(dest)); len(entries) != 1 {
+		t.Fatalf("dest dir: %v", entries)
+	}
+}
+
+// noStagingLeft waits for the background removal of staging directories.
+func noStagingLeft(t *testing.T, r string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, _ := os.ReadDir(filepath.Join(r, ".git", "banger", "tmp"))
+		if len(entries) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("staging left: %v", entries)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // checkImage looks into the ext4 image without mounting: debugfs lists its
 // root, dumps it, and the dump's git status must equal want.
 func checkImage(t *testing.T, info *DiskInfo, want string) {
@@ -142,8 +196,12 @@ func TestTarStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := TarStream(ctx, r, set, &buf); err != nil {
+	info, err := TarStream(ctx, r, set, &buf)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if info.Base.Head != strings.TrimSpace(git(t, r, "rev-parse", "HEAD")) || info.Base.Tree == "" {
+		t.Fatalf("info %+v", info)
 	}
 	// Entries are owned by root and directories come first.
 	tr := tar.NewReader(bytes.NewReader(buf.Bytes()))
@@ -182,11 +240,7 @@ func TestTarStream(t *testing.T) {
 		}
 	}
 	sameState(t, "tar vs host", treeState(t, g), host)
-	// No staging left behind.
-	entries, _ := os.ReadDir(filepath.Join(r, ".git", "banger", "tmp"))
-	if len(entries) != 0 {
-		t.Errorf("staging left: %v", entries)
-	}
+	noStagingLeft(t, r)
 }
 
 // TestManyFiles ships a 10,000-file tree and reports the time taken.

@@ -51,11 +51,11 @@ else
 	g read-tree "$base"
 fi
 g add -N -A
-diff() {
+mkpatch() {
 	g diff --binary --full-index --unified=3 --no-color --no-ext-diff \
 		--no-textconv --submodule=short --src-prefix=a/ --dst-prefix=b/ "$@" "$base" --
 }
-diff -M >"$out"
+mkpatch -M >"$out"
 # git apply refuses a rename of a symlink whose old name becomes a
 # directory ("beyond a symbolic link"): check patches with renames, and
 # fall back to no rename detection when they do not apply.
@@ -63,7 +63,7 @@ if grep -q '^rename from ' "$out"; then
 	rm -f "$chk"
 	if ! { GIT_INDEX_FILE="$chk" git read-tree "$base" &&
 		GIT_INDEX_FILE="$chk" git apply --cached --check --whitespace=nowarn "$out"; } 2>/dev/null; then
-		diff --no-renames >"$out"
+		mkpatch --no-renames >"$out"
 	fi
 fi
 cat "$out"
@@ -71,8 +71,9 @@ cat "$out"
 
 // ExportCommand is the argv to run in the guest (as root, any working
 // directory) to export the workspace at path: its stdout is the patch to
-// pass to ParsePatch, its stderr a message for people. It needs sh, cp and
-// git in the guest.
+// pass to ParsePatch, its stderr a message for people. It needs sh, cp, grep
+// and git in the guest. Run it with a cancellable context: stop it when
+// ParsePatch refuses the output (too large), or it blocks writing.
 func ExportCommand(path string) []string {
 	return []string{"sh", "-c", exportScript, "banger-export", path}
 }

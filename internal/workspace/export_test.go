@@ -34,6 +34,7 @@ func shipped(t *testing.T) (string, *DiskInfo, string) {
 // editEverything makes every kind of change in the guest.
 func editEverything(t *testing.T, g string) {
 	t.Helper()
+	laterSecond()
 	write(t, g, "a.txt", "a edited in the guest\n", 0o644)                         // modify
 	write(t, g, "new file ü.txt", "added in the guest\n", 0o644)                   // add, unicode + space
 	write(t, g, "new\ndir/x y.txt", "added in a new dir\n", 0o644)                 // newline in a dir name
@@ -150,6 +151,17 @@ func TestExportRoundTrip(t *testing.T) {
 	if !strings.Contains(stat, "files changed") {
 		t.Errorf("diffstat %q", stat)
 	}
+	// Output ParsePatch refused is kept too, as it is.
+	path2, err := SaveRescueStream(ctx, r, "vm1", bytes.NewReader(raw), 0)
+	if err != nil || path2 == path {
+		t.Fatalf("SaveRescueStream: %s %v", path2, err)
+	}
+	if data, _ := os.ReadFile(path2); !bytes.Equal(data, raw) {
+		t.Errorf("rescue stream content differs")
+	}
+	if _, err := SaveRescueStream(ctx, r, "vm1", bytes.NewReader(raw), 10); err == nil {
+		t.Errorf("truncated rescue: no error")
+	}
 
 	// 4. Apply on the host tree (equal to what was shipped, plus files
 	// that were never shipped: ignored ones).
@@ -256,6 +268,7 @@ func TestBigBinaryFile(t *testing.T) {
 	g := filepath.Join(t.TempDir(), "guest")
 	copyTree(t, info.Staging, g)
 	// Change a few bytes in the middle: a small binary delta comes back.
+	laterSecond()
 	f, err := os.OpenFile(filepath.Join(g, "big.bin"), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)

@@ -225,6 +225,17 @@ func equalStrings(a, b []string) bool {
 	return strings.Join(a, "\x00") == strings.Join(b, "\x00")
 }
 
+// laterSecond waits for the next whole second. The guest compares size and
+// whole-second mtime (core.checkStat=minimal): an edit to the same size in
+// the very second a file was shipped would be invisible, as with git itself
+// on filesystems without sub-second times. A real guest edits seconds
+// after the shipping at the earliest (it boots first); tests that edit at
+// once wait for the next second to model that.
+func laterSecond() {
+	now := time.Now()
+	time.Sleep(now.Truncate(time.Second).Add(time.Second + 10*time.Millisecond).Sub(now))
+}
+
 // runExport runs ExportCommand in dir (the simulated guest) and parses it.
 func runExport(t *testing.T, dir string, limit int64) (*Patch, []byte) {
 	t.Helper()

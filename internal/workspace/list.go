@@ -99,7 +99,8 @@ func List(ctx context.Context, dir string, o ListOptions) (*FileSet, error) {
 		return nil, err
 	}
 	set := &FileSet{Root: root, IncludeUntracked: o.IncludeUntracked}
-	if err := listRepo(ctx, set, root, "", o.IncludeUntracked); err != nil {
+	l := &lister{set: set, root: root, dirs: map[string]bool{"": true}}
+	if err := l.listRepo(ctx, "", o.IncludeUntracked); err != nil {
 		return nil, err
 	}
 	sort.Slice(set.Files, func(i, j int) bool { return set.Files[i].Path < set.Files[j].Path })
@@ -113,9 +114,33 @@ func List(ctx context.Context, dir string, o ListOptions) (*FileSet, error) {
 	return set, nil
 }
 
+// lister collects a FileSet.
+type lister struct {
+	set  *FileSet
+	root string
+	dirs map[string]bool // relative dir -> is a real directory (not a symlink)
+}
+
+// realDir reports whether every component of dir is a real directory:
+// a tracked path below a symlink is not shipped (git itself reports it
+// deleted), so nothing outside the work tree is ever read.
+func (l *lister) realDir(dir string) bool {
+	if ok, seen := l.dirs[dir]; seen {
+		return ok
+	}
+	ok := l.realDir(parentDir(dir))
+	if ok {
+		fi, err := os.Lstat(filepath.Join(l.root, filepath.FromSlash(dir)))
+		ok = err == nil && fi.IsDir()
+	}
+	l.dirs[dir] = ok
+	return ok
+}
+
 // listRepo adds the files of the repository at root/prefix (prefix is ""
 // for the top-level repository, or a submodule's path).
-func listRepo(ctx context.Context, set *FileSet, root, prefix string, untracked bool) error {
+func (l *lister) listRepo(ctx context.Context, prefix string, untracked bool) error {
+	set, root := l.set, l.root
 	dir := root
 	if prefix != "" {
 		dir = filepath.Join(root, filepath.FromSlash(prefix))
@@ -141,14 +166,14 @@ func listRepo(ctx context.Context, set *FileSet, root, prefix string, untracked 
 		if strings.HasPrefix(meta, "160000 ") {
 			set.Submodules = append(set.Submodules, full)
 			sub := filepath.Join(root, filepath.FromSlash(full))
-			if _, err := os.Lstat(filepath.Join(sub, ".git")); err == nil {
-				if err := listRepo(ctx, set, root, full, false); err != nil {
+			if _, err := os.Lstat(filepath.Join(sub, ".git")); err == nil && l.realDir(full) {
+				if err := l.listRepo(ctx, full, false); err != nil {
 					return err
 				}
 			}
 			continue
 		}
-		if err := addFile(set, root, full, false, prefix); err != nil {
+		if err := l.addFile(full, false, prefix); err != nil {
 			return err
 		}
 	}
@@ -163,7 +188,7 @@ func listRepo(ctx context.Context, set *FileSet, root, prefix string, untracked 
 		if strings.HasSuffix(p, "/") {
 			continue // an embedded repository: git shows it as a directory
 		}
-		if err := addFile(set, root, joinPrefix(prefix, p), true, prefix); err != nil {
+		if err := l.addFile(joinPrefix(prefix, p), true, prefix); err != nil {
 			return err
 		}
 	}
@@ -178,8 +203,12 @@ func joinPrefix(prefix, p string) string {
 }
 
 // addFile lstats root/p and adds it when it is a regular file or symlink.
-func addFile(set *FileSet, root, p string, untracked bool, submodule string) error {
-	full := filepath.Join(root, filepath.FromSlash(p))
+func (l *lister) addFile(p string, untracked bool, submodule string) error {
+	set := l.set
+	if !l.realDir(parentDir(p)) {
+		return nil // below a symlink or a file: deleted, as git sees it
+	}
+	full := filepath.Join(l.root, filepath.FromSlash(p))
 	fi, err := os.Lstat(full)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {

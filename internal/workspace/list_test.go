@@ -274,3 +274,33 @@ func TestListOtherOwner(t *testing.T) {
 		t.Fatalf("List of another user's repo: %v", err)
 	}
 }
+
+// TestListNeverFollowsSymlinkedDir: a tracked directory replaced by a
+// symlink to elsewhere: its tracked files are deleted (as git sees them),
+// the symlink is shipped as a link, nothing outside is read.
+func TestListNeverFollowsSymlinkedDir(t *testing.T) {
+	r := newRepo(t)
+	write(t, r, "d/x.txt", "inside\n", 0o644)
+	write(t, r, "keep.txt", "k\n", 0o644)
+	git(t, r, "add", "-A")
+	git(t, r, "commit", "-q", "-m", "d")
+	outside := t.TempDir()
+	write(t, outside, "x.txt", "SECRET outside the repo\n", 0o644)
+	os.RemoveAll(filepath.Join(r, "d"))
+	symlink(t, r, outside, "d")
+	ctx := tctx(t)
+	set, err := List(ctx, r, ListOptions{IncludeUntracked: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := paths(set); !equalStrings(got, []string{"d", "keep.txt"}) {
+		t.Fatalf("files %q", got)
+	}
+	if f := set.Files[0]; !f.IsSymlink() || f.Link != outside {
+		t.Fatalf("d = %+v", f)
+	}
+	info := buildKeep(t, r, set)
+	if got, want := status(t, info.Staging), status(t, r); got != want {
+		t.Fatalf("guest status %q, host %q", got, want)
+	}
+}

@@ -15,8 +15,9 @@ import (
 	"banger/internal/errdefs"
 )
 
-// DefaultPatchLimit bounds a patch when ParsePatch is given no limit.
-const DefaultPatchLimit = 1 << 30
+// DefaultPatchLimit bounds a patch when ParsePatch is given no limit (the
+// patch is held in memory).
+const DefaultPatchLimit = 512 << 20
 
 // ErrRejected is matched (errors.Is) by every error about a patch that is
 // refused for safety (a path leaving the tree, into .git, through a

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -263,15 +264,60 @@ func copyEntry(src, dst string) error {
 	return os.Chtimes(dst, fi.ModTime(), fi.ModTime())
 }
 
-// untie replaces the staged hard links of paths (files that differ from
-// the index) by copies whose mtime is one second later than the file's, so
-// that the guest's minimal stat check cannot mistake them for clean.
-func (s *staging) untie(root string, paths []string) error {
-	for _, p := range paths {
+// entryStat is what the guest's minimal stat check compares.
+type entryStat struct {
+	mtimeSec int64
+	size     int64
+}
+
+// parseIndexStat reads `git ls-files --debug -z`: each path (NUL-ended) is
+// followed by five indented lines (ctime, mtime, dev/ino, uid/gid,
+// size/flags).
+func parseIndexStat(out []byte) map[string]entryStat {
+	m := map[string]entryStat{}
+	for len(out) > 0 {
+		nul := bytes.IndexByte(out, 0)
+		if nul < 0 {
+			break
+		}
+		path := string(out[:nul])
+		out = out[nul+1:]
+		var st entryStat
+		for i := 0; i < 5 && len(out) > 0; i++ {
+			nl := bytes.IndexByte(out, '\n')
+			if nl < 0 {
+				nl = len(out) - 1
+			}
+			line := strings.TrimSpace(string(out[:nl]))
+			out = out[nl+1:]
+			switch {
+			case strings.HasPrefix(line, "mtime: "):
+				sec, _, _ := strings.Cut(strings.TrimPrefix(line, "mtime: "), ":")
+				st.mtimeSec, _ = strconv.ParseInt(sec, 10, 64)
+			case strings.HasPrefix(line, "size: "):
+				n, _, _ := strings.Cut(strings.TrimPrefix(line, "size: "), "\t")
+				st.size, _ = strconv.ParseInt(n, 10, 64)
+			}
+		}
+		m[path] = st
+	}
+	return m
+}
+
+// untie handles the paths that differ from the index (dirty) but whose
+// size and mtime second equal their index entry's: the guest, which
+// compares only those, would take them for clean. Such a file is shipped
+// as a copy one second newer.
+func (s *staging) untie(root string, dirty []string, index map[string]entryStat) error {
+	for _, p := range dirty {
 		dst := filepath.Join(s.tree, filepath.FromSlash(p))
 		fi, err := os.Lstat(dst)
 		if err != nil || !(fi.Mode().IsRegular() || fi.Mode()&fs.ModeSymlink != 0) {
 			continue // not shipped
+		}
+		e, ok := index[p]
+		if !ok || e.size != fi.Size() || e.mtimeSec != fi.ModTime().Unix() {
+			continue // the guest sees the difference by itself
 		}
 		// Never touch the staged inode itself when it is the user's file.
 		src := filepath.Join(root, filepath.FromSlash(p))
@@ -347,8 +393,14 @@ func (s *staging) buildGit(ctx context.Context, h *hostRepo, set *FileSet) error
 		if err != nil {
 			return fmt.Errorf("workspace: compare the shipped index: %w", err)
 		}
-		if err := s.untie(h.root, splitZ(dirty)); err != nil {
-			return err
+		if d := splitZ(dirty); len(d) > 0 {
+			dbg, err := gi.run(ctx, append(indexTweaks, "ls-files", "--debug", "-z")...)
+			if err != nil {
+				return fmt.Errorf("workspace: read the shipped index: %w", err)
+			}
+			if err := s.untie(h.root, d, parseIndexStat(dbg)); err != nil {
+				return err
+			}
 		}
 		// Fills the cache tree and writes its trees, so every tree the
 		// index names is shipped. Fails (harmlessly) with unmerged entries.

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // roundTrip ships r, checks the guest's status against the host's, edits
@@ -133,5 +134,39 @@ func TestCopyWhenNotLinkable(t *testing.T) {
 	info := roundTrip(t, r, DiskOptions{TmpDir: tmp})
 	if info.Linked != 0 || info.Copied == 0 {
 		t.Fatalf("linked %d, copied %d", info.Linked, info.Copied)
+	}
+}
+
+// TestSameSecondSameSizeEdit: a file edited after `git add` within the same
+// second and to the same size looks clean to a guest that compares size
+// and whole-second mtime only, unless it is shipped one second newer.
+func TestSameSecondSameSizeEdit(t *testing.T) {
+	r := newRepo(t)
+	write(t, r, "f.txt", "v1\n", 0o644)
+	git(t, r, "add", "-A")
+	git(t, r, "commit", "-q", "-m", "v1")
+	p := filepath.Join(r, "f.txt")
+	t0 := time.Unix(1700000000, 100)
+	write(t, r, "f.txt", "v2\n", 0o644)
+	os.Chtimes(p, t0, t0)
+	git(t, r, "add", "f.txt")
+	// As editors save: a new file renamed over the old one (a new inode,
+	// which the host's git notices and the guest's cannot).
+	write(t, r, "f.txt.new", "v3\n", 0o644)
+	t1 := time.Unix(1700000000, 900)
+	os.Chtimes(p+".new", t1, t1)
+	if err := os.Rename(p+".new", p); err != nil {
+		t.Fatal(err)
+	}
+	if got := status(t, r); got != "MM f.txt" {
+		t.Fatalf("host status %q", got)
+	}
+	info := roundTrip(t, r, DiskOptions{})
+	if info.Copied != 1 {
+		t.Errorf("copied %d, want the tied file copied", info.Copied)
+	}
+	fi, _ := os.Lstat(p)
+	if !fi.ModTime().Equal(t1) {
+		t.Errorf("the user's file mtime changed: %v", fi.ModTime())
 	}
 }

@@ -15,14 +15,19 @@ import (
 // VM that is already running (agent.Client.PutTar extracts it at the
 // workspace path). Entries are owned by root, in an order where every
 // directory precedes its contents; files that are hard links of each other
-// are sent once.
-func TarStream(ctx context.Context, repo string, set *FileSet, w io.Writer) error {
+// are sent once. The returned Info (the same as in the shipped .git) is
+// what Branch needs later: record it with the VM.
+func TarStream(ctx context.Context, repo string, set *FileSet, w io.Writer) (*Info, error) {
 	s, err := prepare(ctx, repo, set, "")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer s.close()
-	return writeTar(ctx, s.tree, w)
+	if err := writeTar(ctx, s.tree, w); err != nil {
+		return nil, err
+	}
+	info := s.info
+	return &info, nil
 }
 
 func writeTar(ctx context.Context, dir string, w io.Writer) error {

@@ -57,7 +57,26 @@
 // # Export
 //
 // ExportCommand is run in the guest; its output goes through ParsePatch,
-// then WritePatch, Apply, Branch or SaveRescue on the host.
+// then WritePatch, Apply, Branch or SaveRescue on the host. The guest's
+// stat check is size + whole-second mtime: an edit that keeps both (a tool
+// that restores mtimes, or an edit within the second the file was shipped)
+// is invisible to the guest's git status and to export, as with git on
+// filesystems without sub-second times.
+//
+// # Wiring (what a caller does)
+//
+//	set, _ := workspace.List(ctx, dir, workspace.ListOptions{IncludeUntracked: u})
+//	// --dry-run: workspace.WriteDryRun(os.Stdout, set); done.
+//	info, _ := workspace.BuildDisk(ctx, dir, set, workspace.DiskOptions{Dest: img})
+//	// attach img as the VM's second virtio disk (/dev/vdb); in the guest:
+//	//   mkdir -p /root/repo && mount -t ext4 -o noatime /dev/vdb /root/repo
+//	// record info (JSON) with the VM: info.Base is what Branch needs.
+//	// A running VM instead: pipe TarStream into agent PutTar("/root/repo").
+//	out := exec in guest: workspace.ExportCommand("/root/repo") (stdout)
+//	p, _ := workspace.ParsePatch(out, limit)
+//	workspace.WritePatch(p, os.Stdout) | workspace.Apply(ctx, dir, p) |
+//	workspace.Branch(ctx, dir, p, name, info.Base) |
+//	workspace.SaveRescue(ctx, dir, vmName, p)
 //
 // # Who may call this
 //

@@ -185,9 +185,10 @@ func (h *harness) vmmProcs() []string {
 // exists, and that every VM directory, runtime directory and VMM process
 // of this harness belongs to a kept VM: a state directory per kept VM, a
 // runtime directory and exactly one VMM process per running kept VM, and
-// nothing else.
+// nothing else. The VMs that tests share (longLivedVMs) are always kept.
 func (h *harness) assertNoLeftovers(t *testing.T, keep ...string) {
 	t.Helper()
+	keep = append(keep, longLivedVMs...)
 	var vms []api.VM
 	if err := json.Unmarshal([]byte(h.must(t, "vm", "ls", "--json")), &vms); err != nil {
 		t.Fatalf("vm ls --json: %v", err)
@@ -242,6 +243,10 @@ func (h *harness) assertNoLeftovers(t *testing.T, keep ...string) {
 		}
 	}
 }
+
+// longLivedVMs are the names of the VMs that tests share and leave
+// running for later tests.
+var longLivedVMs = []string{"shared", "lc"}
 
 // vmmID returns the VM id in a VMM process's command line (the directory
 // under run/vm/ that its sockets live in), or "".

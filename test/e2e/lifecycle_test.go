@@ -32,7 +32,7 @@ func showVM(t *testing.T, h *harness, name string) (api.VM, bool) {
 		return api.VM{}, false
 	}
 	if code != 0 {
-		t.Fatalf("vm show %s: exit %d: %s", name, code, r.stderr)
+		t.Fatalf("vm show %s: exit %d: %s%s", name, code, r.stderr, h.daemonLogTail())
 	}
 	var v api.VM
 	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
@@ -68,6 +68,37 @@ func procAlive(pid int) bool {
 	}
 	i := strings.LastIndexByte(string(b), ')')
 	return i > 0 && len(b) > i+2 && b[i+2] != 'Z' && b[i+2] != 'X'
+}
+
+// daemonLogTail is the end of the daemon's log and start-up output, for
+// failure messages.
+func (h *harness) daemonLogTail() string {
+	var b strings.Builder
+	for _, f := range []string{"bangerd.log", "bangerd.out"} {
+		data, _ := os.ReadFile(filepath.Join(h.home, "state", f))
+		if len(data) > 3000 {
+			data = data[len(data)-3000:]
+		}
+		fmt.Fprintf(&b, "\n--- %s:\n%s", f, data)
+	}
+	return b.String()
+}
+
+// waitReaped waits until a killed process is gone from /proc. Its state
+// turning Z is not enough: the other threads of a killed multi-threaded
+// process may still be exiting, holding its files (the daemon's pid lock).
+func waitReaped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); os.IsNotExist(err) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still in /proc 10 s after SIGKILL", pid)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // runtimeDir is a VM's runtime directory (sockets) under the harness home.
@@ -348,9 +379,7 @@ func TestDaemonKilledAndStopped(t *testing.T) {
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for procAlive(old) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitReaped(t, old)
 	// Any command starts a new daemon, which re-attaches before serving.
 	check("after kill -9 of the daemon")
 	if pid := daemonPID(t, h); pid == old {
@@ -439,9 +468,7 @@ func TestDaemonStopDuringCreate(t *testing.T) {
 		{"midkill", func(t *testing.T) {
 			pid := daemonPID(t, h)
 			syscall.Kill(pid, syscall.SIGKILL)
-			for procAlive(pid) {
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitReaped(t, pid)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

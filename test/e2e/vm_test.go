@@ -176,9 +176,6 @@ func TestCreateShowLsDelete(t *testing.T) {
 	if r, code := h.run(t, nil, "vm", "create", vm); code != 4 || !strings.Contains(r.stderr, "already exists") {
 		t.Errorf("duplicate create: exit %d %s", code, r.stderr)
 	}
-	if r, code := h.run(t, nil, "vm", "delete", vm); code != 4 || !strings.Contains(r.stderr, "--force") {
-		t.Errorf("delete of a running VM without --force: exit %d %s", code, r.stderr)
-	}
 	if _, code := h.run(t, nil, "vm", "exec", "nope", "--", "true"); code != 125 {
 		t.Errorf("exec in a missing VM: exit %d, want 125", code)
 	}

@@ -87,8 +87,8 @@ func (o Opt) Prop(key string) (string, bool) {
 
 // Args is a QEMU command line as an ordered list of named options.
 //
-// Warm starts (not implemented yet) are meant to be small edits of the
-// cold-boot Args: for a template,
+// Warm starts are small edits of the cold-boot Args (BuildArgs makes
+// them when Spec.SnapshotDir or Spec.Restore is set): for a template,
 //
 //	a.Insert("smp", Opt{Name: "ram", Flag: "-object", Head: "memory-backend-file",
 //		Props: []Prop{{"id", "ram0"}, {"size", "256M"}, {"mem-path", T}, {"share", "on"}}})
@@ -259,6 +259,14 @@ func BuildArgs(spec vmm.Spec, cfg Config) (Args, error) {
 	for i, n := range spec.NICs {
 		id := "net" + strconv.Itoa(i)
 		mac, _ := net.ParseMAC(n.MAC) // validated
+		if n.Tap == "" {
+			// A NIC slot with no host side (a template's): QEMU warns
+			// "has no peer" and the guest sees a NIC without a cable.
+			a.Add(Opt{Name: id + "-device", Flag: "-device", Head: "virtio-net-device", Props: []Prop{
+				{"mac", mac.String()},
+			}})
+			continue
+		}
 		a.Add(Opt{Name: id + "-netdev", Flag: "-netdev", Head: "tap", Props: []Prop{
 			{"id", id}, {"ifname", n.Tap}, {"script", "no"}, {"downscript", "no"},
 		}})
@@ -288,7 +296,29 @@ func BuildArgs(spec vmm.Spec, cfg Config) (Args, error) {
 	a.Add(Opt{Name: "qmp", Flag: "-mon", Props: []Prop{{"chardev", "qmp"}, {"mode", "control"}}})
 	// A guest power-off, reboot or panic (panic=-1) ends the process.
 	a.Add(Opt{Name: "no-reboot", Flag: "-no-reboot"})
+
+	// Warm starts. A template keeps its guest RAM in a file it shares
+	// (the file is the RAM, so a snapshot need not copy it); a clone maps
+	// the same file privately (copy-on-write: it never writes the file)
+	// and waits for its device state (-incoming defer, then QMP
+	// migrate-incoming; see Backend.Start).
+	switch {
+	case spec.SnapshotDir != "":
+		addRAMFile(&a, spec.MemoryMiB, SnapshotRAM(spec.SnapshotDir), true)
+	case spec.Restore != nil:
+		addRAMFile(&a, spec.MemoryMiB, SnapshotRAM(spec.Restore.Dir), false)
+		a.Add(Opt{Name: "incoming", Flag: "-incoming", Head: "defer"})
+
+	}
 	return a, nil
+}
+
+func addRAMFile(a *Args, memMiB int, path string, share bool) {
+	onOff := map[bool]string{true: "on", false: "off"}
+	_ = a.Insert("memory", Opt{Name: "ram", Flag: "-object", Head: "memory-backend-file", Props: []Prop{
+		{"id", "ram0"}, {"size", strconv.Itoa(memMiB) + "M"}, {"mem-path", path}, {"share", onOff[share]},
+	}})
+	_ = a.SetProp("machine", "memory-backend", "ram0")
 }
 
 func validate(spec vmm.Spec, cfg Config) error {
@@ -334,7 +364,7 @@ func validate(spec vmm.Spec, cfg Config) error {
 		return bad("%d disks: at most 16", len(disks))
 	}
 	for _, n := range spec.NICs {
-		if !tapRE.MatchString(n.Tap) {
+		if n.Tap != "" && !tapRE.MatchString(n.Tap) {
 			return bad("tap name %q must be 1-15 letters, digits, '_', '.' or '-'", n.Tap)
 		}
 		if _, err := net.ParseMAC(n.MAC); err != nil {
@@ -346,8 +376,11 @@ func validate(spec vmm.Spec, cfg Config) error {
 			return bad("socket path %s is %d bytes, longer than the %d a unix socket allows", s, len(s), maxSocketPath)
 		}
 	}
-	if spec.Restore != nil {
-		return fmt.Errorf("qemu: restore from a snapshot: %w", vmm.ErrUnsupported)
+	if spec.Restore != nil && spec.SnapshotDir != "" {
+		return bad("a VM cannot be both restored and snapshotted (a clone is never a template)")
+	}
+	if spec.Restore != nil && !filepath.IsAbs(spec.Restore.Dir) || spec.SnapshotDir != "" && !filepath.IsAbs(spec.SnapshotDir) {
+		return bad("snapshot directory must be an absolute path")
 	}
 	return nil
 }

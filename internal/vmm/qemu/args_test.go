@@ -169,12 +169,19 @@ func TestBuildArgsInvalid(t *testing.T) {
 	}
 	s := typicalSpec()
 	s.Restore = &vmm.Snapshot{Dir: "/t"}
-	if _, err := BuildArgs(s, Config{Accel: AccelTCG}); !errors.Is(err, vmm.ErrUnsupported) {
-		t.Errorf("restore: %v, want ErrUnsupported", err)
+	s.SnapshotDir = "/u"
+	if _, err := BuildArgs(s, Config{Accel: AccelTCG}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("restore + snapshot: %v, want ErrInvalidArgument", err)
+	}
+	s.SnapshotDir = ""
+	s.Restore.Dir = "rel"
+	if _, err := BuildArgs(s, Config{Accel: AccelTCG}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("relative restore dir: %v, want ErrInvalidArgument", err)
 	}
 }
 
-// TestArgsEdits shows the edits a warm start will make.
+// TestArgsEdits exercises the Args editing API (as BuildArgs uses it for
+// warm starts).
 func TestArgsEdits(t *testing.T) {
 	a, err := BuildArgs(typicalSpec(), Config{Accel: AccelTCG})
 	if err != nil {
@@ -232,4 +239,49 @@ func mustGet(t *testing.T, a Args, name string) Opt {
 		t.Fatalf("no option %s", name)
 	}
 	return o
+}
+
+// TestBuildArgsWarm: a template keeps its RAM in a shared file in its
+// snapshot dir; a clone maps the same file privately and waits for its
+// device state; a NIC without a tap is a slot with no host side.
+func TestBuildArgsWarm(t *testing.T) {
+	tpl := typicalSpec()
+	tpl.SnapshotDir = "/t"
+	tpl.NICs[0].Tap = ""
+	clone := typicalSpec()
+	clone.Restore = &vmm.Snapshot{Dir: "/t"}
+	cases := []struct {
+		name      string
+		spec      vmm.Spec
+		want, not []string
+	}{
+		{"template", tpl, []string{
+			"-m 512M -object memory-backend-file,id=ram0,size=512M,mem-path=/t/ram,share=on -kernel",
+			"-machine microvm,acpi=on,pit=on,rtc=on,memory-backend=ram0 ",
+			"-device virtio-net-device,mac=02:ba:00:00:00:01 ",
+		}, []string{"-incoming", "-netdev"}},
+		{"clone", clone, []string{
+			"-m 512M -object memory-backend-file,id=ram0,size=512M,mem-path=/t/ram,share=off -kernel",
+			"-machine microvm,acpi=on,pit=on,rtc=on,memory-backend=ram0 ",
+			"-netdev tap,id=net0,ifname=bg-a1b2c3,",
+			"-no-reboot -incoming defer",
+		}, []string{"share=on"}},
+	}
+	for _, c := range cases {
+		a, err := BuildArgs(c.spec, Config{Accel: AccelTCG})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got := strings.Join(a.Argv(), " ")
+		for _, w := range c.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("%s: argv lacks %q:\n%s", c.name, w, got)
+			}
+		}
+		for _, w := range c.not {
+			if strings.Contains(got, w) {
+				t.Errorf("%s: argv has %q:\n%s", c.name, w, got)
+			}
+		}
+	}
 }

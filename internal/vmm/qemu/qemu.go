@@ -25,9 +25,12 @@
 //     dir whose sockets a live process listens on (QEMU would silently
 //     unlink and steal them).
 //
-// The command line is built by BuildArgs as a list of named options so
-// that warm starts (memory-backend-file + -incoming defer) are small edits;
-// Spec.Restore is not supported yet (vmm.ErrUnsupported).
+// The command line is built by BuildArgs as a list of named options;
+// warm starts are small edits of it (memory-backend-file + -incoming
+// defer). Backend implements vmm.Snapshotter (snapshot.go): a template
+// runs with its RAM in a shared file, Snapshot migrates its device state
+// with x-ignore-shared to a file, and Start with Spec.Restore starts a
+// clone that maps the RAM file copy-on-write and loads that state.
 package qemu
 
 import (
@@ -43,6 +46,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -78,6 +82,8 @@ const (
 
 // Backend implements vmm.Backend with QEMU.
 type Backend struct {
+	mu       sync.Mutex
+	versions map[string]string // SnapshotIdentity's cache: binary stat -> version
 	binary   string
 	hostRoot string
 	accel    string // forced, or "" to detect
@@ -108,6 +114,7 @@ func WithLogger(l *slog.Logger) Option { return func(b *Backend) { b.log = l } }
 func New(opts ...Option) *Backend {
 	b := &Backend{
 		binary:   DefaultBinary,
+		versions: map[string]string{},
 		hostRoot: "/",
 		proc:     proc{root: "/proc"},
 		log:      slog.New(slog.DiscardHandler),
@@ -160,7 +167,15 @@ func (b *Backend) Available(ctx context.Context) vmm.Availability {
 
 // Start implements vmm.Backend.
 func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) {
-	for _, p := range []*string{&spec.Kernel, &spec.Initrd, &spec.RuntimeDir, &spec.ConsoleLog, &spec.VMMLog, &spec.Root.Path} {
+	if spec.Restore != nil {
+		r := *spec.Restore
+		spec.Restore = &r
+	}
+	paths := []*string{&spec.Kernel, &spec.Initrd, &spec.RuntimeDir, &spec.ConsoleLog, &spec.VMMLog, &spec.Root.Path, &spec.SnapshotDir}
+	if spec.Restore != nil {
+		paths = append(paths, &spec.Restore.Dir)
+	}
+	for _, p := range paths {
 		if *p != "" {
 			abs, err := filepath.Abs(*p)
 			if err != nil {
@@ -185,6 +200,16 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	}
 	if fi, err := os.Stat(spec.RuntimeDir); err != nil || !fi.IsDir() {
 		return vmm.Handle{}, fmt.Errorf("qemu start %s: runtime dir %s: %w", spec.ID, spec.RuntimeDir, errors.Join(err, errdefs.ErrInvalidArgument))
+	}
+	switch {
+	case spec.Restore != nil:
+		if err := b.checkRestore(ctx, spec); err != nil {
+			return vmm.Handle{}, err
+		}
+	case spec.SnapshotDir != "":
+		if err := b.prepareSnapshotDir(ctx, spec); err != nil {
+			return vmm.Handle{}, fmt.Errorf("qemu start %s: %w", spec.ID, err)
+		}
 	}
 	bootID, err := b.proc.bootID()
 	if err != nil {
@@ -226,7 +251,13 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	}
 	wctx, cancel := context.WithTimeout(ctx, maxStartWait)
 	defer cancel()
-	if err := b.waitQMP(wctx, h); err != nil {
+	err = b.waitQMP(wctx, h)
+	if err == nil && spec.Restore != nil {
+		if err = b.incoming(wctx, h, spec.Restore.Dir); err != nil {
+			err = fmt.Errorf("restore from %s: %w", spec.Restore.Dir, err)
+		}
+	}
+	if err != nil {
 		// Undo: nothing may be left running, and no sockets.
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), killTimeout)
 		defer cancel()
@@ -235,7 +266,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 		}
 		return vmm.Handle{}, fmt.Errorf("qemu start %s: %w%s", spec.ID, err, logTail(spec.VMMLog, logStart))
 	}
-	b.log.Info("qemu started", "vm", spec.ID, "pid", pid, "accel", ac.Accel, "qmp_after", time.Since(started).Round(time.Millisecond))
+	b.log.Info("qemu started", "vm", spec.ID, "pid", pid, "accel", ac.Accel, "restored", spec.Restore != nil, "after", time.Since(started).Round(time.Millisecond))
 	return h, nil
 }
 
@@ -266,9 +297,11 @@ func (b *Backend) args(spec vmm.Spec) (Args, AccelChoice, error) {
 var errExited = errors.New("qemu exited before its QMP socket answered")
 
 // waitQMP waits until the QMP socket answers query-status, the process
-// dies, or ctx ends.
+// dies, or ctx ends. It polls every 2 ms at first (QMP answers within
+// 20-50 ms, and a restore is not much longer), then every pollInterval.
 func (b *Backend) waitQMP(ctx context.Context, h vmm.Handle) error {
 	var lastErr error
+	t0 := time.Now()
 	for {
 		if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok || h.StartTime == 0 {
 			return errExited
@@ -280,10 +313,14 @@ func (b *Backend) waitQMP(ctx context.Context, h vmm.Handle) error {
 			return nil
 		}
 		lastErr = err
+		interval := pollInterval
+		if time.Since(t0) < 200*time.Millisecond {
+			interval = incomingPoll
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for QMP: %w (last: %v)", ctx.Err(), lastErr)
-		case <-time.After(pollInterval):
+		case <-time.After(interval):
 		}
 	}
 }

@@ -94,6 +94,9 @@ func Run(t *testing.T, b vmm.Backend, env Env) {
 	if env.PowerOff != nil {
 		t.Run("GuestPowerOffEndsVMM", s.guestPowerOff)
 	}
+	if _, ok := b.(vmm.Snapshotter); ok {
+		t.Run("Snapshot", s.snapshot)
+	}
 }
 
 type suite struct {

@@ -1,0 +1,261 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+	"banger/internal/client"
+	"banger/internal/errdefs"
+	"banger/internal/workspace"
+)
+
+// The CLI, not the daemon, reads the user's repository: git runs as the
+// repository's owner, and objects it writes stay theirs.
+
+// buildWorkDisk lists the repository's files and builds a work disk for a
+// new VM; the daemon takes the file over.
+func (e *env) buildWorkDisk(ctx context.Context, dir string, untracked bool, path string) (*api.WorkspaceSpec, func(), error) {
+	set, err := workspace.List(ctx, dir, workspace.ListOptions{IncludeUntracked: untracked})
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(set.Submodules) > 0 {
+		fmt.Fprintf(e.stderr, "banger: submodules %s are shipped as plain files; edits in them are not exported\n", strings.Join(set.Submodules, ", "))
+	}
+	if err := os.MkdirAll(e.layout.TmpDir(), 0o755); err != nil {
+		return nil, nil, err
+	}
+	f, err := os.CreateTemp(e.layout.TmpDir(), "work-*.ext4")
+	if err != nil {
+		return nil, nil, err
+	}
+	f.Close()
+	cleanup := func() { os.Remove(f.Name()) }
+	info, err := workspace.BuildDisk(ctx, set.Root, set, workspace.DiskOptions{Dest: f.Name()})
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return &api.WorkspaceSpec{Disk: info.Path, Path: path, Repo: set.Root,
+		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, cleanup, nil
+}
+
+// exportMode is one of: "" (save a rescue patch when there are edits),
+// "-" or a file (write the patch), "apply", "branch:NAME".
+type exportMode string
+
+func parseExportMode(s string) (exportMode, error) {
+	switch {
+	case s == "", s == "apply", s == "-":
+		return exportMode(s), nil
+	case strings.HasPrefix(s, "branch:") && len(s) > len("branch:"):
+		return exportMode(s), nil
+	case strings.HasPrefix(s, "patch:") && len(s) > len("patch:"):
+		return exportMode(strings.TrimPrefix(s, "patch:")), nil
+	}
+	return "", usageError{fmt.Errorf("--export %q: want apply, branch:NAME or patch:FILE", s)}
+}
+
+// export fetches a VM's workspace patch, validates it and saves it as
+// mode says; then tells the daemon it was saved. It returns the patch.
+func (e *env) export(ctx context.Context, cl *client.Client, vm string, ws *api.WorkspaceInfo, mode exportMode) (*workspace.Patch, error) {
+	rc, err := cl.ExportWorkspace(ctx, vm)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	h := sha256.New()
+	p, err := workspace.ParsePatch(io.TeeReader(rc, h), 0)
+	if err != nil {
+		return nil, fmt.Errorf("export from vm %s: %w", vm, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	repo := ws.Repo
+	switch {
+	case mode == "":
+		if p.Empty() {
+			return p, nil
+		}
+		path, stat, err := workspace.SaveRescue(ctx, repo, vm, p)
+		if err != nil {
+			return p, err
+		}
+		fmt.Fprintf(e.stderr, "banger: vm %s changed the workspace; the edits are saved in\n  %s\n%s  (apply them with: git apply %s)\n", vm, path, indent(stat), shellQuote(path))
+	case mode == "apply":
+		if err := workspace.Apply(ctx, repo, p); err != nil {
+			return p, err
+		}
+		if !p.Empty() {
+			fmt.Fprintf(e.stderr, "banger: applied %d changed files to %s\n", len(p.Changes), repo)
+		}
+	case strings.HasPrefix(string(mode), "branch:"):
+		name := strings.TrimPrefix(string(mode), "branch:")
+		commit, err := workspace.Branch(ctx, repo, p, name, workspace.Base{Head: ws.Base.Head, Tree: ws.Base.Tree, Commit: ws.Base.Commit})
+		if err != nil {
+			return p, err
+		}
+		fmt.Fprintf(e.stderr, "banger: branch %s at %s (%d changed files)\n", name, commit, len(p.Changes))
+	case mode == "-":
+		if err := workspace.WritePatch(p, e.stdout); err != nil {
+			return p, err
+		}
+	default:
+		f, err := os.OpenFile(string(mode), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return p, err
+		}
+		if err := workspace.WritePatch(p, f); err != nil {
+			f.Close()
+			return p, err
+		}
+		if err := f.Close(); err != nil {
+			return p, err
+		}
+	}
+	if err := cl.MarkExported(ctx, vm, sum); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("  " + l + "\n")
+	}
+	return b.String()
+}
+
+func newWorkspaceCmd(e *env) *cobra.Command {
+	cmd := group(&cobra.Command{Use: "workspace", Short: "Ship a git repository into a VM and bring its edits back"})
+	cmd.AddCommand(newWorkspacePrepareCmd(e), newWorkspaceExportCmd(e))
+	return cmd
+}
+
+func newWorkspacePrepareCmd(e *env) *cobra.Command {
+	var path string
+	var untracked, dry bool
+	cmd := &cobra.Command{
+		Use:   "prepare VM [REPO]",
+		Short: "Ship a repository's tracked files (with uncommitted edits) into a running VM",
+		Long: `Ship the files 'git ls-files' lists, as they are in the working tree, plus a
+.git prepared on the host (HEAD, index, enough history for a diff; never
+the host's config, hooks or credentials), into a running VM at --path.
+Untracked files only with --include-untracked (never ignored ones).
+--dry-run lists what would be shipped and needs no VM or daemon.
+REPO defaults to the current directory's repository.`,
+		Args:              args(cobra.RangeArgs(1, 2)),
+		ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			dir := "."
+			if len(a) == 2 {
+				dir = a[1]
+			}
+			ctx := c.Context()
+			set, err := workspace.List(ctx, dir, workspace.ListOptions{IncludeUntracked: untracked})
+			if err != nil {
+				return err
+			}
+			if dry {
+				return workspace.WriteDryRun(e.stdout, set)
+			}
+			cl, err := e.client(ctx)
+			if err != nil {
+				return err
+			}
+			v, err := cl.PrepareWorkspace(ctx, a[0], path, set.Root, func(w io.Writer) (api.Base, error) {
+				info, err := workspace.TarStream(ctx, set.Root, set, w)
+				if err != nil {
+					return api.Base{}, err
+				}
+				return api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}, nil
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(e.stdout, "%s: %d files at %s\n", v.Name, len(set.Files), v.Workspace.Path)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&path, "path", workspace.DefaultPath, "where the repository goes in the guest")
+	cmd.Flags().BoolVar(&untracked, "include-untracked", false, "also ship untracked files that are not ignored")
+	cmd.Flags().BoolVar(&dry, "dry-run", false, "list the files that would be shipped, with the total size; no VM needed")
+	return cmd
+}
+
+func newWorkspaceExportCmd(e *env) *cobra.Command {
+	var out, branch string
+	var apply bool
+	cmd := &cobra.Command{
+		Use:   "export VM [--out FILE | --apply | --branch NAME]",
+		Short: "Bring every edit made in a VM's workspace back as a git patch",
+		Long: `Bring back every change made in the VM's workspace since it was shipped
+(modified, added, deleted, renamed, binary, mode changes, symlinks) as a
+patch that 'git apply' takes. By default the patch goes to stdout.
+  --out FILE     write it to FILE
+  --apply        apply it to the repository's working tree; on a conflict
+                 the tree is left untouched and the conflicting files named
+  --branch NAME  record the guest's tree as a commit on a new branch whose
+                 parent is the shipped HEAD (working tree, index and current
+                 branch untouched)
+The patch is untrusted guest output: paths outside the repository, into
+.git or through symlinks are refused. A stopped VM is started for the
+export and stopped again.`,
+		Args:              args(cobra.ExactArgs(1)),
+		ValidArgsFunction: e.completeVMs,
+		RunE: func(c *cobra.Command, a []string) error {
+			n := 0
+			for _, set := range []bool{out != "", apply, branch != ""} {
+				if set {
+					n++
+				}
+			}
+			if n > 1 {
+				return usageError{errors.New("give at most one of --out, --apply, --branch")}
+			}
+			mode := exportMode("-")
+			switch {
+			case out != "":
+				mode = exportMode(out)
+			case apply:
+				mode = "apply"
+			case branch != "":
+				mode = exportMode("branch:" + branch)
+			}
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			v, err := cl.GetVM(c.Context(), a[0])
+			if err != nil {
+				return err
+			}
+			if v.Workspace == nil {
+				return errdefs.NotFound(fmt.Sprintf("vm %s has no workspace", v.Name))
+			}
+			if v.Workspace.Repo != "" {
+				if _, err := os.Stat(v.Workspace.Repo); err != nil && mode != "-" && !strings.HasPrefix(string(mode), "/") {
+					return fmt.Errorf("the workspace's repository %s: %w", v.Workspace.Repo, err)
+				}
+			}
+			_, err = e.export(c.Context(), cl, v.Name, v.Workspace, mode)
+			return err
+		},
+	}
+	cmd.Flags().StringVarP(&out, "out", "o", "", "write the patch to FILE")
+	cmd.Flags().BoolVar(&apply, "apply", false, "apply the patch to the host working tree")
+	cmd.Flags().StringVar(&branch, "branch", "", "record the guest's tree as a commit on a new branch NAME")
+	return cmd
+}
+
+var _ = filepath.Join

@@ -1,0 +1,457 @@
+package template_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/agent"
+	"banger/internal/errdefs"
+	"banger/internal/paths"
+	"banger/internal/system"
+	"banger/internal/template"
+	"banger/internal/vmm"
+	"banger/internal/vmm/qemu"
+	"banger/internal/vmm/vmmtest"
+)
+
+func TestShapeKey(t *testing.T) {
+	a := template.Shape{ImageName: "x", ImageDigest: "d", AgentDigest: "a", Backend: "qemu", VMM: "v", VCPUs: 1, MemoryMiB: 256}
+	b := a
+	b.ImageName = "y"
+	if a.Key() != b.Key() {
+		t.Error("image name changed the key")
+	}
+	for name, f := range map[string]func(*template.Shape){
+		"image":  func(s *template.Shape) { s.ImageDigest = "e" },
+		"agent":  func(s *template.Shape) { s.AgentDigest = "b" },
+		"vmm":    func(s *template.Shape) { s.VMM = "w" },
+		"vcpus":  func(s *template.Shape) { s.VCPUs = 2 },
+		"mem":    func(s *template.Shape) { s.MemoryMiB = 512 },
+		"root":   func(s *template.Shape) { s.RootBytes = 1 << 30 },
+		"work":   func(s *template.Shape) { s.WorkDiskBytes = 1 << 20 },
+		"nics":   func(s *template.Shape) { s.NICs = 1 },
+		"kernel": func(s *template.Shape) { s.KernelArgs = []string{"quiet"} },
+	} {
+		c := a
+		f(&c)
+		if c.Key() == a.Key() {
+			t.Errorf("%s did not change the key", name)
+		}
+	}
+	if len(a.Key()) != 32 {
+		t.Errorf("key %q", a.Key())
+	}
+}
+
+func TestLookupMissing(t *testing.T) {
+	s := template.New(layout(t), qemu.New(), template.Options{})
+	if _, ok := s.Lookup(strings.Repeat("a", 32)); ok {
+		t.Error("found a template in an empty store")
+	}
+	if _, ok := s.Lookup("../etc"); ok {
+		t.Error("bad key accepted")
+	}
+	if err := s.Remove("../x"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Remove bad key: %v", err)
+	}
+	if l, err := s.List(); err != nil || len(l) != 0 {
+		t.Errorf("List = %v, %v", l, err)
+	}
+	if _, err := s.Build(context.Background(), template.Shape{}, template.Source{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Build of an empty shape: %v", err)
+	}
+}
+
+// layout is a banger home under a short temporary directory (unix socket
+// paths are limited to 107 bytes).
+func layout(t testing.TB) paths.Layout {
+	dir, err := os.MkdirTemp("", "bt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	l, err := paths.Resolve(func(k string) string {
+		if k == "BANGER_HOME" {
+			return dir
+		}
+		return ""
+	}, os.Geteuid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func fileDigest(t testing.TB, p string) string {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+const workBytes = 16 << 20
+
+type fixture struct {
+	b     *qemu.Backend
+	env   vmmtest.Env
+	store *template.Store
+	shape template.Shape
+	src   template.Source
+	l     paths.Layout
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("boots real VMs")
+	}
+	b := qemu.New()
+	if av := b.Available(context.Background()); !av.OK {
+		t.Skipf("qemu: %s", av.Reason)
+	}
+	env := vmmtest.AgentGuest(t)
+	l := layout(t)
+	s := template.New(l, b, template.Options{})
+	sh, err := s.Complete(context.Background(), template.Shape{
+		ImageName:   "test",
+		ImageDigest: fileDigest(t, filepath.Join(filepath.Dir(env.RootBase), "manifest.json")),
+		AgentDigest: fileDigest(t, env.Initrd), // the test's agent is built from source
+		VCPUs:       1, MemoryMiB: 256, WorkDiskBytes: workBytes, NICs: 1,
+		KernelArgs: env.KernelArgs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{b: b, env: env, store: s, shape: sh, l: l,
+		src: template.Source{Kernel: env.Kernel, Initrd: env.Initrd, RootBase: env.RootBase, RootBaseFormat: "raw"}}
+}
+
+// clone is one restored VM with an agent session.
+type clone struct {
+	spec vmm.Spec
+	h    vmm.Handle
+	c    *agent.Client
+	took time.Duration // Start -> Configure done
+}
+
+// startClone restores a clone of tpl with its own root, the given work
+// image and MAC, and applies its identity.
+func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, mac string) *clone {
+	t.Helper()
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "bc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	rt := filepath.Join(dir, "run")
+	if err := os.Mkdir(rt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	spec := vmm.Spec{
+		ID: name, VCPUs: tpl.Shape.VCPUs, MemoryMiB: tpl.Shape.MemoryMiB,
+		Kernel: f.env.Kernel, Initrd: f.env.Initrd, KernelArgs: tpl.Shape.KernelArgs,
+		Root:       vmm.Disk{Path: filepath.Join(dir, "root.qcow2"), Format: "qcow2"},
+		Disks:      []vmm.Disk{{Path: work, Format: "raw"}},
+		NICs:       []vmm.NIC{{MAC: mac}},
+		RuntimeDir: rt, ConsoleLog: filepath.Join(dir, "console.log"), VMMLog: filepath.Join(dir, "vmm.log"),
+		Restore: tpl.Snapshot(),
+	}
+	t0 := time.Now()
+	if err := tpl.CloneRoot(ctx, spec.Root.Path); err != nil {
+		t.Fatal(err)
+	}
+	h, err := f.b.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.b.Kill(context.Background(), h); err != nil {
+			t.Errorf("kill %s: %v", name, err)
+		}
+	})
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := f.b.DialAgent(rctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := agent.Dial(rctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	id, err := template.Identity(name, &agent.NetConfig{Interface: "eth0", MAC: mac, Address: "10.99.0.2/24"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Configure(rctx, id); err != nil {
+		t.Fatalf("configure %s: %v", name, err)
+	}
+	return &clone{spec: spec, h: h, c: c, took: time.Since(t0)}
+}
+
+// sh runs a shell script in the guest and returns its stdout.
+func sh(t *testing.T, c *agent.Client, script string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	p, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", script}, Stdout: &out, Stderr: &errb})
+	if err != nil {
+		t.Fatalf("exec %q: %v", script, err)
+	}
+	st, err := p.Wait()
+	if err != nil || st.Code != 0 {
+		t.Fatalf("exec %q: %v, exit %d, stderr %s", script, err, st.Code, errb.String())
+	}
+	return strings.TrimSpace(out.String())
+}
+
+func sparse(t *testing.T, path string, size int64) string {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestClones builds a template and proves its clones are distinct
+// machines: RNG, uuids, hostnames, machine-ids, MACs, clocks, files; a
+// clone can be handed its own work disk in the template's slot; no sshd
+// host keys; the template's files never change.
+func TestClones(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	t0 := time.Now()
+	tpl, err := f.store.Build(ctx, f.shape, f.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("template %s built in %v: %d MiB on disk, files %v", tpl.Key[:12], time.Since(t0).Round(time.Millisecond), tpl.Bytes()>>20, keys(tpl.Files))
+	if got, ok := f.store.Lookup(f.shape.Key()); !ok || got.Dir != tpl.Dir {
+		t.Fatalf("Lookup after Build: %v %v", got, ok)
+	}
+	if again, err := f.store.Build(ctx, f.shape, f.src); err != nil || again.Dir != tpl.Dir || !again.Created.Equal(tpl.Created) {
+		t.Errorf("second Build rebuilt: %v", err)
+	}
+	before := vmmtest.FileDigests(t, tpl.Dir)
+
+	// Clone A gets a work disk with a file on it, built on the host;
+	// clone B an empty one.
+	tmp := t.TempDir()
+	stage := filepath.Join(tmp, "stage")
+	os.Mkdir(stage, 0o755)
+	os.WriteFile(filepath.Join(stage, "marker"), []byte("work-a\n"), 0o644)
+	workA := sparse(t, filepath.Join(tmp, "a.img"), workBytes)
+	if _, err := system.Run(ctx, "mkfs.ext4", "-q", "-F", "-d", stage, workA); err != nil {
+		t.Fatal(err)
+	}
+	workB := sparse(t, filepath.Join(tmp, "b.img"), workBytes)
+
+	a := f.startClone(t, tpl, "clone-a", workA, "02:ba:00:00:0a:01")
+	b := f.startClone(t, tpl, "clone-b", workB, "02:ba:00:00:0b:01")
+	t.Logf("restore -> identity configured: a %v, b %v", a.took.Round(time.Millisecond), b.took.Round(time.Millisecond))
+
+	probe := `head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo
+cat /proc/sys/kernel/random/uuid
+cat /proc/sys/kernel/hostname
+cat /etc/machine-id
+cat /sys/class/net/eth0/address
+date +%s.%N
+ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l`
+	type facts struct{ rnd, uuid, host, mid, mac, clock, keys string }
+	get := func(c *clone) facts {
+		hostNow := time.Now()
+		l := strings.Split(sh(t, c.c, probe), "\n")
+		if len(l) != 7 {
+			t.Fatalf("probe output %q", l)
+		}
+		secs, err := strconv.ParseFloat(l[5], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Duration((secs - float64(hostNow.UnixNano())/1e9) * 1e9); d < -time.Second || d > time.Second {
+			t.Errorf("%s: guest clock is %v off the host's", c.spec.ID, d)
+		}
+		return facts{l[0], l[1], l[2], l[3], l[4], l[5], l[6]}
+	}
+	fa, fb := get(a), get(b)
+	t.Logf("clone a: %+v", fa)
+	t.Logf("clone b: %+v", fb)
+	for what, pair := range map[string][2]string{
+		"urandom bytes": {fa.rnd, fb.rnd}, "uuid": {fa.uuid, fb.uuid}, "hostname": {fa.host, fb.host},
+		"machine-id": {fa.mid, fb.mid}, "MAC": {fa.mac, fb.mac},
+	} {
+		if pair[0] == pair[1] {
+			t.Errorf("clones share their %s: %s", what, pair[0])
+		}
+	}
+	if fa.host != "clone-a" || fa.mac != "02:ba:00:00:0a:01" || fb.mac != "02:ba:00:00:0b:01" {
+		t.Errorf("identity not applied: %+v %+v", fa, fb)
+	}
+	if fa.keys != "0" || fb.keys != "0" {
+		t.Errorf("sshd host keys in clones: %s, %s", fa.keys, fb.keys)
+	}
+
+	sh(t, a.c, "echo a > /root/only-in-a; sync")
+	if got := sh(t, b.c, "test -e /root/only-in-a && echo present || echo absent"); got != "absent" {
+		t.Errorf("a file written in clone a is %s in clone b", got)
+	}
+	// The work-disk slot: the guest probed an empty disk of this size at
+	// the template's boot and may cache its first blocks, so drop caches
+	// before mounting what the clone was given.
+	if got := sh(t, a.c, "mkdir -p /mnt/w && mount /dev/vdb /mnt/w && cat /mnt/w/marker"); got != "work-a" {
+		t.Errorf("clone a's work disk reads %q", got)
+	}
+	if got := sh(t, b.c, "head -c 4096 /dev/vdb | od -An -tx1 | sort -u | tr -d ' \n'"); !strings.HasPrefix(got, "00") || strings.Trim(got, "0*") != "" {
+		t.Errorf("clone b's empty work disk reads %q", got)
+	}
+	sh(t, a.c, "echo more > /mnt/w/second; umount /mnt/w")
+
+	for _, c := range []*clone{a, b} {
+		c.c.Close()
+		if err := f.b.Kill(ctx, c.h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := vmmtest.FileDigests(t, tpl.Dir)
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Errorf("template files changed:\n%v\n%v", before, after)
+	}
+	if err := tpl.Verify(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestFallbacks: a template whose files are missing, truncated or whose
+// meta is corrupt is "absent" (Lookup false) and Prune removes it; a
+// template of another agent is stale.
+func TestFallbacks(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	tpl, err := f.store.Build(ctx, f.shape, f.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := tpl.Key
+	// Corrupt the digest-only way: Lookup (cheap) still accepts it,
+	// Verify refuses.
+	state := filepath.Join(tpl.Dir, qemu.SnapshotStateName)
+	orig, _ := os.ReadFile(state)
+	bad := bytes.Clone(orig)
+	bad[len(bad)/2] ^= 0xff
+	os.WriteFile(state, bad, 0o644)
+	if _, ok := f.store.Lookup(key); !ok {
+		t.Error("a same-size change failed the cheap Lookup")
+	}
+	if err := tpl.Verify(); err == nil {
+		t.Error("Verify accepted a changed state file")
+	}
+	os.WriteFile(state, orig, 0o644)
+
+	os.Truncate(state, int64(len(orig))/2)
+	if _, ok := f.store.Lookup(key); ok {
+		t.Error("Lookup accepted a truncated state file")
+	}
+	os.WriteFile(state, orig, 0o644)
+	if _, ok := f.store.Lookup(key); !ok {
+		t.Fatal("restored template not found")
+	}
+	ram := filepath.Join(tpl.Dir, qemu.SnapshotRAMName)
+	os.Rename(ram, ram+".x")
+	if _, ok := f.store.Lookup(key); ok {
+		t.Error("Lookup accepted a template without its RAM file")
+	}
+	os.Rename(ram+".x", ram)
+	meta := filepath.Join(tpl.Dir, template.FileMeta)
+	m, _ := os.ReadFile(meta)
+	os.Chmod(meta, 0o644)
+	os.WriteFile(meta, m[:len(m)/2], 0o644)
+	if _, ok := f.store.Lookup(key); ok {
+		t.Error("Lookup accepted a corrupt meta.json")
+	}
+	removed, err := f.store.Prune(func(*template.Template) bool { return true })
+	if err != nil || len(removed) != 0 {
+		t.Errorf("Prune: %v %v", removed, err)
+	}
+	if _, err := os.Stat(tpl.Dir); !os.IsNotExist(err) {
+		t.Errorf("Prune left a corrupt template: %v", err)
+	}
+
+	// Rebuild, then make it stale: another agent.
+	tpl, err = f.store.Build(ctx, f.shape, f.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur := f.shape
+	digest := func(string) (string, bool) { return f.shape.ImageDigest, true }
+	if removed, err := f.store.RemoveStale(cur, digest, nil); err != nil || len(removed) != 0 {
+		t.Fatalf("RemoveStale of a current template: %v %v", removed, err)
+	}
+	cur.AgentDigest = "other"
+	if removed, _ := f.store.RemoveStale(cur, digest, func(string) bool { return true }); len(removed) != 0 {
+		t.Error("RemoveStale removed a template in use")
+	}
+	if removed, err := f.store.RemoveStale(cur, digest, nil); err != nil || len(removed) != 1 {
+		t.Fatalf("RemoveStale with another agent: %v %v", removed, err)
+	}
+	if _, ok := f.store.Lookup(key); ok {
+		t.Error("stale template still found")
+	}
+	// A restore of a missing snapshot fails with ErrSnapshotMismatch
+	// (the caller then boots cold).
+	_, err = f.b.Start(ctx, vmm.Spec{ID: "gone", VCPUs: 1, MemoryMiB: 256, Kernel: f.env.Kernel,
+		Root:       vmm.Disk{Path: f.env.RootBase, Format: "raw"},
+		RuntimeDir: t.TempDir(), ConsoleLog: "/dev/null", VMMLog: filepath.Join(t.TempDir(), "v.log"),
+		Restore: tpl.Snapshot()})
+	if !errors.Is(err, vmm.ErrSnapshotMismatch) {
+		t.Errorf("restore from a removed template: %v", err)
+	}
+}
+
+// TestIdleCPU measures the CPU an idle clone uses over 10 s (run with -v).
+func TestIdleCPU(t *testing.T) {
+	f := newFixture(t)
+	tpl, err := f.store.Build(context.Background(), f.shape, f.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := f.startClone(t, tpl, "idle", sparse(t, filepath.Join(t.TempDir(), "w.img"), workBytes), "02:ba:00:00:0c:01")
+	c.c.Close() // the agent goes back to waiting for a host
+	time.Sleep(time.Second)
+	frac, err := vmmtest.CPUFraction(c.h.PID, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("idle clone: %.2f%% of a core over 10 s", frac*100)
+	if frac > 0.05 {
+		t.Errorf("idle clone uses %.1f%% of a core", frac*100)
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}

@@ -1,0 +1,233 @@
+package vm
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+	"time"
+
+	"banger/internal/agent"
+	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/system"
+	"banger/internal/vmm"
+	"banger/internal/workspace"
+)
+
+// The guest sees the work disk as the first disk after the root: /dev/vdb.
+const workDevice = "/dev/vdb"
+
+func workspacePath(p string) (string, error) {
+	if p == "" {
+		return workspace.DefaultPath, nil
+	}
+	if !path.IsAbs(p) || path.Clean(p) != p || p == "/" || strings.ContainsAny(p, "\n\x00") {
+		return "", errdefs.InvalidArgument(fmt.Sprintf("workspace path %q: want an absolute, clean path other than /", p))
+	}
+	return p, nil
+}
+
+// adoptWorkDisk moves (or copies, across filesystems) a client-built work
+// disk into the VM's directory.
+func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.WorkspaceSpec) (*api.WorkspaceInfo, error) {
+	p, err := workspacePath(ws.Path)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Lstat(ws.Disk)
+	if err != nil || !st.Mode().IsRegular() {
+		return nil, errdefs.InvalidArgument(fmt.Sprintf("work disk %q: not a regular file", ws.Disk))
+	}
+	dest := m.layout.VMWorkDisk(id)
+	if err := os.Rename(ws.Disk, dest); err != nil {
+		if _, err := system.Run(ctx, "cp", "--sparse=always", "--reflink=auto", ws.Disk, dest); err != nil {
+			return nil, fmt.Errorf("take over work disk: %w", err)
+		}
+		os.Remove(ws.Disk)
+	}
+	return &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}, nil
+}
+
+// workDisks are the extra disks and guest mounts of a VM's workspace.
+func (m *Manager) workDisks(r *record) ([]vmm.Disk, []agent.Mount) {
+	ws := r.spec.Workspace
+	if ws == nil || !ws.Disk {
+		return nil, nil
+	}
+	return []vmm.Disk{{Path: m.layout.VMWorkDisk(r.row.ID), Format: "raw"}},
+		[]agent.Mount{{Device: workDevice, Path: ws.Path}}
+}
+
+// PrepareTar unpacks a workspace tar stream (workspace.TarStream, built by
+// the client) into a running VM at path.
+//
+// base is called once the stream has been consumed (the client sends the
+// base it learnt while producing the stream).
+func (m *Manager) PrepareTar(ctx context.Context, name, p, repo string, base func() api.Base, tr io.Reader) (api.VM, error) {
+	p, err := workspacePath(p)
+	if err != nil {
+		return api.VM{}, err
+	}
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	unlock := m.lock(r.row.ID)
+	defer unlock()
+	if r, err = m.get(ctx, r.row.ID); err != nil {
+		return api.VM{}, err
+	}
+	if st := m.derive(ctx, r); st != StateRunning {
+		return api.VM{}, errdefs.NotRunning(fmt.Sprintf("vm %s is %s, not running", r.row.Name, st))
+	}
+	if ws := r.spec.Workspace; ws != nil && ws.Disk && ws.Path == p {
+		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s already has a workspace on its work disk at %s", r.row.Name, p))
+	}
+	c, err := m.agent(ctx, r)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if err := c.PutTar(ctx, p, tr); err != nil {
+		return api.VM{}, fmt.Errorf("vm %s: unpack workspace: %w", r.row.Name, err)
+	}
+	r.spec.Workspace = &api.WorkspaceInfo{Path: p, Repo: repo, Base: base()}
+	if err := r.save(ctx, m.store); err != nil {
+		return api.VM{}, err
+	}
+	return m.toAPI(ctx, r), nil
+}
+
+// ExportPatch runs the export in the guest and streams the (untrusted)
+// patch to w, at most workspace.DefaultPatchLimit bytes. A stopped VM is
+// started for the export and stopped again.
+func (m *Manager) ExportPatch(ctx context.Context, name string, w io.Writer) error {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if r.spec.Workspace == nil {
+		return errdefs.NotFound(fmt.Sprintf("vm %s has no workspace (create it with a repository, or 'banger workspace prepare')", r.row.Name))
+	}
+	if st := m.derive(ctx, r); st == StateStopped || st == StateError {
+		if _, err := m.Start(ctx, name, func(string, string) {}); err != nil {
+			return fmt.Errorf("start vm %s for the export: %w", r.row.Name, err)
+		}
+		defer m.Stop(context.WithoutCancel(ctx), name, StopOptions{})
+	}
+	_, err = m.exportTo(ctx, r, w)
+	return err
+}
+
+// exportTo runs the export command and returns the patch's sha256.
+func (m *Manager) exportTo(ctx context.Context, r *record, w io.Writer) (string, error) {
+	if r, _ = m.get(ctx, r.row.ID); r == nil {
+		return "", errdefs.NotFound("vm gone")
+	}
+	c, err := m.agent(ctx, r)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	out := &capWriter{w: io.MultiWriter(w, h), n: workspace.DefaultPatchLimit}
+	var errb strings.Builder
+	p, err := c.Exec(ctx, agent.ExecRequest{Argv: workspace.ExportCommand(r.spec.Workspace.Path), Stdout: out, Stderr: &limited{w: &errb, n: 8 << 10}})
+	if err != nil {
+		return "", fmt.Errorf("vm %s: export: %w", r.row.Name, err)
+	}
+	st, err := p.Wait()
+	if err != nil {
+		return "", fmt.Errorf("vm %s: export: %w", r.row.Name, err)
+	}
+	if out.over {
+		return "", errdefs.InvalidArgument(fmt.Sprintf("vm %s: export: the patch is larger than %d bytes", r.row.Name, int64(workspace.DefaultPatchLimit)))
+	}
+	if st.Code != 0 {
+		return "", fmt.Errorf("vm %s: export failed (exit %d): %s", r.row.Name, st.Code, strings.TrimSpace(errb.String()))
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// MarkExported records that the patch with this digest was saved by the
+// user, so deleting the VM no longer needs --force for those changes.
+func (m *Manager) MarkExported(ctx context.Context, name, digest string) error {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	unlock := m.lock(r.row.ID)
+	defer unlock()
+	if r, err = m.get(ctx, r.row.ID); err != nil {
+		return err
+	}
+	if r.spec.Workspace == nil {
+		return errdefs.NotFound(fmt.Sprintf("vm %s has no workspace", r.row.Name))
+	}
+	r.spec.Workspace.Exported = digest
+	return r.save(ctx, m.store)
+}
+
+// unexported lists the files of a running VM's workspace changed since the
+// last export ("" digest: nothing changed, or nothing new).
+func (m *Manager) unexported(ctx context.Context, r *record) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	pr, pw := io.Pipe()
+	type res struct {
+		p   *workspace.Patch
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		p, err := workspace.ParsePatch(pr, 0)
+		io.Copy(io.Discard, pr)
+		ch <- res{p, err}
+	}()
+	digest, err := m.exportTo(ctx, r, pw)
+	pw.CloseWithError(err)
+	got := <-ch
+	if err != nil {
+		return nil, err
+	}
+	if got.err != nil {
+		return nil, got.err
+	}
+	if len(got.p.Changes) == 0 || digest == r.spec.Workspace.Exported {
+		return nil, nil
+	}
+	var files []string
+	for _, c := range got.p.Changes {
+		files = append(files, c.Path)
+	}
+	return files, nil
+}
+
+// capWriter passes at most n bytes and remembers whether more came.
+type capWriter struct {
+	w    io.Writer
+	n    int64
+	over bool
+}
+
+func (c *capWriter) Write(p []byte) (int, error) {
+	k := len(p)
+	if int64(k) > c.n {
+		p = p[:c.n]
+		c.over = true
+	}
+	c.n -= int64(len(p))
+	if len(p) > 0 {
+		if _, err := c.w.Write(p); err != nil {
+			return 0, err
+		}
+	}
+	if c.over {
+		return 0, errors.New("export patch over the limit")
+	}
+	return k, nil
+}
