@@ -74,12 +74,34 @@ func (e *env) export(ctx context.Context, cl *client.Client, vm string, ws *api.
 		return nil, err
 	}
 	defer rc.Close()
-	h := sha256.New()
-	p, err := workspace.ParsePatch(io.TeeReader(rc, h), 0)
+	// Spool the guest's output: if it is refused, the rescue path still
+	// keeps it (nothing is lost on --rm).
+	spool, err := os.CreateTemp("", "banger-export-*.patch")
 	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(spool, h), io.LimitReader(rc, workspace.DefaultPatchLimit+1)); err != nil {
 		return nil, fmt.Errorf("export from vm %s: %w", vm, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
+	spool.Seek(0, io.SeekStart)
+	p, err := workspace.ParsePatch(spool, 0)
+	if err != nil {
+		if mode == "" {
+			spool.Seek(0, io.SeekStart)
+			if path, serr := workspace.SaveRescueStream(ctx, ws.Repo, vm, spool, 0); serr == nil {
+				fmt.Fprintf(e.stderr, "banger: the guest's patch was refused (%v); its raw output is kept in %s\n", err, path)
+				if merr := cl.MarkExported(ctx, vm, sum); merr != nil {
+					return nil, merr
+				}
+				return &workspace.Patch{}, nil
+			}
+		}
+		return nil, fmt.Errorf("export from vm %s: %w", vm, err)
+	}
 	repo := ws.Repo
 	switch {
 	case mode == "":

@@ -93,6 +93,14 @@ func (m *Manager) PrepareTar(ctx context.Context, name, p, repo string, base fun
 	if err != nil {
 		return api.VM{}, err
 	}
+	// A fresh tree: files of an earlier prepare must not linger.
+	clean, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"sh", "-c", `rm -rf -- "$1" && mkdir -p -- "$1"`, "sh", p}})
+	if err != nil {
+		return api.VM{}, fmt.Errorf("vm %s: empty %s: %w", r.row.Name, p, err)
+	}
+	if st, err := clean.Wait(); err != nil || st.Code != 0 {
+		return api.VM{}, fmt.Errorf("vm %s: empty %s: exit %d %v", r.row.Name, p, st.Code, err)
+	}
 	if err := c.PutTar(ctx, p, tr); err != nil {
 		return api.VM{}, fmt.Errorf("vm %s: unpack workspace: %w", r.row.Name, err)
 	}
