@@ -44,7 +44,7 @@ quickstart:
 	scripts/setup-host
 	$(MAKE) build
 	$(BIN)/banger doctor
-	$(BIN)/banger vm run --rm -- uname -a
+	$(BIN)/banger vm run --rm . -- git status
 
 clean:
 	rm -rf $(BIN) $(AGENT)
