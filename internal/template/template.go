@@ -192,6 +192,11 @@ type Options struct {
 	// snapshotted mid-session loses its host's first handshake attempt
 	// (about 200 ms).
 	Settle time.Duration
+	// InUse reports whether a clone's disk depends on the template with
+	// this key. Build then never replaces a broken template directory
+	// with that key, and Prune never removes it (a stopped clone's root
+	// overlay is backed by the template's root.qcow2).
+	InUse  func(key string) bool
 	Logger *slog.Logger
 }
 
@@ -427,7 +432,7 @@ func (s *Store) build(ctx context.Context, sh Shape, key string, src Source) (_ 
 			}
 		}
 	}()
-	if err := s.prepareGuest(ctx, h, sh.NICs); err != nil {
+	if err := s.prepareGuest(ctx, h); err != nil {
 		return nil, fmt.Errorf("%w; console: %s", err, tail(spec.ConsoleLog))
 	}
 	select {
@@ -447,7 +452,7 @@ func (s *Store) build(ctx context.Context, sh Shape, key string, src Source) (_ 
 
 // prepareGuest waits for the template's agent, removes sshd host keys
 // and closes the connection.
-func (s *Store) prepareGuest(ctx context.Context, h vmm.Handle, nics int) error {
+func (s *Store) prepareGuest(ctx context.Context, h vmm.Handle) error {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.ReadyTimeout)
 	defer cancel()
 	var last error
@@ -457,14 +462,11 @@ func (s *Store) prepareGuest(ctx context.Context, h vmm.Handle, nics int) error 
 		}
 		c, err := dialAgent(rctx, s.backend, h)
 		if err == nil {
-			err = removeHostKeys(rctx, c)
-			if err == nil {
-				err = rehearse(rctx, c, nics)
+			defer c.Close()
+			if err := removeHostKeys(rctx, c); err != nil {
+				return err
 			}
-			c.Close()
-			if err == nil {
-				return nil
-			}
+			return rehearse(rctx, c)
 		}
 		last = err
 		select {
@@ -494,16 +496,15 @@ func dialAgent(ctx context.Context, b vmm.Backend, h vmm.Handle) (*agent.Client,
 }
 
 // rehearse applies a throw-away identity to the template, as a clone's
-// will be applied: the guest's caches (the /etc directory and files,
-// the NIC's state) are then warm in every clone, which makes a clone's
-// Configure cheaper.
-func rehearse(ctx context.Context, c *agent.Client, nics int) error {
+// will be: the guest's caches (the /etc directory and files) are then
+// warm in every clone, which makes a clone's Configure cheaper (measured:
+// hostname 70 -> 35 ms, machine-id 19 -> 3 ms under TCG). The network is
+// left alone: the template's NIC stays down, so a clone sends nothing
+// with the template's MAC before it is configured.
+func rehearse(ctx context.Context, c *agent.Client) error {
 	id, err := Identity("banger-template", nil, nil)
 	if err != nil {
 		return err
-	}
-	if nics > 0 {
-		id.Network = &agent.NetConfig{Interface: "eth0", Address: "169.254.0.2/16"}
 	}
 	return c.Configure(ctx, id)
 }
@@ -574,13 +575,27 @@ func (s *Store) commit(tmp, key string, sh Shape, took time.Duration) (*Template
 			os.RemoveAll(tmp) // another build won
 			return t, nil
 		}
-		return nil, err
+		// A broken template with this key (files deleted or
+		// truncated): replace it unless a clone depends on it.
+		if s.inUse(key) {
+			return nil, fmt.Errorf("template %s is broken and in use by a clone's disk: %w", key[:12], errdefs.ErrConflict)
+		}
+		if rerr := s.Remove(key); rerr != nil {
+			return nil, errors.Join(err, rerr)
+		}
+		if err := os.Rename(tmp, dest); err != nil {
+			return nil, err
+		}
 	}
 	if err := syncPath(s.layout.TemplatesDir()); err != nil {
 		return nil, err
 	}
 	s.log.Info("template built", "key", key, "image", sh.ImageName, "vcpus", sh.VCPUs, "mem", sh.MemoryMiB, "took", took.Round(time.Millisecond))
 	return s.load(key)
+}
+
+func (s *Store) inUse(key string) bool {
+	return s.opts.InUse != nil && s.opts.InUse(key)
 }
 
 // List returns the complete templates, oldest first. Directories that
@@ -622,7 +637,8 @@ func (s *Store) Remove(key string) error {
 
 // Prune removes every template for which keep returns false, every
 // directory that is not a complete template, and leftovers of builds
-// that are not running in this process. It returns what it removed.
+// that are not running in this process; never a template that
+// Options.InUse reports in use. It returns what it removed.
 func (s *Store) Prune(keep func(*Template) bool) ([]*Template, error) {
 	ents, err := os.ReadDir(s.layout.TemplatesDir())
 	if errors.Is(err, os.ErrNotExist) {
@@ -642,6 +658,9 @@ func (s *Store) Prune(keep func(*Template) bool) ([]*Template, error) {
 			if !active {
 				errs = append(errs, os.RemoveAll(p))
 			}
+			continue
+		}
+		if s.inUse(e.Name()) {
 			continue
 		}
 		t, ok := s.Lookup(e.Name())

@@ -3,10 +3,13 @@ package template_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -15,6 +18,7 @@ import (
 	"time"
 
 	"banger/internal/agent"
+	"banger/internal/disk"
 	"banger/internal/errdefs"
 	"banger/internal/paths"
 	"banger/internal/system"
@@ -151,7 +155,7 @@ type clone struct {
 
 // startClone restores a clone of tpl with its own root, the given work
 // image and MAC, and applies its identity.
-func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, mac string) *clone {
+func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, mac string, tapAddr ...string) *clone {
 	t.Helper()
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "bc")
@@ -168,9 +172,13 @@ func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, m
 		Kernel: f.env.Kernel, Initrd: f.env.Initrd, KernelArgs: tpl.Shape.KernelArgs,
 		Root:       vmm.Disk{Path: filepath.Join(dir, "root.qcow2"), Format: "qcow2"},
 		Disks:      []vmm.Disk{{Path: work, Format: "raw"}},
-		NICs:       []vmm.NIC{{MAC: mac}},
+		NICs:       []vmm.NIC{{MAC: "02:ba:00:00:ff:01"}},
 		RuntimeDir: rt, ConsoleLog: filepath.Join(dir, "console.log"), VMMLog: filepath.Join(dir, "vmm.log"),
 		Restore: tpl.Snapshot(),
+	}
+	addr := "10.99.0.2/24"
+	if len(tapAddr) == 2 {
+		spec.NICs[0].Tap, addr = tapAddr[0], tapAddr[1]
 	}
 	t0 := time.Now()
 	if err := tpl.CloneRoot(ctx, spec.Root.Path); err != nil {
@@ -196,7 +204,10 @@ func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, m
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	id, err := template.Identity(name, &agent.NetConfig{Interface: "eth0", MAC: mac, Address: "10.99.0.2/24"}, nil)
+	if mac == "" { // a bare clone, for the control
+		return &clone{spec: spec, h: h, c: c, took: time.Since(t0)}
+	}
+	id, err := template.Identity(name, &agent.NetConfig{Interface: "eth0", MAC: mac, Address: addr}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,6 +344,17 @@ ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l`
 			t.Fatal(err)
 		}
 	}
+	// The control: clones that were given no identity are copies (this
+	// is what the checks above would catch).
+	var bare []string
+	for _, n := range []string{"bare-1", "bare-2"} {
+		c := f.startClone(t, tpl, n, sparse(t, filepath.Join(tmp, n+".img"), workBytes), "")
+		bare = append(bare, sh(t, c.c, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; cat /proc/sys/kernel/hostname"))
+		c.c.Close()
+		f.b.Kill(ctx, c.h)
+	}
+	t.Logf("control, clones without identity: %q and %q (identical: %v)", bare[0], bare[1], bare[0] == bare[1])
+
 	after := vmmtest.FileDigests(t, tpl.Dir)
 	if fmt.Sprint(before) != fmt.Sprint(after) {
 		t.Errorf("template files changed:\n%v\n%v", before, after)
@@ -402,6 +424,22 @@ func TestFallbacks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A stopped clone's root can be detached from its template: the
+	// same content, backed by the image's base instead.
+	overlay := filepath.Join(t.TempDir(), "clone.qcow2")
+	if err := tpl.CloneRoot(ctx, overlay); err != nil {
+		t.Fatal(err)
+	}
+	if err := template.DetachRoot(ctx, overlay, f.env.RootBase, "raw"); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := disk.Info(ctx, overlay); err != nil || info.Backing != f.env.RootBase {
+		t.Errorf("detached root: %+v %v, want backing %s", info, err, f.env.RootBase)
+	}
+	if _, err := system.Run(ctx, "qemu-img", "compare", "-q", tpl.RootDisk(), overlay); err != nil {
+		t.Errorf("detached root differs from the template's: %v", err)
+	}
+
 	cur := f.shape
 	digest := func(string) (string, bool) { return f.shape.ImageDigest, true }
 	if removed, err := f.store.RemoveStale(cur, digest, nil); err != nil || len(removed) != 0 {
@@ -417,6 +455,33 @@ func TestFallbacks(t *testing.T) {
 	if _, ok := f.store.Lookup(key); ok {
 		t.Error("stale template still found")
 	}
+	// A broken template is rebuilt by Build, unless a clone's disk
+	// depends on it.
+	tpl, err = f.store.Build(ctx, f.shape, f.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(filepath.Join(tpl.Dir, qemu.SnapshotRAMName), 4096)
+	busy := template.New(f.l, f.b, template.Options{InUse: func(string) bool { return true }})
+	if _, err := busy.Build(ctx, f.shape, f.src); !errors.Is(err, errdefs.ErrConflict) {
+		t.Errorf("Build over a broken template in use: %v, want ErrConflict", err)
+	}
+	if removed, err := busy.Prune(func(*template.Template) bool { return false }); err != nil || len(removed) != 0 {
+		t.Errorf("Prune removed a template in use: %v %v", removed, err)
+	}
+	if tpl, err = f.store.Build(ctx, f.shape, f.src); err != nil {
+		t.Fatalf("Build over a broken template: %v", err)
+	}
+	if err := tpl.Verify(); err != nil {
+		t.Error(err)
+	}
+	if err := f.store.Remove(tpl.Key); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := f.store.List(); len(l) != 0 {
+		t.Errorf("List after Remove: %v", l)
+	}
+
 	// A restore of a missing snapshot fails with ErrSnapshotMismatch
 	// (the caller then boots cold).
 	_, err = f.b.Start(ctx, vmm.Spec{ID: "gone", VCPUs: 1, MemoryMiB: 256, Kernel: f.env.Kernel,
@@ -454,4 +519,78 @@ func keys[V any](m map[string]V) []string {
 		out = append(out, k)
 	}
 	return out
+}
+
+// TestCloneTap: a template built with a NIC slot and no tap; its clone is
+// given its own tap at restore and, after Configure (with its own MAC),
+// talks to the host through it with that MAC.
+func TestCloneTap(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a tap")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("no /dev/net/tun")
+	}
+	f := newFixture(t)
+	ctx := context.Background()
+	var rnd [2]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		t.Fatal(err)
+	}
+	tap := fmt.Sprintf("bgw%02x%02x", rnd[0], rnd[1])
+	hostIP := fmt.Sprintf("10.213.%d.1", rnd[0])
+	guestIP := fmt.Sprintf("10.213.%d.2", rnd[0])
+	for _, argv := range [][]string{
+		{"ip", "tuntap", "add", "dev", tap, "mode", "tap"},
+		{"ip", "addr", "add", hostIP + "/30", "dev", tap},
+		{"ip", "link", "set", tap, "up"},
+	} {
+		if _, err := system.Run(ctx, argv...); err != nil {
+			t.Skipf("tap: %v", err)
+		}
+		if argv[1] == "tuntap" {
+			t.Cleanup(func() { system.Run(context.Background(), "ip", "link", "del", tap) })
+		}
+	}
+	tpl, err := f.store.Build(ctx, f.shape, f.src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", hostIP+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := ln.Addr().(*net.TCPAddr).Port
+	mac := "02:ba:00:00:0d:01"
+	c := f.startClone(t, tpl, "tapclone", sparse(t, filepath.Join(t.TempDir(), "w.img"), workBytes), mac, tap, guestIP+"/30")
+	got := make(chan string, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer conn.Close()
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, _ := io.ReadAll(conn)
+		got <- strings.TrimSpace(string(b))
+	}()
+	sh(t, c.c, fmt.Sprintf("bash -c 'echo hello-from-clone > /dev/tcp/%s/%d'", hostIP, port))
+	select {
+	case m := <-got:
+		if m != "hello-from-clone" {
+			t.Errorf("host got %q", m)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no connection from the clone")
+	}
+	out, err := system.Run(ctx, "ip", "neigh", "show", "dev", tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), mac) {
+		t.Errorf("the host's neighbour table for %s lacks the clone's MAC %s:\n%s", tap, mac, out)
+	}
+	t.Logf("neighbours on %s: %s", tap, strings.TrimSpace(string(out)))
 }

@@ -12,6 +12,11 @@
 //   - The guest agent is reached through DialAgent; the backend chooses the
 //     transport (virtio-serial chardev socket for QEMU here, hybrid vsock for
 //     Firecracker).
+//   - Warm starts are optional: a backend that implements Snapshotter saves
+//     a running VM (a template) and starts clones of it (Spec.Restore);
+//     internal/template keeps the templates. A clone is the same process
+//     kind as a cold-booted VM once Start returns (same Handle, Status,
+//     Kill, DialAgent).
 package vmm
 
 import (
@@ -86,8 +91,9 @@ type Snapshot struct {
 // clock, hostname, MAC) until the caller gives it an identity.
 type Snapshotter interface {
 	// Snapshot saves the VM h, started with Spec.SnapshotDir = dir, into
-	// dir and stops its process (whatever the outcome). On error dir
-	// holds nothing usable.
+	// dir and ends its process (whatever the outcome, once the VM has
+	// been found to be such a template; a call on any other VM fails
+	// and leaves it alone). On error dir holds nothing usable.
 	Snapshot(ctx context.Context, h Handle, dir string) error
 	// SnapshotIdentity names what a snapshot taken here depends on (the
 	// VMM program's version and build, the accelerator): a snapshot is

@@ -31,6 +31,16 @@
 // runs with its RAM in a shared file, Snapshot migrates its device state
 // with x-ignore-shared to a file, and Start with Spec.Restore starts a
 // clone that maps the RAM file copy-on-write and loads that state.
+//   - Warm starts, measured here (TCG, 256 MiB): Snapshot ~70 ms; a
+//     clone's Start (process, QMP, migrate-incoming, cont) ~35 ms, its
+//     agent answers ~130 ms after Start is called; an idle clone is
+//     ~60 MiB PSS against ~235 MiB for a cold-booted VM. Start with
+//     Spec.Restore checks the snapshot's recorded shape (vCPUs, memory,
+//     every disk's format and virtual size, NIC count) and the VMM
+//     identity before starting anything (vmm.ErrSnapshotMismatch); a
+//     stream QEMU cannot load makes it exit, which Start reports the
+//     same way. Disks and taps are the clone's own; the NIC's MAC and
+//     all guest state come from the snapshot.
 package qemu
 
 import (

@@ -77,6 +77,17 @@ func (s *suite) snapshot(t *testing.T) {
 	spec.NICs = []vmm.NIC{{MAC: "02:ba:00:00:00:01"}} // a slot with no tap
 	tpl := s.start(t, ctx, spec)
 	s.ready(t, ctx, tpl)
+	// A VM that is not this dir's template is refused and left running.
+	other := s.start(t, ctx, s.newSpec(t))
+	if err := sn.Snapshot(ctx, other.h, dir); err == nil {
+		t.Error("Snapshot of a VM started without SnapshotDir succeeded")
+	}
+	if st := s.b.Status(ctx, other.h); st != vmm.StateRunning {
+		t.Errorf("a refused Snapshot changed the VM: %s", st)
+	}
+	if err := s.b.Kill(ctx, other.h); err != nil {
+		t.Fatal(err)
+	}
 	// Let the guest agent see the host leave and go back to waiting for
 	// one: a clone of an agent caught mid-session drops its host's first
 	// handshake attempt.
