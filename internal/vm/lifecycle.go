@@ -160,6 +160,7 @@ func (m *Manager) Stop(ctx context.Context, name string, o StopOptions) (api.VM,
 	m.dropAgent(r.row.ID)
 	if !clean {
 		if err := m.backend.Kill(sctx, r.handle); err != nil {
+			m.startWatch(r) // still running: keep noticing its exit
 			return api.VM{}, fmt.Errorf("stop vm %s: %w", r.row.Name, err)
 		}
 	}
@@ -423,12 +424,14 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		return err
 	}
 	owned := map[string]bool{}
+	unreadable := map[string]bool{}
+	livePID := map[string]int{} // re-attached VM id → its VMM's pid
 	var reattached []*record
 	for _, row := range rows {
 		r, err := load(row)
 		if err != nil {
 			m.log.Warn("reconcile: unreadable vm row", "vm", row.Name, "err", err)
-			owned[row.ID] = true
+			owned[row.ID], unreadable[row.ID] = true, true
 			continue
 		}
 		switch row.State {
@@ -450,9 +453,23 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 				m.log.Info("reconcile: re-attached", "vm", row.Name, "pid", r.handle.PID)
 				m.startWatch(r)
 				reattached = append(reattached, r)
+				livePID[row.ID] = r.handle.PID
 			}
 		default:
 			owned[row.ID] = true
+			// A stopped VM keeps no handle (markStopped clears it): one
+			// that has a live VMM was caught mid-start (the handle is
+			// saved before the guest is ready) or mid-delete. A start
+			// either completes or leaves the VM stopped, so that VMM
+			// goes; left running, it would hold the root disk (and its
+			// sockets would be removed just below).
+			if r.handle.PID != 0 && m.backend.Status(ctx, r.handle) != vmm.StateExited {
+				m.log.Info("reconcile: killing the VMM of a vm caught mid-start", "vm", row.Name, "state", row.State, "pid", r.handle.PID)
+				if err := m.backend.Kill(ctx, r.handle); err != nil {
+					m.log.Warn("reconcile: kill", "vm", row.Name, "err", err)
+				}
+				m.markStopped(ctx, r, "interrupted: the daemon stopped during a start (or delete) of this VM; its VMM was killed")
+			}
 			os.RemoveAll(m.layout.VMRuntimeDir(row.ID))
 		}
 	}
@@ -466,9 +483,13 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			}
 		}
 	}
+	// Every VMM of this banger's runtime dir is killed unless it is the
+	// recorded VMM of a re-attached VM (or belongs to an unreadable row):
+	// that covers VMs no row owns, a VMM started but not yet recorded when
+	// the daemon died, and a second VMM of one VM.
 	for _, o := range findVMMs("/proc", filepath.Dir(m.layout.VMRuntimeDir("x"))) {
-		if !owned[o.id] {
-			m.log.Info("reconcile: killing orphan VMM", "pid", o.pid, "id", o.id)
+		if livePID[o.id] != o.pid && !unreadable[o.id] {
+			m.log.Info("reconcile: killing orphan VMM", "pid", o.pid, "id", o.id, "owned", owned[o.id])
 			syscall.Kill(o.pid, syscall.SIGKILL)
 		}
 	}
