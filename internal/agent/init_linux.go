@@ -7,8 +7,10 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,7 +65,33 @@ func runInit(log *slog.Logger) error {
 		Reaper:  NewInitReaper(),
 		Logger:  log,
 	}
+	powerOffOnSignal(log, opts.Machine)
 	return serveTransport(context.Background(), cfg, opts)
+}
+
+// powerOffOnSignal turns the signals that ask init to shut down (SIGTERM,
+// SIGPWR, SIGINT — ctrl-alt-del — and SIGUSR2, busybox's poweroff) into a
+// clean power-off. Unhandled, Go would exit on SIGTERM, and PID 1 exiting
+// is a kernel panic.
+func powerOffOnSignal(log *slog.Logger, m Machine) {
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGPWR, syscall.SIGINT, syscall.SIGUSR2, syscall.SIGHUP)
+	go func() {
+		for sig := range ch {
+			if sig == syscall.SIGHUP {
+				continue // a terminal going away is no reason to stop
+			}
+			log.Info("banger-agent: power off", "signal", sig.String())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := m.PrepareShutdown(ctx); err != nil {
+				log.Warn("prepare shutdown", "err", err)
+			}
+			cancel()
+			if err := m.PowerOff(); err != nil {
+				log.Error("power off", "err", err)
+			}
+		}
+	}()
 }
 
 // RunService serves the host from an agent that is not PID 1 (started by

@@ -55,6 +55,7 @@ type CreateVMRequest struct {
 	Disk      string         `json:"disk,omitempty"` // e.g. "4G"
 	Net       string         `json:"net,omitempty"`  // egress: "nat" or "none"
 	Workspace *WorkspaceSpec `json:"workspace,omitempty"`
+	Cold      bool           `json:"cold,omitempty"` // never restore from a warm template
 }
 
 // VM describes one VM as the world says it is.
@@ -118,6 +119,7 @@ type Image struct {
 	SizeBytes     int64           `json:"size_bytes"`
 	Files         map[string]File `json:"files,omitempty"`
 	VMs           []string        `json:"vms,omitempty"`
+	Templates     []Template      `json:"templates,omitempty"`
 }
 
 // File is one file of an image.
@@ -185,4 +187,33 @@ type WorkspaceInfo struct {
 // the client saved the patch with this sha256.
 type ExportedRequest struct {
 	SHA256 string `json:"sha256"`
+}
+
+// WorkSlotBytes is the size of the work-disk slot (/dev/vdb) every warm
+// template is born with. A workspace disk of exactly this size can be
+// handed to a warm clone; a bigger repository boots cold.
+const WorkSlotBytes = 4 << 30
+
+// Template is a warm-start template of an image for one machine shape.
+type Template struct {
+	Key       string    `json:"key"`
+	VCPUs     int       `json:"vcpus"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskBytes int64     `json:"disk_bytes"`
+	SizeBytes int64     `json:"size_bytes"` // disk space used
+	Created   time.Time `json:"created"`
+	InUse     bool      `json:"in_use"`
+}
+
+// WarmRequest is the body of POST /v1/images/{name}/warm.
+type WarmRequest struct {
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	Disk      string `json:"disk,omitempty"`
+}
+
+// PruneResult answers POST /v1/images/prune.
+type PruneResult struct {
+	Removed []string `json:"removed"` // template keys
+	Bytes   int64    `json:"bytes"`   // disk space freed
 }

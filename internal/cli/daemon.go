@@ -60,8 +60,13 @@ func (e *env) startDaemon(ctx context.Context, auto bool) error {
 	}
 	c := client.New(e.layout.Socket())
 	if pid := daemon.LockHolder(e.layout.DaemonLock()); pid != 0 {
-		// Starting up, or wedged: wait for it rather than racing it.
-		return waitHealthy(ctx, c, pid, e)
+		// Starting up, or wedged: wait for it rather than racing it. A
+		// holder that dies meanwhile (a daemon just killed, whose lock
+		// the kernel had not yet released) is replaced below.
+		err := waitHealthy(ctx, c, pid, e)
+		if err == nil || daemon.LockHolder(e.layout.DaemonLock()) != 0 || syscall.Kill(pid, 0) == nil {
+			return err
+		}
 	}
 	bin, err := bangerdPath()
 	if err != nil {

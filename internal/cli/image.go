@@ -16,7 +16,8 @@ import (
 
 func newImageCmd(e *env) *cobra.Command {
 	cmd := group(&cobra.Command{Use: "image", Short: "Build, import, list and remove guest images"})
-	cmd.AddCommand(newImageBuildCmd(e), newImageImportCmd(e), newImageListCmd(e), newImageShowCmd(e), newImageRmCmd(e))
+	cmd.AddCommand(newImageBuildCmd(e), newImageImportCmd(e), newImageListCmd(e), newImageShowCmd(e), newImageRmCmd(e),
+		newImageWarmCmd(e), newImagePruneCmd(e))
 	return cmd
 }
 
@@ -176,6 +177,13 @@ func newImageShowCmd(e *env) *cobra.Command {
 			fmt.Fprintf(e.stdout, "name:     %s\nid:       %s\ndigest:   %s\nkernel:   %s\nsuite:    %s\npackages: %s\ncreated:  %s\ndir:      %s\nvms:      %s\nfiles:\n",
 				im.Name, im.ID, im.Digest, im.KernelVersion, dash(im.Suite), dash(strings.Join(im.Packages, ",")),
 				im.CreatedAt.Local().Format(time.RFC3339), im.Dir, dash(strings.Join(im.VMs, ",")))
+			for _, t := range im.Templates {
+				use := ""
+				if t.InUse {
+					use = ", in use"
+				}
+				fmt.Fprintf(e.stdout, "template: %s  %d vCPU, %d MiB, disk %s: %s%s\n", t.Key[:12], t.VCPUs, t.MemoryMiB, humanSize(t.DiskBytes), humanSize(t.SizeBytes), use)
+			}
 			names := make([]string, 0, len(im.Files))
 			for n := range im.Files {
 				names = append(names, n)
@@ -208,4 +216,64 @@ func newImageRmCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newImageWarmCmd(e *env) *cobra.Command {
+	var req api.WarmRequest
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "warm NAME [--vcpu N] [--mem MiB] [--disk SIZE]",
+		Short: "Build the warm-start template of an image for a machine shape now",
+		Long: `Boot the image once, snapshot it and keep the snapshot as a template:
+later VMs of the same image and shape (vCPUs, memory, disk) restore a clone
+of it in a fraction of a cold boot, each with its own identity (RNG seed,
+clock, hostname, machine-id, MAC, address, ssh host keys). banger also
+builds templates by itself, in the background, after the first cold boot
+of a shape; this command does it ahead of time.`,
+		Args: args(cobra.ExactArgs(1)),
+		RunE: func(c *cobra.Command, a []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			t, err := cl.WarmImage(c.Context(), a[0], req, e.imageProgress(jsonOut))
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, t)
+			}
+			fmt.Fprintf(e.stdout, "%s %s (%d vCPU, %d MiB, %s)\n", a[0], t.Key, t.VCPUs, t.MemoryMiB, humanSize(t.SizeBytes))
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&req.VCPUs, "vcpu", 0, "virtual CPUs (default: vm.vcpus)")
+	cmd.Flags().IntVar(&req.MemoryMiB, "mem", 0, "memory in MiB (default: vm.memory_mib)")
+	cmd.Flags().StringVar(&req.Disk, "disk", "", "root disk size (default: vm.disk)")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the template as JSON")
+	return cmd
+}
+
+func newImagePruneCmd(e *env) *cobra.Command {
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use: "prune", Short: "Remove warm-start templates that no VM uses", Args: args(cobra.NoArgs),
+		RunE: func(c *cobra.Command, _ []string) error {
+			cl, err := e.client(c.Context())
+			if err != nil {
+				return err
+			}
+			r, err := cl.PruneImages(c.Context())
+			if err != nil {
+				return err
+			}
+			if jsonOut {
+				return printJSON(e.stdout, r)
+			}
+			fmt.Fprintf(e.stdout, "removed %d templates, %s freed\n", len(r.Removed), humanSize(r.Bytes))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print JSON")
+	return cmd
 }

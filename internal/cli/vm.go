@@ -67,10 +67,11 @@ type createFlags struct {
 	untracked bool
 	wsPath    string
 	image     string
-	vcpus int
-	mem   int
-	disk  string
-	net   string
+	vcpus     int
+	mem       int
+	disk      string
+	net       string
+	cold      bool
 }
 
 func (f *createFlags) add(cmd *cobra.Command) {
@@ -78,11 +79,12 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.vcpus, "vcpu", 0, "virtual CPUs (default: vm.vcpus from the config, 1)")
 	cmd.Flags().IntVar(&f.mem, "mem", 0, "memory in MiB (default: vm.memory_mib from the config, 512)")
 	cmd.Flags().StringVar(&f.disk, "disk", "", "root disk size, e.g. 8G (default: vm.disk from the config, 4G)")
+	cmd.Flags().BoolVar(&f.cold, "cold", false, "boot cold even when a warm-start template exists")
 	cmd.Flags().StringVar(&f.net, "net", "", "network: nat (reach out through the host) or none (default: network.egress from the config, nat)")
 }
 
 func (f *createFlags) request(name string, cmd *cobra.Command) (api.CreateVMRequest, error) {
-	req := api.CreateVMRequest{Name: name, Image: f.image, VCPUs: f.vcpus, MemoryMiB: f.mem, Disk: f.disk, Net: f.net}
+	req := api.CreateVMRequest{Name: name, Image: f.image, VCPUs: f.vcpus, MemoryMiB: f.mem, Disk: f.disk, Net: f.net, Cold: f.cold}
 	// An explicit 0 is an error, not "the default".
 	if cmd.Flags().Changed("vcpu") && f.vcpus < 1 {
 		return req, errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d: must be between 1 and 64", f.vcpus))

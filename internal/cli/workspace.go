@@ -41,7 +41,14 @@ func (e *env) buildWorkDisk(ctx context.Context, dir string, untracked bool, pat
 	}
 	f.Close()
 	cleanup := func() { os.Remove(f.Name()) }
-	info, err := workspace.BuildDisk(ctx, set.Root, set, workspace.DiskOptions{Dest: f.Name()})
+	// A disk of exactly the warm slot's size can go into a warm clone;
+	// a tree too big for it gets its own size (and a cold boot). The
+	// image is sparse: unused space costs nothing.
+	var size int64
+	if set.TotalSize*3/2+(64<<20) <= api.WorkSlotBytes {
+		size = api.WorkSlotBytes
+	}
+	info, err := workspace.BuildDisk(ctx, set.Root, set, workspace.DiskOptions{Dest: f.Name(), Size: size})
 	if err != nil {
 		cleanup()
 		return nil, nil, err

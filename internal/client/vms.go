@@ -319,3 +319,17 @@ func (c *Client) ExportWorkspace(ctx context.Context, name string) (io.ReadClose
 func (c *Client) MarkExported(ctx context.Context, name, sha string) error {
 	return c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/workspace/exported", api.ExportedRequest{SHA256: sha}, nil)
 }
+
+// WarmImage builds an image's warm-start template for a shape now.
+func (c *Client) WarmImage(ctx context.Context, name string, req api.WarmRequest, p Progress) (api.Template, error) {
+	var t api.Template
+	err := c.Stream(ctx, "POST", "/v1/images/"+url.PathEscape(name)+"/warm", req, p, &t)
+	return t, err
+}
+
+// PruneImages removes warm-start templates no VM uses.
+func (c *Client) PruneImages(ctx context.Context) (api.PruneResult, error) {
+	var r api.PruneResult
+	err := c.Do(ctx, "POST", "/v1/images/prune", nil, &r)
+	return r, err
+}

@@ -24,6 +24,7 @@ import (
 	"banger/internal/config"
 	"banger/internal/paths"
 	"banger/internal/store"
+	"banger/internal/template"
 	"banger/internal/vm"
 	"banger/internal/vmm/auto"
 )
@@ -56,10 +57,11 @@ type Daemon struct {
 	reqMu    sync.Mutex
 	services []service
 
-	choice auto.Choice
-	netErr error // why networking is off, if it is
-	vms    *vm.Manager
-	images *images
+	choice    auto.Choice
+	netErr    error // why networking is off, if it is
+	vms       *vm.Manager
+	templates *template.Store
+	images    *images
 }
 
 // service is a part of the daemon with its own start and stop (the VM

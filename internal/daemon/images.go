@@ -18,6 +18,7 @@ import (
 	"banger/internal/image"
 	"banger/internal/paths"
 	"banger/internal/store"
+	"banger/internal/template"
 	"banger/internal/vm"
 )
 
@@ -25,11 +26,12 @@ import (
 // one store row each. A row exists only for a complete image: builds and
 // imports happen in a temporary directory and are registered last.
 type images struct {
-	store  *store.Store
-	layout paths.Layout
-	cfg    config.Config
-	log    interface{ Info(string, ...any) }
-	vms    *vm.Manager
+	store     *store.Store
+	layout    paths.Layout
+	cfg       config.Config
+	log       interface{ Info(string, ...any) }
+	vms       *vm.Manager
+	templates *template.Store
 
 	mu       sync.Mutex
 	building map[string]*sync.Mutex // name → build lock
@@ -129,6 +131,37 @@ func (s *images) Import(ctx context.Context, req api.ImportImageRequest, progres
 	return s.register(ctx, id, man)
 }
 
+// warmImage builds the warm-start template of an image for a shape now.
+func (d *Daemon) warmImage(ctx context.Context, name string, req api.WarmRequest, progress vm.Progress) (*template.Template, error) {
+	im, err := d.store.GetImage(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	man, err := image.Load(im.Dir)
+	if err != nil {
+		return nil, err
+	}
+	vcpus, mem, disk := req.VCPUs, req.MemoryMiB, d.cfg.VM.Disk
+	if vcpus == 0 {
+		vcpus = d.cfg.VM.VCPUs
+	}
+	if mem == 0 {
+		mem = d.cfg.VM.MemoryMiB
+	}
+	if req.Disk != "" {
+		disk = req.Disk
+	}
+	n, err := config.ParseSize(disk)
+	if err != nil {
+		return nil, errdefs.InvalidArgument("--disk: " + err.Error())
+	}
+	if vcpus < 1 || vcpus > 64 || mem < 128 || mem > 65536 {
+		return nil, errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d / --mem %d out of range", vcpus, mem))
+	}
+	progress("template", fmt.Sprintf("booting %s (%d vCPU, %d MiB) to snapshot it", name, vcpus, mem))
+	return d.vms.WarmImage(ctx, man, im.Name, vcpus, mem, n)
+}
+
 func (s *images) register(ctx context.Context, id string, man *image.Manifest) (*store.Image, error) {
 	raw, _ := json.Marshal(man)
 	im := &store.Image{ID: id, Name: man.Name, Dir: man.Dir, Digest: man.Digest, KernelVersion: man.KernelVersion, Manifest: raw}
@@ -172,6 +205,19 @@ func (s *images) toAPI(ctx context.Context, im *store.Image) api.Image {
 		}
 	}
 	out.VMs, _ = s.vms.ImageInUse(ctx, im.ID)
+	if s.templates != nil {
+		if list, err := s.templates.List(); err == nil {
+			for _, t := range list {
+				if t.Shape.ImageDigest != im.Digest {
+					continue
+				}
+				out.Templates = append(out.Templates, api.Template{
+					Key: t.Key, VCPUs: t.Shape.VCPUs, MemoryMiB: t.Shape.MemoryMiB, DiskBytes: t.Shape.RootBytes,
+					SizeBytes: t.Bytes(), Created: t.Created, InUse: s.vms.TemplateInUse(t.Key),
+				})
+			}
+		}
+	}
 	return out
 }
 
@@ -216,6 +262,42 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 			return
 		}
 		st.finish(d.images.toAPI(r.Context(), im), nil)
+	})
+	mux.HandleFunc("POST /v1/images/{name}/warm", func(w http.ResponseWriter, r *http.Request) {
+		var req api.WarmRequest
+		if r.ContentLength != 0 {
+			if err := decodeBody(r, &req); err != nil {
+				writeError(w, r, err)
+				return
+			}
+		}
+		st := newEventStream(w)
+		t, err := d.warmImage(r.Context(), r.PathValue("name"), req, st.Progress)
+		if err != nil {
+			st.finish(nil, err)
+			return
+		}
+		st.finish(api.Template{Key: t.Key, VCPUs: t.Shape.VCPUs, MemoryMiB: t.Shape.MemoryMiB, DiskBytes: t.Shape.RootBytes, SizeBytes: t.Bytes(), Created: t.Created}, nil)
+	})
+	mux.HandleFunc("POST /v1/images/prune", func(w http.ResponseWriter, r *http.Request) {
+		var res api.PruneResult
+		sizes := map[string]int64{}
+		if list, err := d.templates.List(); err == nil {
+			for _, t := range list {
+				sizes[t.Key] = t.Bytes()
+			}
+		}
+		removed, err := d.templates.Prune(func(t *template.Template) bool { return d.vms.TemplateInUse(t.Key) })
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		res.Removed = []string{}
+		for _, t := range removed {
+			res.Removed = append(res.Removed, t.Key)
+			res.Bytes += sizes[t.Key]
+		}
+		writeJSON(w, 200, res)
 	})
 	mux.HandleFunc("POST /v1/images/import", func(w http.ResponseWriter, r *http.Request) {
 		var req api.ImportImageRequest

@@ -24,6 +24,7 @@ import (
 	"banger/internal/image"
 	"banger/internal/network"
 	"banger/internal/system"
+	"banger/internal/template"
 	"banger/internal/vm"
 	"banger/internal/vmm"
 	"banger/internal/vmm/auto"
@@ -53,17 +54,25 @@ func (d *Daemon) init(ctx context.Context) error {
 	} else {
 		keys = []string{pub}
 	}
+	var inUse func(string) bool
+	d.templates = template.New(d.layout, backend, template.Options{
+		Logger: d.log.With("component", "template"),
+		InUse:  func(key string) bool { return inUse != nil && inUse(key) },
+	})
 	d.vms = vm.New(vm.Options{
 		Store: d.store, Layout: d.layout, Config: d.cfg, Backend: backend, Images: d.images, Network: netm, AuthorizedKeys: keys,
-		Log: d.log.With("component", "vm"), ReadyTimeout: d.opts.ReadyTimeout,
+		Templates: d.templates,
+		Log:       d.log.With("component", "vm"), ReadyTimeout: d.opts.ReadyTimeout,
 	})
-	d.images.vms = d.vms
+	d.images.vms, d.images.templates = d.vms, d.templates
 	if err := image.RemoveStaleTemp(d.layout.TmpDir()); err != nil {
 		d.log.Warn("remove stale image build dirs", "err", err)
 	}
+	inUse = d.vms.TemplateInUse
 	if err := d.vms.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
+	d.pruneTemplates(ctx)
 	d.services = append(d.services, d.vms)
 	if netm != nil {
 		dns, err := netm.StartDNS(ctx, network.DNSOptions{Lookup: d.vms.LookupAddr, Reverse: d.vms.LookupName})
@@ -130,6 +139,36 @@ func (n netService) Close(ctx context.Context) error {
 		return n.m.Teardown(ctx)
 	}
 	return n.m.Close()
+}
+
+// pruneTemplates removes broken and half-built templates and those made
+// for another image digest, agent or VMM build, unless a VM's disk
+// depends on them.
+func (d *Daemon) pruneTemplates(ctx context.Context) {
+	if !d.templates.Supported() {
+		return
+	}
+	if removed, err := d.templates.Prune(func(*template.Template) bool { return true }); err != nil {
+		d.log.Warn("prune templates", "err", err)
+	} else if len(removed) > 0 {
+		d.log.Info("removed broken templates", "n", len(removed))
+	}
+	cur, err := d.templates.Complete(ctx, template.Shape{})
+	if err != nil {
+		return
+	}
+	digest := func(name string) (string, bool) {
+		im, err := d.store.GetImage(ctx, name)
+		if err != nil {
+			return "", false
+		}
+		return im.Digest, true
+	}
+	if removed, err := d.templates.RemoveStale(cur, digest, d.vms.TemplateInUse); err != nil {
+		d.log.Warn("remove stale templates", "err", err)
+	} else if len(removed) > 0 {
+		d.log.Info("removed stale templates", "n", len(removed))
+	}
 }
 
 // closerService adapts an io.Closer to a daemon service.

@@ -2,6 +2,8 @@ package vm
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -139,11 +141,30 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 			return api.VM{}, err
 		}
 	}
+	tpl, shape := m.warmTemplate(ctx, r, man, req.Cold)
+	if tpl != nil {
+		err := m.bootWarm(ctx, r, man, tpl, progress, &u)
+		if err == nil {
+			ok = true
+			m.log.Info("vm running (warm)", "vm", req.Name, "id", id, "pid", r.handle.PID, "template", tpl.Key)
+			return m.toAPI(ctx, r), nil
+		}
+		if ctx.Err() != nil {
+			return api.VM{}, ctx.Err()
+		}
+		m.log.Warn("warm start failed: booting cold", "vm", req.Name, "template", tpl.Key, "err", err)
+		progress("warning", fmt.Sprintf("warm start failed (%v): booting cold", err))
+	}
 	if err := disk.CreateOverlay(ctx, man.Path("rootfs.ext4"), "raw", m.layout.VMRootDisk(id), spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}
 	if err := m.boot(ctx, r, man, progress, &u, true); err != nil {
 		return api.VM{}, err
+	}
+	if tpl == nil && shape.Backend != "" {
+		if initrd, err := m.initrd(man); err == nil {
+			m.buildTemplateLater(shape, man, initrd)
+		}
 	}
 	ok = true
 	m.log.Info("vm running", "vm", req.Name, "id", id, "pid", r.handle.PID)
@@ -253,6 +274,9 @@ func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetCon
 		return err
 	}
 	cfg := agent.GuestConfig{Hostname: r.row.Name, Time: time.Now(), Network: netcfg, AuthorizedKeys: m.opts.AuthorizedKeys, Mounts: mounts}
+	if r.row.StartedAt.IsZero() { // first boot: its own machine-id
+		cfg.MachineID = newMachineID()
+	}
 	if err := c.Configure(ctx, cfg); err != nil {
 		return fmt.Errorf("vm %s: configure guest: %w", r.row.Name, err)
 	}
@@ -318,4 +342,10 @@ func (m *Manager) initrd(man *image.Manifest) (string, error) {
 func dirExists(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.IsDir()
+}
+
+func newMachineID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }

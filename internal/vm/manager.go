@@ -32,6 +32,7 @@ import (
 	"banger/internal/network"
 	"banger/internal/paths"
 	"banger/internal/store"
+	"banger/internal/template"
 	"banger/internal/vmm"
 )
 
@@ -59,6 +60,12 @@ type Spec struct {
 	Net string `json:"net"`
 	// Forwards are host→guest TCP port forwards, "HOSTADDR:PORT:GUESTPORT".
 	Forwards []string `json:"forwards,omitempty"`
+	// Template is the warm template a clone was restored from (its root
+	// disk is backed by the template's: the template is in use).
+	Template string `json:"template,omitempty"`
+	// WorkSlot: the VM has a work-disk slot without a workspace (clones
+	// keep their template's device set across restarts).
+	WorkSlot bool `json:"work_slot,omitempty"`
 	// Workspace is the repository shipped into the VM, if any.
 	Workspace *api.WorkspaceInfo `json:"workspace,omitempty"`
 }
@@ -81,6 +88,8 @@ type Options struct {
 	Backend vmm.Backend
 	Images  Images
 	Network *network.Manager // nil: VMs get no NIC
+	// Templates, when set, makes warm starts possible.
+	Templates *template.Store
 	// AuthorizedKeys are installed as root's authorized_keys in every
 	// guest (banger's own ssh key, for vm ssh).
 	AuthorizedKeys []string
@@ -104,8 +113,11 @@ type Manager struct {
 	agents   map[string]*agentConn             // VM id → connection to its agent
 	watch    map[string]context.CancelFunc     // VM id → exit watcher
 
-	closing chan struct{}
-	wg      sync.WaitGroup
+	closing  chan struct{}
+	wg       sync.WaitGroup
+	bgCtx    context.Context // background work (template builds); ends at Close
+	bgCancel context.CancelFunc
+	building chan struct{} // one background template build at a time
 }
 
 // New returns a manager. Call Reconcile before serving.
@@ -113,17 +125,20 @@ func New(o Options) *Manager {
 	if o.ReadyTimeout == 0 {
 		o.ReadyTimeout = 3 * time.Minute
 	}
-	return &Manager{
+	m := &Manager{
 		opts: o, store: o.Store, layout: o.Layout, backend: o.Backend, log: o.Log, net: o.Network,
 		forwards: map[string][]*network.PortForward{},
 		locks:    map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
-		closing: make(chan struct{}),
+		closing: make(chan struct{}), building: make(chan struct{}, 1),
 	}
+	m.bgCtx, m.bgCancel = context.WithCancel(context.Background())
+	return m
 }
 
 // Close stops watchers and closes agent connections. VMs keep running.
 func (m *Manager) Close(ctx context.Context) error {
 	close(m.closing)
+	m.bgCancel()
 	m.mu.Lock()
 	for _, c := range m.watch {
 		c()

@@ -58,6 +58,9 @@ func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.Workspac
 func (m *Manager) workDisks(r *record) ([]vmm.Disk, []agent.Mount) {
 	ws := r.spec.Workspace
 	if ws == nil || !ws.Disk {
+		if r.spec.WorkSlot { // a clone keeps its template's empty slot
+			return []vmm.Disk{{Path: m.layout.VMWorkDisk(r.row.ID), Format: "raw"}}, nil
+		}
 		return nil, nil
 	}
 	return []vmm.Disk{{Path: m.layout.VMWorkDisk(r.row.ID), Format: "raw"}},
