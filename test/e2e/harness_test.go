@@ -31,9 +31,10 @@ import (
 )
 
 type harness struct {
-	home string
-	bin  string
-	dns  int // this harness's DNS port
+	home   string
+	bin    string
+	dns    int    // this harness's DNS port
+	bridge string // this harness's bridge
 }
 
 var harnessSeq int
@@ -49,6 +50,7 @@ func (h *harness) isolate() error {
 		return err
 	}
 	h.dns = port
+	h.bridge = fmt.Sprintf("bge%d", n)
 	cfg := fmt.Sprintf("[network]\nsubnet = \"172.31.%d.0/24\"\ndns_port = %d\nbridge = \"bge%d\"\ntap_prefix = \"bge%dt\"\nnft_table = \"banger_e2e_%d\"\n", n, port, n, n, n)
 	if err := os.MkdirAll(filepath.Join(h.home, "config"), 0o755); err != nil {
 		return err
@@ -74,7 +76,12 @@ var (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if shared != nil {
-		shared.teardown()
+		if err := shared.teardown(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e teardown: %v\n", err)
+			if code == 0 {
+				code = 1
+			}
+		}
 	}
 	os.Exit(code)
 }
@@ -225,6 +232,9 @@ func (h *harness) assertNoLeftovers(t *testing.T, keep ...string) {
 	check(filepath.Join(h.home, "run", "vm"), running)
 	procs := map[string][]int{} // VM id → VMM pids
 	for _, p := range h.vmmProcs() {
+		if strings.Contains(p, "banger-tpl-") {
+			continue // a warm-start template being built in the background (teardown checks it is gone)
+		}
 		var pid int
 		fmt.Sscanf(p, "%d:", &pid)
 		id := h.vmmID(pid)
@@ -267,7 +277,9 @@ func (h *harness) vmmID(pid int) string {
 	return ""
 }
 
-func (h *harness) teardown() {
+// teardown deletes every VM, stops the daemon and reports anything left
+// behind (VMM processes, the bridge).
+func (h *harness) teardown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	env := system.Opts{Env: h.environ()}
@@ -278,15 +290,29 @@ func (h *harness) teardown() {
 		}
 	}
 	system.RunOpts(ctx, env, banger, "daemon", "stop")
-	// Last resort: nothing this run started may outlive it.
+	// Nothing this run started may outlive it: report, then kill.
+	var leaks []string
 	for _, p := range h.vmmProcs() {
+		leaks = append(leaks, "process "+p)
 		var pid int
 		fmt.Sscanf(p, "%d:", &pid)
 		if pid > 0 {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+	if h.bridge != "" {
+		if _, err := net.InterfaceByName(h.bridge); err == nil {
+			leaks = append(leaks, "bridge "+h.bridge+" still exists after the daemon stopped with no VM")
+		}
+	}
 	os.RemoveAll(h.home)
+	return errors.Join(func() []error {
+		var errs []error
+		for _, l := range leaks {
+			errs = append(errs, errors.New("leaked: "+l))
+		}
+		return errs
+	}()...)
 }
 
 var _ = errors.New

@@ -79,7 +79,11 @@ func TestFirstUseBuildsDefaultImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &harness{home: home, bin: base.bin}
-	defer h.teardown()
+	defer func() {
+		if err := h.teardown(); err != nil {
+			t.Error(err)
+		}
+	}()
 	if err := h.isolate(); err != nil {
 		t.Fatal(err)
 	}
