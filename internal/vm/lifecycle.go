@@ -24,15 +24,11 @@ type DeleteOptions struct {
 
 // Delete removes a VM and everything it owns.
 func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) error {
-	r, err := m.get(ctx, name)
+	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return err
 	}
-	unlock := m.lock(r.row.ID)
 	defer unlock()
-	if r, err = m.get(ctx, r.row.ID); err != nil { // re-read under the lock
-		return err
-	}
 	state := m.derive(ctx, r)
 	if !o.Force {
 		if state == StateCreating || state == StateUnknown {
@@ -124,15 +120,11 @@ type StopOptions struct {
 // Stop powers a VM off: cleanly through its agent (sync, remount / read-only,
 // power off), then by force when that does not finish within the timeout.
 func (m *Manager) Stop(ctx context.Context, name string, o StopOptions) (api.VM, error) {
-	r, err := m.get(ctx, name)
+	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	unlock := m.lock(r.row.ID)
 	defer unlock()
-	if r, err = m.get(ctx, r.row.ID); err != nil {
-		return api.VM{}, err
-	}
 	if st := m.derive(ctx, r); st != StateRunning && st != StateUnknown {
 		if st == StateStopped && r.row.State != StateStopped {
 			m.markStopped(ctx, r, "")
@@ -185,15 +177,11 @@ func (m *Manager) markStopped(ctx context.Context, r *record, reason string) {
 
 // Start boots a stopped VM on its existing root disk.
 func (m *Manager) Start(ctx context.Context, name string, progress Progress) (api.VM, error) {
-	r, err := m.get(ctx, name)
+	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	unlock := m.lock(r.row.ID)
 	defer unlock()
-	if r, err = m.get(ctx, r.row.ID); err != nil {
-		return api.VM{}, err
-	}
 	switch st := m.derive(ctx, r); st {
 	case StateRunning:
 		return m.toAPI(ctx, r), nil
@@ -226,15 +214,11 @@ type SetOptions struct {
 
 // Set changes a stopped VM's vCPUs or memory; it takes effect at start.
 func (m *Manager) Set(ctx context.Context, name string, o SetOptions) (api.VM, error) {
-	r, err := m.get(ctx, name)
+	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	unlock := m.lock(r.row.ID)
 	defer unlock()
-	if r, err = m.get(ctx, r.row.ID); err != nil {
-		return api.VM{}, err
-	}
 	if st := m.derive(ctx, r); st != StateStopped && st != StateError {
 		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s is %s: stop it first ('banger vm stop %s'); vCPUs and memory change only on a stopped VM", r.row.Name, st, r.row.Name))
 	}

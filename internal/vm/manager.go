@@ -166,6 +166,21 @@ func (m *Manager) lock(id string) func() {
 	return l.Unlock
 }
 
+// acquire finds a VM by name or id, takes its lock and reads its record
+// again under the lock (another operation may have changed it meanwhile).
+func (m *Manager) acquire(ctx context.Context, name string) (*record, func(), error) {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	unlock := m.lock(r.row.ID)
+	if r, err = m.get(ctx, r.row.ID); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return r, unlock, nil
+}
+
 func (m *Manager) forgetLock(id string) {
 	m.mu.Lock()
 	delete(m.locks, id)

@@ -147,15 +147,11 @@ func (m *Manager) closeForwards(id string) {
 // AddForward forwards a host TCP port to a running VM's port, and records
 // it so that it comes back after a restart of the VM or the daemon.
 func (m *Manager) AddForward(ctx context.Context, name, spec string) (string, error) {
-	r, err := m.get(ctx, name)
+	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return "", err
 	}
-	unlock := m.lock(r.row.ID)
 	defer unlock()
-	if r, err = m.get(ctx, r.row.ID); err != nil {
-		return "", err
-	}
 	if st := m.derive(ctx, r); st != StateRunning {
 		return "", errdefs.NotRunning(fmt.Sprintf("vm %s is %s, not running", r.row.Name, st))
 	}

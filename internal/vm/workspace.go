@@ -77,15 +77,11 @@ func (m *Manager) PrepareTar(ctx context.Context, name, p, repo string, base fun
 	if err != nil {
 		return api.VM{}, err
 	}
-	r, err := m.get(ctx, name)
+	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
-	unlock := m.lock(r.row.ID)
 	defer unlock()
-	if r, err = m.get(ctx, r.row.ID); err != nil {
-		return api.VM{}, err
-	}
 	if st := m.derive(ctx, r); st != StateRunning {
 		return api.VM{}, errdefs.NotRunning(fmt.Sprintf("vm %s is %s, not running", r.row.Name, st))
 	}
@@ -167,15 +163,11 @@ func (m *Manager) exportTo(ctx context.Context, r *record, w io.Writer) (string,
 // MarkExported records that the patch with this digest was saved by the
 // user, so deleting the VM no longer needs --force for those changes.
 func (m *Manager) MarkExported(ctx context.Context, name, digest string) error {
-	r, err := m.get(ctx, name)
+	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return err
 	}
-	unlock := m.lock(r.row.ID)
 	defer unlock()
-	if r, err = m.get(ctx, r.row.ID); err != nil {
-		return err
-	}
 	if r.spec.Workspace == nil {
 		return errdefs.NotFound(fmt.Sprintf("vm %s has no workspace", r.row.Name))
 	}

@@ -1,0 +1,75 @@
+package vm
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestExitReason(t *testing.T) {
+	dir := t.TempDir()
+	con, vmmLog := filepath.Join(dir, "console.log"), filepath.Join(dir, "vmm.log")
+	boot1 := "[    0.100000] Linux version 6.1\n[    2.000000] reboot: Power down\n"
+	for _, tc := range []struct {
+		name      string
+		console   string
+		vmm       string
+		conOff    int64
+		want      string
+		wantEmpty bool
+	}{
+		{"clean power-off", boot1, "", -1, "", true},
+		{"panic", "[    0.1] x\n[    1.5] Kernel panic - not syncing: Attempted to kill init!\n", "", -1, "guest kernel panic: Kernel panic - not syncing: Attempted to kill init!", false},
+		{"oom", "[    0.1] x\n[    9.0] Out of memory: Killed process 42\n", "", -1, "guest ran out of memory", false},
+		{"killed after an earlier clean boot", boot1 + "[    0.100000] Linux version 6.1\n[    1.000000] booted\n", "", -1, "VMM exited unexpectedly (killed?)", false},
+		{"killed, offset past the old boot", boot1 + "[    0.1] again\n", "", int64(len(boot1)), "VMM exited unexpectedly (killed?)", false},
+		{"vmm error", "[    0.1] x\n", "2026-11-25 banger: starting qemu -name x\nqemu: terminating on signal 15\n", -1, "VMM exited: qemu: terminating on signal 15", false},
+		{"only the start line", "[    0.1] x\n", "2026-11-25 banger: starting qemu -name x\n", -1, "VMM exited unexpectedly (killed?)", false},
+	} {
+		os.WriteFile(con, []byte(tc.console), 0o644)
+		os.WriteFile(vmmLog, []byte(tc.vmm), 0o644)
+		got := exitReason(con, vmmLog, tc.conOff, -1)
+		if tc.wantEmpty && got != "" || !tc.wantEmpty && got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestLastBoot(t *testing.T) {
+	log := "[    0.1] a\n[    5.0] b\n[    0.2] c\n[    3.0] d\nno timestamp\n"
+	if got := string(lastBoot([]byte(log))); got != "[    0.2] c\n[    3.0] d\nno timestamp\n" {
+		t.Fatalf("lastBoot = %q", got)
+	}
+}
+
+// TestFindVMMs uses a fake /proc: only processes whose command line names
+// a socket under this banger's runtime root are found, with their VM id.
+func TestFindVMMs(t *testing.T) {
+	proc := t.TempDir()
+	write := func(pid, cmdline string) {
+		os.MkdirAll(filepath.Join(proc, pid), 0o755)
+		os.WriteFile(filepath.Join(proc, pid, "cmdline"), []byte(strings.ReplaceAll(cmdline, " ", "\x00")), 0o644)
+	}
+	write("100", "qemu-system-x86_64 -chardev socket,path=/home/a/run/vm/abc123/qmp.sock")
+	write("101", "qemu-system-x86_64 -chardev socket,path=/home/b/run/vm/zzz/qmp.sock") // another banger
+	write("102", "bash")
+	write("self", "x")
+	got := findVMMs(proc, "/home/a/run/vm")
+	if len(got) != 1 || got[0].pid != 100 || got[0].id != "abc123" {
+		t.Fatalf("findVMMs = %+v", got)
+	}
+}
+
+func TestValidName(t *testing.T) {
+	for _, ok := range []string{"dev", "a", "vm-1", "x1y2", strings.Repeat("a", 63)} {
+		if !ValidName(ok) {
+			t.Errorf("%q rejected", ok)
+		}
+	}
+	for _, bad := range []string{"", "Dev", "-a", "a-", "a_b", "a.b", strings.Repeat("a", 64), "../x"} {
+		if ValidName(bad) {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
