@@ -157,7 +157,7 @@ func (b *bench) run(imageBuild bool) error {
 		// always gets the quieter moment.
 		for k := range 2 {
 			if (i+k)%2 == 0 {
-				d, err := b.timed("vm", "run", "--rm", "--", "true")
+				d, err := b.timed("vm", "run", "--rm", "--cold", "--", "true")
 				if err != nil {
 					return err
 				}
@@ -190,7 +190,34 @@ func (b *bench) run(imageBuild bool) error {
 			return err
 		}
 	}
-	b.add("banger vm run --rm -- true (CLI, end to end)", vmRun, "")
+	// Warm starts: the template of this shape, then the same command.
+	if _, err := b.banger("image", "warm", "default"); err != nil {
+		return err
+	}
+	if _, err := b.banger("vm", "run", "--rm", "--", "true"); err != nil { // warm-up
+		return err
+	}
+	var warmRun []time.Duration
+	for range b.runs {
+		d, err := b.timed("vm", "run", "--rm", "--", "true")
+		if err != nil {
+			return err
+		}
+		warmRun = append(warmRun, d)
+	}
+	var warmCreate []time.Duration
+	for i := range b.runs {
+		name := fmt.Sprintf("warm%d", i)
+		t0 := time.Now()
+		if _, err := b.cl.CreateVM(context.Background(), api.CreateVMRequest{Name: name}, nil); err != nil {
+			return err
+		}
+		warmCreate = append(warmCreate, time.Since(t0))
+		if err := b.cl.DeleteVM(context.Background(), name, true); err != nil {
+			return err
+		}
+	}
+	b.add("banger vm run --rm --cold -- true (CLI, end to end)", vmRun, "cold boot")
 	nic := "no NIC"
 	if b.rawNIC {
 		nic = "user-mode virtio-net NIC"
@@ -205,6 +232,9 @@ func (b *bench) run(imageBuild bool) error {
 		diff = append(diff, vmRun[i]-rawTotal[i])
 	}
 	b.add("vm run − raw, paired per run", diff, "less exposed to other tenants' load")
+	b.add("banger vm run --rm -- true, warm (template restore)", warmRun, "")
+	b.rows = append(b.rows, row{name: "ratio warm / cold vm run (medians)", fixed: fmt.Sprintf("%.2f×", ratio(warmRun, vmRun)), note: "target ≤ 0.12×"})
+	b.add("warm create (API, returns when identity applied)", warmCreate, "")
 	b.add("cold create (API, returns when agent ready)", create, "")
 	b.add("  of which guest boot (event boot → ready)", boot, "VMM start → agent answered")
 	b.add("  host-side create overhead (create − boot)", overhead, "target ≤ 50 ms")
@@ -358,7 +388,7 @@ func (b *bench) coldCreate(name string) (createTimes, error) {
 	var ct createTimes
 	var tBoot, tReady time.Time
 	t0 := time.Now()
-	_, err := b.cl.CreateVM(context.Background(), api.CreateVMRequest{Name: name}, func(p api.Progress) {
+	_, err := b.cl.CreateVM(context.Background(), api.CreateVMRequest{Name: name, Cold: true}, func(p api.Progress) {
 		switch p.Phase {
 		case "boot":
 			tBoot = time.Now()

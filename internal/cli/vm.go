@@ -40,6 +40,11 @@ func (e *env) progressPrinter(quiet bool) (client.Progress, func()) {
 		}
 		line := fmt.Sprintf("[%s] %s: %s", p.Elapsed, p.Phase, p.Detail)
 		switch {
+		case p.Phase == "warning":
+			if tty {
+				fmt.Fprint(e.stderr, "\r\033[K")
+			}
+			fmt.Fprintf(e.stderr, "banger: warning: %s\n", p.Detail)
 		case tty:
 			fmt.Fprintf(e.stderr, "\r\033[K%s", truncate(line, 120))
 			last = line

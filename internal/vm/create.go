@@ -141,7 +141,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 			return api.VM{}, err
 		}
 	}
-	tpl, shape := m.warmTemplate(ctx, r, man, req.Cold)
+	tpl, shape := m.warmTemplate(ctx, r, man, req.Cold, progress)
 	if tpl != nil {
 		err := m.bootWarm(ctx, r, man, tpl, progress, &u)
 		if err == nil {

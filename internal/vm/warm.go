@@ -36,7 +36,7 @@ func (m *Manager) shape(ctx context.Context, r *record, man *image.Manifest) (te
 
 // warmTemplate returns the template a new VM can be cloned from, or nil
 // (with the reason logged) when it must boot cold.
-func (m *Manager) warmTemplate(ctx context.Context, r *record, man *image.Manifest, cold bool) (*template.Template, template.Shape) {
+func (m *Manager) warmTemplate(ctx context.Context, r *record, man *image.Manifest, cold bool, progress Progress) (*template.Template, template.Shape) {
 	if cold || m.opts.Templates == nil || !m.opts.Templates.Supported() {
 		return nil, template.Shape{}
 	}
@@ -53,6 +53,12 @@ func (m *Manager) warmTemplate(ctx context.Context, r *record, man *image.Manife
 	}
 	t, ok := m.opts.Templates.Lookup(sh.Key())
 	if !ok {
+		if _, err := os.Stat(m.layout.TemplateDir(sh.Key())); err == nil {
+			// There, but incomplete or damaged: say so, boot cold; it is
+			// rebuilt in the background.
+			m.log.Warn("warm template damaged: cold boot", "vm", r.row.Name, "template", sh.Key())
+			progress("warning", fmt.Sprintf("warm-start template %s is damaged: booting cold (it will be rebuilt)", sh.Key()[:12]))
+		}
 		return nil, sh
 	}
 	return t, sh
