@@ -195,26 +195,11 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 		return nil, err
 	}
 
-	tmp, err := os.MkdirTemp(o.TmpDir, ".build-"+o.Name+"-")
+	tmp, out, cleanup, err := scratch(o.TmpDir, ".build-"+o.Name+"-", o.Progress)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		// Cleanup runs whether ctx is cancelled or not. Once the image is
-		// in place, a scratch directory that will not go is only reported
-		// (RemoveStaleTemp gets it later): the image itself is fine.
-		if rerr := removeTree(tmp); rerr != nil {
-			if err == nil {
-				o.Progress("done", fmt.Sprintf("warning: scratch directory left behind: %v", rerr))
-			} else {
-				err = errors.Join(err, rerr)
-			}
-		}
-	}()
-	out := filepath.Join(tmp, "image")
-	if err := os.Mkdir(out, 0o755); err != nil {
-		return nil, err
-	}
+	defer cleanup(&err)
 	man := &Manifest{
 		Name:     o.Name,
 		Source:   SourceBuild,
@@ -443,4 +428,30 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.Write(p)
+}
+
+// scratch makes the temporary directory an image is assembled in (its
+// "image" subdirectory is out) and returns the cleanup to defer with the
+// caller's error. Cleanup runs whether ctx was cancelled or not. Once the
+// image is in place, a scratch directory that will not go is only
+// reported (RemoveStaleTemp gets it later): the image itself is fine.
+func scratch(tmpDir, prefix string, progress func(phase, detail string)) (tmp, out string, cleanup func(*error), err error) {
+	if tmp, err = os.MkdirTemp(tmpDir, prefix); err != nil {
+		return "", "", nil, err
+	}
+	cleanup = func(err *error) {
+		if rerr := removeTree(tmp); rerr != nil {
+			if *err == nil {
+				progress("done", fmt.Sprintf("warning: scratch directory left behind: %v", rerr))
+			} else {
+				*err = errors.Join(*err, rerr)
+			}
+		}
+	}
+	out = filepath.Join(tmp, "image")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		cleanup(&err)
+		return "", "", nil, err
+	}
+	return tmp, out, cleanup, nil
 }

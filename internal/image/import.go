@@ -86,26 +86,11 @@ func Import(ctx context.Context, o ImportOptions) (m *Manifest, err error) {
 		return nil, err
 	}
 
-	tmp, err := os.MkdirTemp(o.TmpDir, ".import-"+o.Name+"-")
+	_, out, cleanup, err := scratch(o.TmpDir, ".import-"+o.Name+"-", o.Progress)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		// Cleanup runs whether ctx is cancelled or not. Once the image is
-		// in place, a scratch directory that will not go is only reported
-		// (RemoveStaleTemp gets it later): the image itself is fine.
-		if rerr := removeTree(tmp); rerr != nil {
-			if err == nil {
-				o.Progress("done", fmt.Sprintf("warning: scratch directory left behind: %v", rerr))
-			} else {
-				err = errors.Join(err, rerr)
-			}
-		}
-	}()
-	out := filepath.Join(tmp, "image")
-	if err := os.Mkdir(out, 0o755); err != nil {
-		return nil, err
-	}
+	defer cleanup(&err)
 	man := &Manifest{Name: o.Name, Source: SourceImport, Modules: loadOrder}
 	step := func(name, detail string) error {
 		phase = name
