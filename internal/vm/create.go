@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"banger/internal/agent"
@@ -236,7 +238,46 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		return err
 	}
 	m.startWatch(r)
+	m.growRoot(r, man)
 	return nil
+}
+
+// growRoot grows the guest's root filesystem to its disk (the image's
+// ext4 is smaller than a VM's disk by default) with an online resize2fs,
+// in the background: it does not delay the VM's readiness, and runs once
+// per boot only while the filesystem is smaller than the disk.
+func (m *Manager) growRoot(r *record, man *image.Manifest) {
+	if r.spec.DiskBytes <= man.RootfsSize {
+		return
+	}
+	name, id := r.row.Name, r.row.ID
+	rec := *r
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		ctx, cancel := context.WithTimeout(m.bgCtx, 5*time.Minute)
+		defer cancel()
+		c, err := m.agent(ctx, &rec)
+		if err != nil {
+			return
+		}
+		var errb strings.Builder
+		p, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"resize2fs", "/dev/vda"}, Stdout: io.Discard, Stderr: &limited{w: &errb, n: 4 << 10}})
+		if err != nil {
+			m.log.Info("grow root filesystem: not done", "vm", name, "id", id, "err", err)
+			return
+		}
+		st, err := p.Wait()
+		switch {
+		case err != nil: // the VM went away (deleted, stopped) meanwhile
+			m.log.Info("grow root filesystem: not done", "vm", name, "err", err)
+			return
+		case st.Code != 0:
+			m.log.Warn("grow root filesystem", "vm", name, "exit", st.Code, "stderr", errb.String())
+			return
+		}
+		m.log.Info("root filesystem grown to the disk", "vm", name)
+	}()
 }
 
 // waitReady waits until the guest's agent answers, then applies the

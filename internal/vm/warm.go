@@ -156,6 +156,7 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 		return err
 	}
 	m.startWatch(r)
+	m.growRoot(r, man)
 	progress("ready", fmt.Sprintf("guest ready in %s (warm)", time.Since(start).Round(time.Millisecond)))
 	return nil
 }
