@@ -40,6 +40,9 @@ type Options struct {
 	Ready chan<- struct{}
 	// ReadyTimeout bounds the wait for a booted guest's agent (0: default).
 	ReadyTimeout time.Duration
+	// NoNetwork runs without the bridge, taps, nftables and DNS (API tests
+	// that must not touch the host's network; VMs then get no NIC).
+	NoNetwork bool
 }
 
 // Daemon is a running bangerd.

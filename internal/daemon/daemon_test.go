@@ -49,7 +49,7 @@ func startDaemon(t *testing.T, l paths.Layout) (*client.Client, *bytes.Buffer) {
 	done := make(chan error, 1)
 	var logBuf bytes.Buffer
 	go func() {
-		done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: &syncWriter{w: &logBuf}})
+		done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), NoNetwork: true, Ready: ready, LogTo: &syncWriter{w: &logBuf}})
 	}()
 	select {
 	case <-ready:
@@ -168,7 +168,7 @@ func (zeros) Read(p []byte) (int, error) {
 func TestSecondDaemonRefusesNamingPID(t *testing.T) {
 	l := testLayout(t)
 	startDaemon(t, l)
-	err := Run(context.Background(), Options{Layout: l, Config: config.Defaults(), LogTo: io.Discard})
+	err := Run(context.Background(), Options{Layout: l, Config: config.Defaults(), NoNetwork: true, LogTo: io.Discard})
 	if !errors.Is(err, errdefs.ErrConflict) || !strings.Contains(err.Error(), "pid") {
 		t.Fatalf("second daemon: %v", err)
 	}
@@ -203,7 +203,7 @@ func TestStopRequestShutsDownAndRemovesSocket(t *testing.T) {
 	ready := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(context.Background(), Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: io.Discard})
+		done <- Run(context.Background(), Options{Layout: l, Config: config.Defaults(), NoNetwork: true, Ready: ready, LogTo: io.Discard})
 	}()
 	<-ready
 	if err := client.New(l.Socket()).StopDaemon(context.Background()); err != nil {
@@ -260,7 +260,7 @@ func TestTwoDaemonsRaceOneWins(t *testing.T) {
 			ready := make(chan struct{})
 			done := make(chan error, 1)
 			go func() {
-				done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), Ready: ready, LogTo: io.Discard})
+				done <- Run(ctx, Options{Layout: l, Config: config.Defaults(), NoNetwork: true, Ready: ready, LogTo: io.Discard})
 			}()
 			select {
 			case <-ready:

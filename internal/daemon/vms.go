@@ -90,6 +90,10 @@ func (d *Daemon) init(ctx context.Context) error {
 // startNetwork brings up the bridge, tap pool and nftables table. Without
 // it (no root, no tun, no nftables) VMs still run, without a NIC.
 func (d *Daemon) startNetwork(ctx context.Context) *network.Manager {
+	if d.opts.NoNetwork {
+		d.netErr = errors.New("networking disabled (daemon.Options.NoNetwork)")
+		return nil
+	}
 	o, err := network.OptionsFromConfig(d.cfg.Network, d.store, d.log.With("component", "network"))
 	if err == nil {
 		var m *network.Manager
