@@ -315,17 +315,9 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 	if err := step("manifest", "hashing files"); err != nil {
 		return nil, err
 	}
-	man.Created = time.Now().UTC().Truncate(time.Second)
-	if err := writeManifest(out, man); err != nil {
+	if err := commitImage(ctx, out, o.Dest, man); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := renameNoReplace(out, o.Dest); err != nil {
-		return nil, err
-	}
-	man.Dir = o.Dest
 	phase = "done"
 	o.Progress("done", fmt.Sprintf("%s in %s (digest %s)", o.Dest, time.Since(start).Round(100*time.Millisecond), man.ShortDigest()))
 	return man, nil
@@ -454,4 +446,22 @@ func scratch(tmpDir, prefix string, progress func(phase, detail string)) (tmp, o
 		return "", "", nil, err
 	}
 	return tmp, out, cleanup, nil
+}
+
+// commitImage finishes an image assembled in out: the manifest is written
+// last (an image without one is not an image), then out is renamed to dest,
+// never replacing anything there.
+func commitImage(ctx context.Context, out, dest string, man *Manifest) error {
+	man.Created = time.Now().UTC().Truncate(time.Second)
+	if err := writeManifest(out, man); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := renameNoReplace(out, dest); err != nil {
+		return err
+	}
+	man.Dir = dest
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"banger/internal/errdefs"
 )
@@ -159,17 +158,9 @@ func Import(ctx context.Context, o ImportOptions) (m *Manifest, err error) {
 	if err := step("manifest", "hashing files"); err != nil {
 		return nil, err
 	}
-	man.Created = time.Now().UTC().Truncate(time.Second)
-	if err := writeManifest(out, man); err != nil {
+	if err := commitImage(ctx, out, o.Dest, man); err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := renameNoReplace(out, o.Dest); err != nil {
-		return nil, err
-	}
-	man.Dir = o.Dest
 	phase = "done"
 	o.Progress("done", fmt.Sprintf("%s (digest %s)", o.Dest, man.ShortDigest()))
 	return man, nil
