@@ -53,7 +53,7 @@ type CreateVMRequest struct {
 	VCPUs     int            `json:"vcpus,omitempty"`
 	MemoryMiB int            `json:"memory_mib,omitempty"`
 	Disk      string         `json:"disk,omitempty"` // e.g. "4G"
-	Net       string         `json:"net,omitempty"`  // egress: "nat" or "none"
+	Net       string         `json:"net,omitempty"`  // egress: "nat", "none" or "shared"
 	Workspace *WorkspaceSpec `json:"workspace,omitempty"`
 	Cold      bool           `json:"cold,omitempty"` // never restore from a warm template
 }
@@ -78,7 +78,7 @@ type VM struct {
 	ConsoleLog string         `json:"console_log"`
 	RootDisk   string         `json:"root_disk"`
 	LastError  string         `json:"last_error,omitempty"`
-	Net        string         `json:"net"` // nat, none, off (no NIC)
+	Net        string         `json:"net"` // nat, none, shared, off (no NIC)
 	IP         string         `json:"ip,omitempty"`
 	MAC        string         `json:"mac,omitempty"`
 	Tap        string         `json:"tap,omitempty"`
@@ -137,8 +137,9 @@ type StopVMRequest struct {
 // SetVMRequest is the body of POST /v1/vms/{name}/set; zero fields are
 // left alone.
 type SetVMRequest struct {
-	VCPUs     int `json:"vcpus,omitempty"`
-	MemoryMiB int `json:"memory_mib,omitempty"`
+	VCPUs     int    `json:"vcpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	Net       string `json:"net,omitempty"` // egress, changed live: nat, none, shared
 }
 
 // SSHInfo answers POST /v1/vms/{name}/ssh: how to reach the VM's sshd,

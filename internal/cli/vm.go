@@ -85,7 +85,7 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.mem, "mem", 0, "memory in MiB (default: vm.memory_mib from the config, 512)")
 	cmd.Flags().StringVar(&f.disk, "disk", "", "root disk size, e.g. 8G (default: vm.disk from the config, 4G)")
 	cmd.Flags().BoolVar(&f.cold, "cold", false, "boot cold even when a warm-start template exists")
-	cmd.Flags().StringVar(&f.net, "net", "", "network: nat (reach out through the host) or none (default: network.egress from the config, nat)")
+	cmd.Flags().StringVar(&f.net, "net", "", "network: nat (reach out through the host), none (no egress), or shared (nat, and reach the other shared VMs) (default: network.egress from the config, nat)")
 }
 
 func (f *createFlags) request(name string, cmd *cobra.Command) (api.CreateVMRequest, error) {
@@ -614,12 +614,16 @@ func newVMRestartCmd(e *env) *cobra.Command {
 
 func newVMSetCmd(e *env) *cobra.Command {
 	var vcpus, mem int
+	var netw string
 	cmd := &cobra.Command{
-		Use: "set NAME [--vcpu N] [--mem MiB]", Short: "Change a stopped VM's vCPUs or memory (applies at the next start)",
+		Use: "set NAME [--vcpu N] [--mem MiB] [--net nat|none|shared]", Short: "Change a VM's vCPUs or memory (when stopped, for the next start) or its network (at once)",
 		Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
 		RunE: func(c *cobra.Command, a []string) error {
-			if !c.Flags().Changed("vcpu") && !c.Flags().Changed("mem") {
-				return usageError{errors.New("nothing to set: give --vcpu and/or --mem")}
+			if !c.Flags().Changed("vcpu") && !c.Flags().Changed("mem") && !c.Flags().Changed("net") {
+				return usageError{errors.New("nothing to set: give --vcpu, --mem and/or --net")}
+			}
+			if c.Flags().Changed("net") && netw == "" {
+				return errdefs.InvalidArgument("--net: give nat, none or shared")
 			}
 			if c.Flags().Changed("vcpu") && vcpus < 1 {
 				return errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d: must be between 1 and 64", vcpus))
@@ -631,16 +635,17 @@ func newVMSetCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := cl.SetVM(c.Context(), a[0], api.SetVMRequest{VCPUs: vcpus, MemoryMiB: mem})
+			v, err := cl.SetVM(c.Context(), a[0], api.SetVMRequest{VCPUs: vcpus, MemoryMiB: mem, Net: netw})
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(e.stdout, "%s: %d vCPU, %d MiB\n", v.Name, v.VCPUs, v.MemoryMiB)
+			fmt.Fprintf(e.stdout, "%s: %d vCPU, %d MiB, net %s\n", v.Name, v.VCPUs, v.MemoryMiB, v.Net)
 			return nil
 		},
 	}
 	cmd.Flags().IntVar(&vcpus, "vcpu", 0, "virtual CPUs")
 	cmd.Flags().IntVar(&mem, "mem", 0, "memory in MiB")
+	cmd.Flags().StringVar(&netw, "net", "", "network egress: nat, none or shared; changes at once, also on a running VM")
 	return cmd
 }
 

@@ -41,7 +41,7 @@ type Network struct {
 	Subnet    string `toml:"subnet"`     // IPv4 CIDR of banger's bridge
 	DNSPort   int    `toml:"dns_port"`   // UDP+TCP port of banger's DNS server
 	DNSDomain string `toml:"dns_domain"` // VMs answer as NAME.DOMAIN
-	Egress    string `toml:"egress"`     // default --net: "nat" or "none"
+	Egress    string `toml:"egress"`     // default --net: "nat", "none" or "shared"
 	Bridge    string `toml:"bridge"`     // name of banger's bridge
 	TapPrefix string `toml:"tap_prefix"` // taps are TapPrefix + N
 	NFTable   string `toml:"nft_table"`  // banger's nftables table
@@ -166,9 +166,9 @@ func (c Config) validate() (key, msg string) {
 		return "network.dns_domain", fmt.Sprintf("%q is not a DNS domain", c.Network.DNSDomain)
 	}
 	switch c.Network.Egress {
-	case "nat", "none":
+	case "nat", "none", "shared":
 	default:
-		return "network.egress", fmt.Sprintf("%q is not one of nat, none", c.Network.Egress)
+		return "network.egress", fmt.Sprintf("%q is not one of nat, none, shared", c.Network.Egress)
 	}
 	if !ifName.MatchString(c.Network.Bridge) || len(c.Network.Bridge) > 15 {
 		return "network.bridge", fmt.Sprintf("%q is not an interface name (letters, digits, '-', at most 15)", c.Network.Bridge)
@@ -290,7 +290,7 @@ disk = "4G"             # root disk size (copy-on-write over the image)
 subnet = "172.30.0.0/24" # banger's bridge
 dns_port = 42069         # DNS for NAME.vm on the bridge and 127.0.0.1
 dns_domain = "vm"
-egress = "nat"           # default for --net: nat | none
+egress = "nat"           # default for --net: nat | none | shared
 bridge = "bgr0"          # banger's bridge (created and owned by bangerd)
 tap_prefix = "bgt"       # VM taps are named tap_prefix + N
 nft_table = "banger"     # banger's nftables table (inet and bridge)

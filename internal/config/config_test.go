@@ -36,6 +36,12 @@ func TestOverrides(t *testing.T) {
 	if c.Backend != "qemu" || c.VM.VCPUs != 4 || c.VM.Disk != "10G" || c.VM.MemoryMiB != 512 {
 		t.Fatalf("got %+v", c)
 	}
+	for _, e := range []string{"nat", "none", "shared"} {
+		c, err := Parse("c.toml", []byte("[network]\negress = \""+e+"\"\n"))
+		if err != nil || c.Network.Egress != e {
+			t.Errorf("egress %s: %+v %v", e, c.Network, err)
+		}
+	}
 }
 
 func TestErrorsNameFileLineKey(t *testing.T) {
@@ -51,6 +57,7 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"backend = \"xen\"\n", 1, "backend", "not one of"},
 		{"[network]\nsubnet = \"8.8.8.0/24\"\n", 2, "network.subnet", "private"},
 		{"[network]\ndns_port = 70000\n", 2, "network.dns_port", "not a port"},
+		{"[network]\negress = \"bridge\"\n", 2, "network.egress", "not one of nat, none, shared"},
 		{"[vm]\ndisk = \"big\"\n", 2, "vm.disk", "not a size"},
 		{"[vm]\nvcpus = \"two\"\n", 2, "vm.vcpus", "must be of type integer, not string"},
 		{"vm = 3\n", 1, "vm", "must be of type hash"},

@@ -280,7 +280,7 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 			writeError(w, r, err)
 			return
 		}
-		v, err := d.vms.Set(r.Context(), r.PathValue("name"), vm.SetOptions{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB})
+		v, err := d.vms.Set(r.Context(), r.PathValue("name"), vm.SetOptions{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB, Net: req.Net})
 		if err != nil {
 			writeError(w, r, err)
 			return

@@ -73,6 +73,9 @@ type Env struct {
 	// SubnetConflicts lists host routes overlapping the VM subnet (nil:
 	// not checked).
 	SubnetConflicts func(subnet netip.Prefix, bridge string) ([]string, error)
+	// ForwardDrops lists the forward chains of other nftables tables than
+	// banger's (ownTable) that drop by policy (nil: not checked).
+	ForwardDrops func(ownTable string) ([]network.ForwardDrop, error)
 }
 
 // HostEnv is the real host.
@@ -80,6 +83,7 @@ func HostEnv(l paths.Layout, c config.Config, daemonPID func() int) Env {
 	return Env{
 		Root: "/", LookPath: lookPath, Layout: l, Config: c, DaemonPID: daemonPID,
 		FreeBytes: freeBytes, PortFree: udpPortFree, SubnetConflicts: network.SubnetConflicts,
+		ForwardDrops: func(own string) ([]network.ForwardDrop, error) { return network.ForwardDrops(0, own) },
 	}
 }
 
@@ -147,6 +151,9 @@ func Run(ctx context.Context, e Env) Report {
 	}
 	add(dnsCheck(e))
 	add(subnetCheck(e))
+	if e.ForwardDrops != nil {
+		add(forwardCheck(e))
+	}
 	add(resolverCheck(e))
 	add(stateDirCheck(e))
 	add(storeCheck(ctx, e))
@@ -211,6 +218,54 @@ func subnetCheck(e Env) Check {
 		c.Status, c.Detail = Pass, fmt.Sprintf("%s is free (bridge %s)", p, e.Config.Network.Bridge)
 	}
 	return c
+}
+
+// forwardCheck looks for a forward chain that drops by policy in another
+// table (Docker sets iptables -P FORWARD DROP): a drop in any base chain of
+// a hook is final, so banger's own accepts do not get nat guests out.
+func forwardCheck(e Env) Check {
+	c := Check{Name: "host-forward"}
+	br := e.Config.Network.Bridge
+	drops, err := e.ForwardDrops(e.Config.Network.NFTable)
+	switch {
+	case errors.Is(err, os.ErrPermission):
+		c.Status, c.Detail, c.Fix = Warn, "cannot read the host's nftables rules without root", "run banger doctor as root to check the host's FORWARD chain"
+		return c
+	case err != nil:
+		c.Status, c.Detail = Warn, fmt.Sprintf("cannot read the host's nftables rules: %v", err)
+		return c
+	case len(drops) == 0:
+		c.Status, c.Detail = Pass, "no other firewall table drops forwarded traffic by policy"
+		return c
+	}
+	var names, fixes []string
+	for _, d := range drops {
+		names = append(names, d.String())
+		fixes = append(fixes, forwardFix(d, br)...)
+	}
+	c.Status = Warn
+	c.Detail = fmt.Sprintf("forwarded packets are dropped by the policy of %s: nat and shared VMs get no egress through %s (nor, with br_netfilter, shared VMs each other), whatever banger's own rules accept",
+		strings.Join(names, ", "), br)
+	c.Fix = strings.Join(fixes, "; ") + " (and make them persistent in your firewall's configuration)"
+	return c
+}
+
+// forwardFix is the commands that let the bridge's traffic through d.
+func forwardFix(d network.ForwardDrop, br string) []string {
+	if d.Family == "ip" && d.Table == "filter" && d.Chain == "FORWARD" { // iptables(-nft)
+		chain := "FORWARD"
+		if d.DockerUser {
+			chain = "DOCKER-USER" // where Docker wants the host's own rules
+		}
+		return []string{
+			fmt.Sprintf("iptables -I %s -i %s -j ACCEPT", chain, br),
+			fmt.Sprintf("iptables -I %s -o %s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", chain, br),
+		}
+	}
+	return []string{
+		fmt.Sprintf(`nft insert rule %s %s %s iifname "%s" accept`, d.Family, d.Table, d.Chain, br),
+		fmt.Sprintf(`nft insert rule %s %s %s oifname "%s" ct state established,related accept`, d.Family, d.Table, d.Chain, br),
+	}
 }
 
 func resolverCheck(e Env) Check {

@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"banger/internal/config"
+	"banger/internal/network"
 	"banger/internal/paths"
 )
 
@@ -171,5 +173,51 @@ func TestRealHost(t *testing.T) {
 		if c := find(r, "kvm"); !strings.Contains(c.Detail, "PVM") || r.Accel != "tcg" {
 			t.Fatalf("PVM host not detected: %+v accel %s", c, r.Accel)
 		}
+	}
+}
+
+func TestHostForwardDrop(t *testing.T) {
+	e, _ := fakeHost(t, allTools...)
+	if c := find(Run(context.Background(), e), "host-forward"); c.Name != "" {
+		t.Fatalf("checked without ForwardDrops: %+v", c)
+	}
+	e.Config.Network.Bridge = "br-test"
+	var own string
+	var drops []network.ForwardDrop
+	var err error
+	e.ForwardDrops = func(t string) ([]network.ForwardDrop, error) { own = t; return drops, err }
+	if c := find(Run(context.Background(), e), "host-forward"); c.Status != Pass || own != "banger" {
+		t.Fatalf("no drop: %+v (own table %q)", c, own)
+	}
+	for _, tc := range []struct {
+		drop    network.ForwardDrop
+		details string
+		fixes   []string
+	}{
+		{network.ForwardDrop{Family: "ip", Table: "filter", Chain: "FORWARD", DockerUser: true}, "table ip filter chain FORWARD",
+			[]string{"iptables -I DOCKER-USER -i br-test -j ACCEPT", "iptables -I DOCKER-USER -o br-test -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}},
+		{network.ForwardDrop{Family: "ip", Table: "filter", Chain: "FORWARD"}, "table ip filter chain FORWARD",
+			[]string{"iptables -I FORWARD -i br-test -j ACCEPT", "iptables -I FORWARD -o br-test -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"}},
+		{network.ForwardDrop{Family: "inet", Table: "fw", Chain: "fwd"}, "table inet fw chain fwd",
+			[]string{`nft insert rule inet fw fwd iifname "br-test" accept`, `nft insert rule inet fw fwd oifname "br-test" ct state established,related accept`}},
+	} {
+		drops = []network.ForwardDrop{tc.drop}
+		r := Run(context.Background(), e)
+		c := find(r, "host-forward")
+		if c.Status != Warn || !strings.Contains(c.Detail, tc.details) || !strings.Contains(c.Detail, "br-test") {
+			t.Errorf("%v: %+v", tc.drop, c)
+		}
+		for _, f := range tc.fixes {
+			if !strings.Contains(c.Fix, f) {
+				t.Errorf("%v: fix %q lacks %q", tc.drop, c.Fix, f)
+			}
+		}
+		if r.Failed() {
+			t.Errorf("a FORWARD drop failed the report:\n%s", Format(r))
+		}
+	}
+	drops, err = nil, fmt.Errorf("list nftables chains: %w", syscall.EPERM)
+	if c := find(Run(context.Background(), e), "host-forward"); c.Status != Warn || !strings.Contains(c.Fix, "root") {
+		t.Fatalf("not root: %+v", c)
 	}
 }

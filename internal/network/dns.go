@@ -51,8 +51,8 @@ type DNSServer struct {
 }
 
 // StartDNS starts a DNS server with m's subnet, domain, namespace and
-// egress policy: loopback clients and guests with nat egress get other
-// names forwarded; guests with none get only VM names. The port is
+// egress policy: loopback clients and guests with nat or shared egress get
+// other names forwarded; guests with none get only VM names. The port is
 // Options.DNSPort; Listen defaults to the bridge address and 127.0.0.1.
 func (m *Manager) StartDNS(ctx context.Context, o DNSOptions) (*DNSServer, error) {
 	if o.Domain == "" {
@@ -71,7 +71,7 @@ func (m *Manager) StartDNS(ctx context.Context, o DNSOptions) (*DNSServer, error
 				return true
 			}
 			l, ok := m.LeaseByAddr(c)
-			return ok && l.Egress == EgressNAT
+			return ok && l.Egress.out()
 		}
 	}
 	if o.Logger == nil {

@@ -52,6 +52,7 @@ func TestDNS(t *testing.T) {
 
 	natG := addGuest(t, host, m, "natvm", EgressNAT)
 	noneG := addGuest(t, host, m, "nonevm", EgressNone)
+	sharedG := addGuest(t, host, m, "sharedvm", EgressShared)
 	byName := map[string]netip.Addr{"dev": natG.lease.Addr, "quiet": noneG.lease.Addr}
 	byAddr := map[netip.Addr]string{natG.lease.Addr: "dev", noneG.lease.Addr: "quiet"}
 	fakeUpstream(t, host, "127.0.0.53:53")
@@ -104,8 +105,9 @@ func TestDNS(t *testing.T) {
 		{host, []string{"@127.0.0.1", "-p", "42069", "a.dev.vm"}, "NXDOMAIN"},
 		{host, []string{"@127.0.0.1", "-p", "42069", "dev.vm", "AAAA"}, "NOERROR"},
 		{host, []string{"@127.0.0.1", "-p", "42069", "-x", "172.30.0.200"}, "NXDOMAIN"},
-		// Guests: nat gets other names forwarded, none does not.
+		// Guests: nat and shared get other names forwarded, none does not.
 		{natG.ns, []string{"@172.30.0.1", "example.com"}, "NOERROR"},
+		{sharedG.ns, []string{"@172.30.0.1", "example.com"}, "NOERROR"},
 		{noneG.ns, []string{"@172.30.0.1", "example.com"}, "REFUSED"},
 		{noneG.ns, []string{"@172.30.0.1", "dev.vm"}, "NOERROR"},
 	} {

@@ -31,6 +31,13 @@ func addGuest(t *testing.T, host *testNS, m *Manager, vmID string, egress Egress
 	if err != nil {
 		t.Fatal(err)
 	}
+	return plugGuest(t, host, m, l)
+}
+
+// plugGuest swaps l's tap for a veth into a fresh namespace configured as
+// the agent would configure it for l.
+func plugGuest(t *testing.T, host *testNS, m *Manager, l *Lease) *guest {
+	t.Helper()
 	g := &guest{ns: newNS(t), lease: l}
 	hh, err := netlink.NewHandleAt(host.H)
 	if err != nil {
@@ -51,7 +58,7 @@ func addGuest(t *testing.T, host *testNS, m *Manager, vmID string, egress Egress
 		t.Fatal(err)
 	}
 	// Attach the veth exactly as a tap is attached (isolated port).
-	if err := m.ensureTap(l.Tap); err != nil {
+	if err := m.ensureTap(l.Tap, l.Egress); err != nil {
 		t.Fatal(err)
 	}
 	gn := m.GuestNet(l)
@@ -160,18 +167,11 @@ func allowed(t *testing.T, what string, ns *testNS, addr, want string) {
 	}
 }
 
-// TestIsolationAndEgress: guests (veth stand-ins for VMs) on the bridge
-// cannot reach each other nor the host's services, can reach banger's DNS,
-// nat guests reach a "wan" namespace masqueraded and none guests do not.
-func TestIsolationAndEgress(t *testing.T) {
-	host := newNS(t)
-	m, st := newManager(t, host, t.TempDir(), -1)
-	defer st.Close()
-	defer teardown(t, host, m)
-	ctx := context.Background()
-
-	// A stand-in for the internet: a namespace behind a veth, default
-	// route of the host namespace.
+// newWAN makes a stand-in for the internet: a namespace behind a veth
+// (host 10.99.0.1, wan 10.99.0.2), the default route of the host
+// namespace, with a TCP server on 10.99.0.2:8080.
+func newWAN(t *testing.T, host *testNS) *testNS {
+	t.Helper()
 	wan := newNS(t)
 	hh, _ := netlink.NewHandleAt(host.H)
 	defer hh.Close()
@@ -194,6 +194,20 @@ func TestIsolationAndEgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	serveTCP(t, wan, "10.99.0.2:8080")
+	return wan
+}
+
+// TestIsolationAndEgress: guests (veth stand-ins for VMs) on the bridge
+// cannot reach each other nor the host's services, can reach banger's DNS,
+// nat guests reach a "wan" namespace masqueraded and none guests do not.
+func TestIsolationAndEgress(t *testing.T) {
+	host := newNS(t)
+	m, st := newManager(t, host, t.TempDir(), -1)
+	defer st.Close()
+	defer teardown(t, host, m)
+	ctx := context.Background()
+
+	wan := newWAN(t, host)
 
 	a := addGuest(t, host, m, "a", EgressNAT)
 	b := addGuest(t, host, m, "b", EgressNone)

@@ -113,9 +113,9 @@ func (m *Manager) listTaps() ([]string, error) {
 	return out, err
 }
 
-// createTap creates a persistent tap named name, attached to the bridge as
-// an isolated port, up.
-func (m *Manager) createTap(name string) error {
+// createTap creates a persistent tap named name, attached to the bridge
+// (as an isolated port when isolated), up.
+func (m *Manager) createTap(name string, isolated bool) error {
 	return m.do(func() error {
 		br, err := netlink.LinkByName(m.o.BridgeName)
 		if err != nil {
@@ -130,7 +130,7 @@ func (m *Manager) createTap(name string) error {
 		if err := netlink.LinkAdd(t); err != nil {
 			return fmt.Errorf("create tap %s: %w", name, err)
 		}
-		if err := m.setupPort(t, br); err != nil {
+		if err := m.setupPort(t, br, isolated); err != nil {
 			netlink.LinkDel(t)
 			return fmt.Errorf("create tap %s: %w", name, err)
 		}
@@ -138,16 +138,16 @@ func (m *Manager) createTap(name string) error {
 	})
 }
 
-// setupPort attaches link to the bridge as an isolated port and sets it up.
-// Called in the namespace.
-func (m *Manager) setupPort(link, br netlink.Link) error {
+// setupPort attaches link to the bridge, isolated (BR_ISOLATED) or not,
+// and sets it up. Called in the namespace.
+func (m *Manager) setupPort(link, br netlink.Link, isolated bool) error {
 	if link.Attrs().MasterIndex != br.Attrs().Index {
 		if err := netlink.LinkSetMaster(link, br); err != nil {
 			return fmt.Errorf("attach to %s: %w", m.o.BridgeName, err)
 		}
 	}
-	if err := netlink.LinkSetIsolated(link, true); err != nil {
-		return fmt.Errorf("isolate port: %w", err)
+	if err := netlink.LinkSetIsolated(link, isolated); err != nil {
+		return fmt.Errorf("set port isolation %v: %w", isolated, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set up: %w", err)
@@ -156,8 +156,9 @@ func (m *Manager) setupPort(link, br netlink.Link) error {
 }
 
 // ensureTap re-creates a leased tap that is missing, and makes sure an
-// existing one is an isolated port of the bridge.
-func (m *Manager) ensureTap(name string) error {
+// existing one is a port of the bridge, isolated as the lease's egress
+// wants (Egress.isolated).
+func (m *Manager) ensureTap(name string, egress Egress) error {
 	missing := false
 	err := m.do(func() error {
 		link, err := netlink.LinkByName(name)
@@ -173,14 +174,14 @@ func (m *Manager) ensureTap(name string) error {
 		if err != nil {
 			return err
 		}
-		return m.setupPort(link, br)
+		return m.setupPort(link, br, egress.isolated())
 	})
 	if err != nil {
 		return fmt.Errorf("tap %s: %w", name, err)
 	}
 	if missing {
 		m.o.Logger.Info("re-creating missing tap", "tap", name)
-		return m.createTap(name)
+		return m.createTap(name, egress.isolated())
 	}
 	return nil
 }
@@ -245,7 +246,7 @@ func (m *Manager) newTap() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := m.createTap(name); err != nil {
+	if err := m.createTap(name, true); err != nil { // spare taps are isolated
 		m.mu.Lock()
 		delete(m.inflight, name)
 		m.mu.Unlock()

@@ -260,7 +260,11 @@ func TestReconcileAfterCrash(t *testing.T) {
 	ctx := context.Background()
 	var leases []*Lease
 	for _, id := range []string{"keep", "gone1", "gone2", "keep2"} {
-		l, err := m.Attach(ctx, id, EgressNAT)
+		egress := EgressNAT
+		if id == "gone2" || id == "keep2" {
+			egress = EgressShared
+		}
+		l, err := m.Attach(ctx, id, egress)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -306,15 +310,18 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if strings.Join(taps, ",") != leases[0].Tap+","+leases[3].Tap && strings.Join(taps, ",") != leases[3].Tap+","+leases[0].Tap {
 		t.Fatalf("taps after reconcile: %v (want %s %s)\n%s", taps, leases[0].Tap, leases[3].Tap, out)
 	}
-	if ok, master, iso := linkInfo(t, ns, leases[3].Tap); !ok || master != "bgr0" || !iso {
+	if ok, master, iso := linkInfo(t, ns, leases[3].Tap); !ok || master != "bgr0" || iso { // shared: not isolated
 		t.Fatalf("keep2's tap not re-created properly: %v %q %v", ok, master, iso)
+	}
+	if ok, master, iso := linkInfo(t, ns, leases[0].Tap); !ok || master != "bgr0" || !iso {
+		t.Fatalf("keep's tap: %v %q %v", ok, master, iso)
 	}
 	owners, _ := m2.RuleOwners()
 	if strings.Join(owners, ",") != "keep,keep2" {
 		t.Fatalf("rules after reconcile: %v", owners)
 	}
-	dump := nftDump(t, ns, "banger")
-	if strings.Contains(dump, "gone") {
+	dump := nftDump(t, ns, "banger") + ns.exec(t, "nft", "list", "table", "bridge", "banger")
+	if strings.Contains(dump, "gone") || !strings.Contains(dump, `oifname "`+leases[3].Tap+`" accept comment "vm=keep2"`) {
 		t.Fatalf("orphan rules left:\n%s", dump)
 	}
 }
@@ -331,12 +338,26 @@ func TestRulesDump(t *testing.T) {
 	if _, err := m.Attach(ctx, "novm", EgressNone); err != nil {
 		t.Fatal(err)
 	}
-	compareGolden(t, "rules_two_vms.nft", nftDump(t, ns, "banger")+ns.exec(t, "nft", "list", "table", "bridge", "banger"))
-	if err := m.Detach(ctx, "natvm"); err != nil {
+	if _, err := m.Attach(ctx, "sh1", EgressShared); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.Detach(ctx, "novm"); err != nil {
+	if _, err := m.Attach(ctx, "sh2", EgressShared); err != nil {
 		t.Fatal(err)
+	}
+	dump := nftDump(t, ns, "banger") + ns.exec(t, "nft", "list", "table", "bridge", "banger")
+	compareGolden(t, "rules_vms.nft", dump)
+	// A rebuild (Start, Reconcile) makes the same table as the per-VM
+	// changes did.
+	if err := m.syncRules(); err != nil {
+		t.Fatal(err)
+	}
+	if again := nftDump(t, ns, "banger") + ns.exec(t, "nft", "list", "table", "bridge", "banger"); again != dump {
+		t.Fatalf("rebuilt table differs:\n%s\n--- was\n%s", again, dump)
+	}
+	for _, id := range []string{"natvm", "novm", "sh1", "sh2"} {
+		if err := m.Detach(ctx, id); err != nil {
+			t.Fatal(err)
+		}
 	}
 	compareGolden(t, "rules_empty.nft", nftDump(t, ns, "banger")+ns.exec(t, "nft", "list", "table", "bridge", "banger"))
 	if v := strings.TrimSpace(ns.exec(t, "cat", "/proc/sys/net/ipv4/ip_forward")); v != "1" {

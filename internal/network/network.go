@@ -13,7 +13,12 @@
 //     created through /dev/net/tun and netlink, attached to the bridge as
 //     *isolated* ports (BR_ISOLATED): isolated ports cannot exchange frames
 //     with each other, so guests of different VMs cannot reach each other at
-//     layer 2; the forward chain also drops bridge→bridge routed traffic.
+//     layer 2; the inet forward chain also drops bridge→bridge routed
+//     traffic, and the bridge table's forward chain every frame bridged
+//     from a VM's tap. A "shared" VM's tap is not isolated (an isolated
+//     port talks to non-isolated ports only, so two shared taps must both
+//     be non-isolated): the bridge table, not isolation, lets a shared
+//     tap's frames through to another shared tap and to nothing else.
 //     A tap stays with its VM from Attach to Detach (also while the VM is
 //     stopped); Reconcile re-creates it after a host reboot.
 //   - Leases live in the store (table leases). The next address is searched
@@ -22,19 +27,22 @@
 //   - The MAC is derived from the VM id: 52:54 (locally administered) + 4
 //     bytes of SHA-256(id).
 //   - nftables: one table (inet "banger") rebuilt atomically, in one netlink
-//     batch, from the leases at Start and Reconcile; Attach and Detach add
-//     or delete only their VM's rules, which carry the comment "vm=ID" (a
-//     rebuild costs 7-20 ms, a per-VM change well under 1 ms). Guests never
-//     reach the host (input from the bridge is dropped) except banger's DNS
-//     port (and port 53 on the gateway, redirected to it); "nat" VMs are
-//     masqueraded out through the host, "none" VMs are not forwarded at all.
+//     batch, from the leases at Start and Reconcile; Attach, Detach and
+//     SetEgress add, delete or swap only their VM's rules, which carry the
+//     comment "vm=ID" (a rebuild costs 7-20 ms, a per-VM change well under
+//     1 ms). Guests never reach the host (input from the bridge is dropped)
+//     except banger's DNS port (and port 53 on the gateway, redirected to
+//     it); "nat" VMs are masqueraded out through the host, "none" VMs are
+//     not forwarded at all; "shared" VMs are masqueraded out as nat ones
+//     and also reach the other shared VMs (and only them) directly on the
+//     bridge, at layer 2.
 //   - A bridge-family table of the same name pins each tap to its VM's MAC
 //     and IPv4 address (anti-spoofing): a "none" guest cannot borrow a "nat"
 //     guest's address, nor poison the host's ARP cache.
 //   - DNS answers NAME.DOMAIN (A; AAAA and other types: empty NOERROR), PTR
 //     for the subnet, NXDOMAIN for unknown names in the domain; other names
 //     are forwarded to /etc/resolv.conf's nameservers for the host and for
-//     nat guests, and REFUSED for none guests.
+//     nat and shared guests, and REFUSED for none guests.
 //   - Port forwards are a userspace TCP proxy (no route_localnet, works on
 //     127.0.0.1 and survives any firewall the host has).
 //
@@ -48,6 +56,7 @@
 //	        agent gets m.GuestNet(l)
 //	start of a stopped VM: m.Attach again (idempotent; re-creates a lost tap)
 //	forward: f, _ := m.Forward(ctx, host, netip.AddrPortFrom(l.Addr, port)); f.Close() on stop/delete
+//	set --net: m.SetEgress(ctx, vmID, egress)    // live: lease, rules, tap isolation
 //	delete: m.Detach(ctx, vmID)                  // rules, tap, lease
 //	stop:   dns.Close(); m.Close()               // VMs keep their taps and rules
 //
@@ -80,16 +89,27 @@ type Egress string
 const (
 	EgressNAT  Egress = "nat"  // masqueraded out through the host
 	EgressNone Egress = "none" // no forwarding at all (DNS for VM names only)
+	// EgressShared is nat, and the VM also reaches (and is reached by)
+	// the other shared VMs on the bridge; never nat or none VMs.
+	EgressShared Egress = "shared"
 )
 
 // ParseEgress validates a --net value.
 func ParseEgress(s string) (Egress, error) {
 	switch e := Egress(s); e {
-	case EgressNAT, EgressNone:
+	case EgressNAT, EgressNone, EgressShared:
 		return e, nil
 	}
-	return "", errdefs.InvalidArgument(fmt.Sprintf("network %q is not one of nat, none", s))
+	return "", errdefs.InvalidArgument(fmt.Sprintf("network %q is not one of nat, none, shared", s))
 }
+
+// out reports whether e is masqueraded out through the host (and gets
+// upstream DNS).
+func (e Egress) out() bool { return e == EgressNAT || e == EgressShared }
+
+// isolated reports whether a tap with egress e is an isolated bridge port
+// (BR_ISOLATED): every tap but a shared VM's.
+func (e Egress) isolated() bool { return e != EgressShared }
 
 // Options configure a Manager. Zero values take the defaults noted.
 type Options struct {
@@ -397,13 +417,13 @@ func (m *Manager) LeaseByAddr(a netip.Addr) (Lease, bool) {
 // its egress rules. It is idempotent: a VM that holds a lease gets it back,
 // with its tap re-created if it is missing (e.g. after a host reboot), so it
 // is also what starting a stopped VM calls. egress is ignored for an
-// existing lease.
+// existing lease (SetEgress changes it).
 func (m *Manager) Attach(ctx context.Context, vmID string, egress Egress) (*Lease, error) {
 	if _, err := ParseEgress(string(egress)); err != nil {
 		return nil, err
 	}
 	if l, err := m.Lease(vmID); err == nil {
-		if err := m.ensureTap(l.Tap); err != nil {
+		if err := m.ensureTap(l.Tap, l.Egress); err != nil {
 			return nil, fmt.Errorf("attach vm %s: %w", vmID, err)
 		}
 		return l, nil
@@ -412,6 +432,29 @@ func (m *Manager) Attach(ctx context.Context, vmID string, egress Egress) (*Leas
 	if err != nil {
 		return nil, fmt.Errorf("attach vm %s: %w", vmID, err)
 	}
+	return m.leaseTap(ctx, vmID, egress, tap)
+}
+
+// AttachTap is Attach for a new VM whose VMM already holds tap, handed out
+// by AcquireTap (a spare clone's): the lease takes that tap. On failure
+// the tap is released.
+func (m *Manager) AttachTap(ctx context.Context, vmID string, egress Egress, tap string) (*Lease, error) {
+	if _, err := ParseEgress(string(egress)); err != nil || tap == "" {
+		if tap != "" {
+			m.ReleaseTap(context.WithoutCancel(ctx), tap)
+		}
+		if err == nil {
+			err = errors.New("network: AttachTap without a tap")
+		}
+		return nil, err
+	}
+	return m.leaseTap(ctx, vmID, egress, tap)
+}
+
+// leaseTap gives a VM without a lease one on tap, a tap handed out by
+// AcquireTap (hence isolated), with its rules, and makes the tap the port
+// egress wants. On failure the tap is released.
+func (m *Manager) leaseTap(ctx context.Context, vmID string, egress Egress, tap string) (*Lease, error) {
 	sl := &store.Lease{VMID: vmID, Tap: tap, MAC: MACFor(vmID), Egress: string(egress)}
 	if err := m.o.Store.AllocateLease(ctx, sl, m.pickAddr); err != nil {
 		m.ReleaseTap(context.WithoutCancel(ctx), tap)
@@ -422,7 +465,7 @@ func (m *Manager) Attach(ctx context.Context, vmID string, egress Egress) (*Leas
 					m.leases[vmID] = ll
 					m.mu.Unlock()
 					c := *ll
-					return &c, m.ensureTap(ll.Tap)
+					return &c, m.ensureTap(ll.Tap, ll.Egress)
 				}
 			}
 		}
@@ -436,11 +479,19 @@ func (m *Manager) Attach(ctx context.Context, vmID string, egress Egress) (*Leas
 	m.leases[vmID] = l
 	delete(m.inflight, tap) // held by the lease now
 	m.mu.Unlock()
-	if err := m.vmRulesChanged(*l, true); err != nil {
+	err = m.vmRulesChanged(nil, l)
+	rules := err == nil
+	if err == nil && !l.Egress.isolated() { // taps come isolated from the pool
+		err = m.ensureTap(tap, l.Egress)
+	}
+	if err != nil {
 		cctx := context.WithoutCancel(ctx)
 		m.mu.Lock()
 		delete(m.leases, vmID)
 		m.mu.Unlock()
+		if rules {
+			m.vmRulesChanged(l, nil)
+		}
 		m.o.Store.DeleteLease(cctx, vmID)
 		m.ReleaseTap(cctx, tap)
 		return nil, fmt.Errorf("attach vm %s: %w", vmID, err)
@@ -470,7 +521,7 @@ func (m *Manager) Detach(ctx context.Context, vmID string) error {
 		}
 	}
 	var errs []error
-	if err := m.vmRulesChanged(*l, false); err != nil {
+	if err := m.vmRulesChanged(l, nil); err != nil {
 		errs = append(errs, err)
 	}
 	if err := m.deleteTap(l.Tap); err != nil {
@@ -484,6 +535,53 @@ func (m *Manager) Detach(ctx context.Context, vmID string) error {
 	}
 	m.o.Logger.Info("network detached", "vm", vmID, "addr", l.Addr, "tap", l.Tap)
 	return nil
+}
+
+// SetEgress changes the egress of a VM that holds a lease, live: the
+// lease in the store, the VM's rules (swapped in one batch) and its tap's
+// isolation. A VM without a lease is ErrNotFound.
+func (m *Manager) SetEgress(ctx context.Context, vmID string, egress Egress) (*Lease, error) {
+	if _, err := ParseEgress(string(egress)); err != nil {
+		return nil, err
+	}
+	old, err := m.Lease(vmID)
+	if err != nil {
+		return nil, err
+	}
+	if old.Egress == egress {
+		return old, nil
+	}
+	if err := m.o.Store.SetLeaseEgress(ctx, vmID, string(egress)); err != nil {
+		return nil, fmt.Errorf("set egress of vm %s: %w", vmID, err)
+	}
+	l := *old
+	l.Egress = egress
+	m.setLease(&l)
+	// The new rules alone already keep the VM where its egress says: the
+	// bridge table drops what a shared tap exchanges with a tap that is no
+	// longer shared, isolated or not.
+	err = m.vmRulesChanged(old, &l)
+	if err == nil {
+		err = m.ensureTap(l.Tap, l.Egress)
+	}
+	if err != nil {
+		cctx := context.WithoutCancel(ctx)
+		m.setLease(old)
+		m.o.Store.SetLeaseEgress(cctx, vmID, string(old.Egress))
+		m.vmRulesChanged(&l, old)
+		m.ensureTap(old.Tap, old.Egress)
+		return nil, fmt.Errorf("set egress of vm %s: %w", vmID, err)
+	}
+	m.o.Logger.Info("network egress changed", "vm", vmID, "from", old.Egress, "to", l.Egress)
+	c := l
+	return &c, nil
+}
+
+func (m *Manager) setLease(l *Lease) {
+	c := *l
+	m.mu.Lock()
+	m.leases[l.VMID] = &c
+	m.mu.Unlock()
 }
 
 // Reconcile makes the host match the VMs in owned (the ids of every VM the
@@ -536,7 +634,7 @@ func (m *Manager) Reconcile(ctx context.Context, owned []string) error {
 		}
 	}
 	for _, l := range leases {
-		errs = append(errs, m.ensureTap(l.Tap))
+		errs = append(errs, m.ensureTap(l.Tap, l.Egress))
 	}
 	errs = append(errs, m.syncRules())
 	if err := errors.Join(errs...); err != nil {

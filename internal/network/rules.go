@@ -15,7 +15,7 @@ import (
 )
 
 // The table, as `nft list table inet banger` prints it (bgr0, 172.30.0.1,
-// DNS port 42069; one nat VM at .2 and one none VM at .3):
+// DNS port 42069; a nat VM at .2, a none VM at .3, a shared VM at .4):
 //
 //	chain prerouting {   type nat hook prerouting priority dstnat
 //	    iifname "bgr0" ip daddr 172.30.0.1 udp dport 53 redirect to :42069
@@ -26,6 +26,7 @@ import (
 //	    iifname "bgr0" tcp dport 42069 accept
 //	    iifname "bgr0" drop }
 //	chain forward {      type filter hook forward priority filter; policy accept
+//	    iifname "bgr0" oifname "bgr0" ip saddr 172.30.0.4 jump shared comment "vm=ID"
 //	    iifname "bgr0" oifname "bgr0" drop
 //	    oifname "bgr0" ct state established,related accept
 //	    iifname "bgr0" jump egress
@@ -33,21 +34,56 @@ import (
 //	    oifname "bgr0" drop }
 //	chain egress {
 //	    ip saddr 172.30.0.2 accept comment "vm=ID"
-//	    ip saddr 172.30.0.3 drop comment "vm=ID" }
+//	    ip saddr 172.30.0.3 drop comment "vm=ID"
+//	    ip saddr 172.30.0.4 accept comment "vm=ID" }
+//	chain shared {
+//	    ip daddr 172.30.0.4 accept comment "vm=ID" }
 //	chain postrouting {  type nat hook postrouting priority srcnat
-//	    ip saddr 172.30.0.2 oifname != "bgr0" masquerade comment "vm=ID" }
+//	    ip saddr 172.30.0.2 oifname != "bgr0" masquerade comment "vm=ID"
+//	    ip saddr 172.30.0.4 oifname != "bgr0" masquerade comment "vm=ID" }
 //
-// and a bridge-family table of the same name pins each tap to its VM's
-// MAC and IPv4 address (frames from a tap with another source MAC, IPv4
-// source or ARP sender address are dropped):
+// The forward chain's bridge→bridge rules see both traffic routed back
+// out of the bridge by the host and, when br_netfilter is loaded (Docker
+// loads it) with bridge-nf-call-iptables=1, IPv4 frames bridged between
+// two ports: a shared VM's packets to another shared VM jump to "shared",
+// everything else between guests is dropped.
+//
+// A bridge-family table of the same name pins each tap to its VM's MAC and
+// IPv4 address (frames from a tap with another source MAC, IPv4 source or
+// ARP sender address are dropped) and drops every frame bridged from or to
+// a VM's tap, but those from one shared VM's tap to another's (with bgt0,
+// bgt1, bgt2 the taps of the VMs above):
 //
 //	chain antispoof {    type filter hook prerouting priority filter
 //	    iifname "bgt0" ether saddr != 52:54:9f:5f:9c:1e drop comment "vm=ID"
 //	    iifname "bgt0" ip saddr != 172.30.0.2 drop comment "vm=ID"
-//	    iifname "bgt0" arp saddr ip != 172.30.0.2 drop comment "vm=ID" }
+//	    iifname "bgt0" arp saddr ip != 172.30.0.2 drop comment "vm=ID"
+//	    ... the same for bgt1 and bgt2 }
+//	chain forward {      type filter hook forward priority filter
+//	    iifname "bgt2" jump shared comment "vm=ID"
+//	    iifname "bgt0" drop comment "vm=ID"
+//	    oifname "bgt0" drop comment "vm=ID"
+//	    iifname "bgt1" drop comment "vm=ID"
+//	    oifname "bgt1" drop comment "vm=ID"
+//	    iifname "bgt2" drop comment "vm=ID"
+//	    oifname "bgt2" drop comment "vm=ID" }
+//	chain shared {
+//	    oifname "bgt2" accept comment "vm=ID" }
+//
+// The bridge forward rules name the taps, not the bridge: `meta ibrname`
+// needs nft_meta_bridge, which not every kernel has. A tap without a lease
+// (in the pool, or a spare clone's before it is adopted) has no rule: what
+// it sends to a VM's tap is dropped by that VM's oifname rule, and two of
+// them are isolated ports.
+//
+// Taps are also isolated bridge ports (BR_ISOLATED: the bridge never
+// forwards between two of them), except a shared VM's: isolation is the
+// first wall, the bridge table's forward chain the one that lets shared
+// VMs through to each other and to nobody else.
 //
 // Base chains accept by default: the tables only ever drop traffic to or
-// from banger's bridge, and never touch the host's other traffic.
+// from banger's bridge, and never touch the host's other traffic (bridge
+// hooks see every bridge of the host: each rule names our bridge or taps).
 
 // syncRules rebuilds the table from the leases in one atomic batch (Start
 // and Reconcile; Attach and Detach change only their VM's rules), and
@@ -60,7 +96,7 @@ func (m *Manager) syncRules() error {
 	nat := false
 	for _, l := range m.leases {
 		leases = append(leases, *l)
-		nat = nat || l.Egress == EgressNAT
+		nat = nat || l.Egress.out()
 	}
 	m.mu.Unlock()
 	sort.Slice(leases, func(i, j int) bool { return leases[i].Addr.Less(leases[j].Addr) })
@@ -128,6 +164,7 @@ func (m *Manager) buildTable(c *nftables.Conn, leases []Lease) {
 	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
 	egress := c.AddChain(&nftables.Chain{Name: "egress", Table: t})
+	shared := c.AddChain(&nftables.Chain{Name: "shared", Table: t})
 	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 
@@ -159,10 +196,11 @@ func (m *Manager) buildTable(c *nftables.Conn, leases []Lease) {
 		add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), l4Port(proto, 2, port), verdict(expr.VerdictAccept))
 	}
 	add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
-	// forward: no guest to guest through the host; replies in; egress per VM.
+	// forward: no guest to guest through the host (nor bridged, with
+	// br_netfilter) but shared to shared; replies in; egress per VM.
 	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
 	add(fwd, "", ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
-	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: "egress"}})
+	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), jump("egress"))
 	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
 	add(fwd, "", ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
 
@@ -172,11 +210,44 @@ func (m *Manager) buildTable(c *nftables.Conn, leases []Lease) {
 	c.AddTable(bt)
 	spoof := c.AddChain(&nftables.Chain{Name: "antispoof", Table: bt, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
+	bfwd := c.AddChain(&nftables.Chain{Name: "forward", Table: bt, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
+	bshared := c.AddChain(&nftables.Chain{Name: "shared", Table: bt})
 
+	ch := vmChains{egress: egress, post: post, fwd: fwd, shared: shared, spoof: spoof, bfwd: bfwd, bshared: bshared}
 	for _, l := range leases {
-		m.addVMRules(c, t, egress, post, l)
-		m.addSpoofRules(c, bt, spoof, l)
+		m.addVMRules(c, ch, l)
 	}
+}
+
+// vmChains are the chains holding per-VM rules (comment "vm=ID").
+type vmChains struct {
+	egress, post, fwd, shared *nftables.Chain // table inet
+	spoof, bfwd, bshared      *nftables.Chain // table bridge
+}
+
+// chainsByName names the chains of vmChains without their handles: enough
+// to add rules to them or list their rules.
+func (m *Manager) chainsByName() vmChains {
+	t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
+	bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
+	return vmChains{
+		egress: &nftables.Chain{Name: "egress", Table: t}, post: &nftables.Chain{Name: "postrouting", Table: t},
+		fwd: &nftables.Chain{Name: "forward", Table: t}, shared: &nftables.Chain{Name: "shared", Table: t},
+		spoof: &nftables.Chain{Name: "antispoof", Table: bt}, bfwd: &nftables.Chain{Name: "forward", Table: bt},
+		bshared: &nftables.Chain{Name: "shared", Table: bt},
+	}
+}
+
+func (ch vmChains) all() []*nftables.Chain {
+	return []*nftables.Chain{ch.egress, ch.post, ch.fwd, ch.shared, ch.spoof, ch.bfwd, ch.bshared}
+}
+
+// addVMRules queues every rule of one VM: egress, anti-spoofing and, for a
+// shared VM, the rules that let it exchange frames with other shared VMs.
+func (m *Manager) addVMRules(c *nftables.Conn, ch vmChains, l Lease) {
+	m.addEgressRules(c, ch, l)
+	m.addSpoofRules(c, ch.spoof.Table, ch.spoof, l)
 }
 
 // addSpoofRules queues the bridge-family rules that pin a VM's tap to its
@@ -216,35 +287,53 @@ func etherType(t uint16) []expr.Any {
 	}
 }
 
-// addVMRules queues a VM's own rules (comment "vm=ID").
-func (m *Manager) addVMRules(c *nftables.Conn, t *nftables.Table, egress, post *nftables.Chain, l Lease) {
+// addEgressRules queues a VM's egress rules, the drops of every frame
+// bridged from or to its tap and, for a shared VM, the jumps to the shared
+// chains that accept what goes to another shared VM. The jumps are
+// inserted at the top of the forward chains, before every drop.
+func (m *Manager) addEgressRules(c *nftables.Conn, ch vmChains, l Lease) {
 	ud := userdata.AppendString(nil, userdata.TypeComment, "vm="+l.VMID)
-	rule := func(ch *nftables.Chain, es ...[]expr.Any) {
+	rule := func(ch *nftables.Chain, es ...[]expr.Any) *nftables.Rule {
 		var all []expr.Any
 		for _, e := range es {
 			all = append(all, e...)
 		}
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: all, UserData: ud})
+		return &nftables.Rule{Table: ch.Table, Chain: ch, Exprs: all, UserData: ud}
 	}
-	src := ip4Addr(12, l.Addr.As4())
-	switch l.Egress {
-	case EgressNAT:
-		rule(egress, src, verdict(expr.VerdictAccept))
-		rule(post, src, ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, m.o.BridgeName), []expr.Any{&expr.Masq{}})
-	default:
-		rule(egress, src, verdict(expr.VerdictDrop))
+	br := m.o.BridgeName
+	a := l.Addr.As4()
+	src := ip4Addr(12, a)
+	if l.Egress.out() {
+		c.AddRule(rule(ch.egress, src, verdict(expr.VerdictAccept)))
+		c.AddRule(rule(ch.post, src, ifname(expr.MetaKeyOIFNAME, expr.CmpOpNeq, br), []expr.Any{&expr.Masq{}}))
+	} else {
+		c.AddRule(rule(ch.egress, src, verdict(expr.VerdictDrop)))
 	}
+	in, out := ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, l.Tap), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, l.Tap)
+	if l.Egress == EgressShared {
+		c.InsertRule(rule(ch.fwd, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), src, jump("shared")))
+		c.AddRule(rule(ch.shared, ip4Addr(16, a), verdict(expr.VerdictAccept)))
+		c.InsertRule(rule(ch.bfwd, in, jump("shared")))
+		c.AddRule(rule(ch.bshared, out, verdict(expr.VerdictAccept)))
+	}
+	c.AddRule(rule(ch.bfwd, in, verdict(expr.VerdictDrop)))
+	c.AddRule(rule(ch.bfwd, out, verdict(expr.VerdictDrop)))
 }
 
-// vmRulesChanged adds (add) or removes (!add) one VM's rules in one batch,
-// leaving every other rule in place: a full rebuild costs 7-20 ms (the
-// kernel waits for readers of the old table), this well under 1 ms. When
-// the table is not as Start left it (flushed by someone), it falls back to
-// a rebuild.
-func (m *Manager) vmRulesChanged(l Lease, add bool) error {
+func jump(chain string) []expr.Any {
+	return []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chain}}
+}
+
+// vmRulesChanged replaces one VM's rules in one batch: those of old (if
+// not nil) go, those of new (if not nil) come, every other rule stays in
+// place. A full rebuild costs 7-20 ms (the kernel waits for readers of the
+// old table), this well under 1 ms. When the table is not as Start left it
+// (flushed by someone), it falls back to a rebuild from m.leases, which
+// the caller has updated first.
+func (m *Manager) vmRulesChanged(old, new *Lease) error {
 	m.rulesMu.Lock()
 	err := m.do(func() error {
-		if add && l.Egress == EgressNAT {
+		if new != nil && new.Egress.out() {
 			if err := enableForwarding(); err != nil {
 				return err
 			}
@@ -253,35 +342,45 @@ func (m *Manager) vmRulesChanged(l Lease, add bool) error {
 		if err != nil {
 			return err
 		}
-		t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
-		egress := &nftables.Chain{Name: "egress", Table: t}
-		post := &nftables.Chain{Name: "postrouting", Table: t}
-		bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
-		spoof := &nftables.Chain{Name: "antispoof", Table: bt}
-		if add {
-			m.addVMRules(c, t, egress, post, l)
-			m.addSpoofRules(c, bt, spoof, l)
-			return c.Flush()
-		}
-		for _, ch := range []*nftables.Chain{egress, post, spoof} {
-			rules, err := c.GetRules(ch.Table, ch)
-			if err != nil {
+		ch := m.chainsByName()
+		if old != nil {
+			if err := m.delVMRules(c, ch, old.VMID); err != nil {
 				return err
 			}
-			for _, r := range rules {
-				if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == "vm="+l.VMID {
-					if err := c.DelRule(r); err != nil {
-						return err
-					}
-				}
-			}
+		}
+		if new != nil {
+			m.addVMRules(c, ch, *new)
 		}
 		return c.Flush()
 	})
 	m.rulesMu.Unlock()
 	if err != nil {
-		m.o.Logger.Warn("nftables: per-VM update failed, rebuilding the table", "vm", l.VMID, "err", err)
+		id := ""
+		if old != nil {
+			id = old.VMID
+		} else if new != nil {
+			id = new.VMID
+		}
+		m.o.Logger.Warn("nftables: per-VM update failed, rebuilding the table", "vm", id, "err", err)
 		return m.syncRules()
+	}
+	return nil
+}
+
+// delVMRules queues the deletion of every rule with the comment "vm=ID".
+func (m *Manager) delVMRules(c *nftables.Conn, ch vmChains, vmID string) error {
+	for _, ch := range ch.all() {
+		rules, err := c.GetRules(ch.Table, ch)
+		if err != nil {
+			return fmt.Errorf("list chain %s: %w", ch.Name, err)
+		}
+		for _, r := range rules {
+			if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == "vm="+vmID {
+				if err := c.DelRule(r); err != nil {
+					return err
+				}
+			}
+		}
 	}
 	return nil
 }
@@ -337,10 +436,8 @@ func (m *Manager) RuleOwners() ([]string, error) {
 		if err != nil {
 			return err
 		}
-		t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
-		bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
 		seen := map[string]bool{}
-		for _, ch := range []*nftables.Chain{{Name: "egress", Table: t}, {Name: "postrouting", Table: t}, {Name: "antispoof", Table: bt}} {
+		for _, ch := range m.chainsByName().all() {
 			rules, err := c.GetRules(ch.Table, ch)
 			if errors.Is(err, unix.ENOENT) {
 				continue

@@ -2,12 +2,14 @@ package network
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"banger/internal/errdefs"
 	"banger/internal/store"
 )
 
@@ -18,6 +20,22 @@ func TestMACFor(t *testing.T) {
 	}
 	if MACFor("0123456789abcdef") != a {
 		t.Fatal("MACFor is not stable")
+	}
+}
+
+func TestParseEgress(t *testing.T) {
+	for _, tc := range []struct {
+		in            string
+		out, isolated bool
+	}{{"nat", true, true}, {"none", false, true}, {"shared", true, false}} {
+		e, err := ParseEgress(tc.in)
+		if err != nil || string(e) != tc.in || e.out() != tc.out || e.isolated() != tc.isolated {
+			t.Errorf("%s: %q %v out %v isolated %v", tc.in, e, err, e.out(), e.isolated())
+		}
+	}
+	_, err := ParseEgress("bridge")
+	if !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "nat, none, shared") {
+		t.Fatalf("bridge: %v", err)
 	}
 }
 

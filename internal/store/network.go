@@ -129,6 +129,19 @@ func (s *Store) ListLeases(ctx context.Context) ([]*Lease, error) {
 	return out, rows.Err()
 }
 
+// SetLeaseEgress changes the egress of a VM's lease; a VM without one is
+// ErrNotFound.
+func (s *Store) SetLeaseEgress(ctx context.Context, vmID, egress string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE leases SET egress = ? WHERE vm_id = ?`, egress, vmID)
+	if err != nil {
+		return fmt.Errorf("set egress of %s: %w", vmID, err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return errdefs.NotFound(fmt.Sprintf("vm %s has no network lease", vmID))
+	}
+	return nil
+}
+
 // DeleteLease removes a VM's lease; a VM without one is not an error.
 func (s *Store) DeleteLease(ctx context.Context, vmID string) error {
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM leases WHERE vm_id = ?`, vmID); err != nil {

@@ -60,6 +60,15 @@ func TestLeases(t *testing.T) {
 	if _, err := s.GetLease(ctx, "zz"); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Fatalf("get missing: %v", err)
 	}
+	if err := s.SetLeaseEgress(ctx, "b", "shared"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.GetLease(ctx, "b"); err != nil || got.Egress != "shared" || got.Addr != "10.0.0.3" {
+		t.Fatalf("b after set egress: %+v %v", got, err)
+	}
+	if err := s.SetLeaseEgress(ctx, "zz", "nat"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Fatalf("set egress of missing: %v", err)
+	}
 	if err := s.DeleteLease(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}

@@ -206,21 +206,26 @@ func (m *Manager) Start(ctx context.Context, name string, progress Progress) (ap
 	return m.toAPI(ctx, r), nil
 }
 
-// SetOptions change a stopped VM's shape; zero fields are left alone.
+// SetOptions change a VM: the shape of a stopped VM, the egress of any;
+// zero fields are left alone.
 type SetOptions struct {
 	VCPUs     int
 	MemoryMiB int
+	Net       string // egress: nat, none or shared
 }
 
-// Set changes a stopped VM's vCPUs or memory; it takes effect at start.
+// Set changes a stopped VM's vCPUs or memory, which take effect at start,
+// and a VM's egress, at once (running or not: see setEgress).
 func (m *Manager) Set(ctx context.Context, name string, o SetOptions) (api.VM, error) {
 	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return api.VM{}, err
 	}
 	defer unlock()
-	if st := m.derive(ctx, r); st != StateStopped && st != StateError {
-		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s is %s: stop it first ('banger vm stop %s'); vCPUs and memory change only on a stopped VM", r.row.Name, st, r.row.Name))
+	if o.VCPUs != 0 || o.MemoryMiB != 0 {
+		if st := m.derive(ctx, r); st != StateStopped && st != StateError {
+			return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s is %s: stop it first ('banger vm stop %s'); vCPUs and memory change only on a stopped VM", r.row.Name, st, r.row.Name))
+		}
 	}
 	s := r.spec
 	if o.VCPUs != 0 {
@@ -232,8 +237,18 @@ func (m *Manager) Set(ctx context.Context, name string, o SetOptions) (api.VM, e
 	if err := checkShape(s.VCPUs, s.MemoryMiB); err != nil {
 		return api.VM{}, err
 	}
+	oldNet := s.Net
+	if o.Net != "" && o.Net != s.Net {
+		if err := m.setEgress(ctx, r, o.Net); err != nil {
+			return api.VM{}, err
+		}
+		s.Net = o.Net
+	}
 	r.spec = s
 	if err := r.save(ctx, m.store); err != nil {
+		if s.Net != oldNet {
+			m.setEgress(context.WithoutCancel(ctx), r, oldNet)
+		}
 		return api.VM{}, err
 	}
 	return m.toAPI(ctx, r), nil

@@ -2,6 +2,7 @@ package vm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -47,6 +48,11 @@ func (m *Manager) attachNet(ctx context.Context, r *record, u *undo, fresh bool)
 		id := r.row.ID
 		u.push(func(ctx context.Context) { m.net.Detach(ctx, id) })
 	}
+	return []vmm.NIC{{Tap: l.Tap, MAC: l.MAC}}, m.netConfig(r, l), nil
+}
+
+// netConfig is what the agent needs to configure r's NIC for lease l.
+func (m *Manager) netConfig(r *record, l *network.Lease) *agent.NetConfig {
 	g := m.net.GuestNet(l)
 	nc := &agent.NetConfig{
 		Interface: g.Interface, MAC: g.MAC, Address: g.Address.String(), Gateway: g.Gateway.String(),
@@ -56,7 +62,7 @@ func (m *Manager) attachNet(ctx context.Context, r *record, u *undo, fresh bool)
 	for _, d := range g.DNS {
 		nc.DNS = append(nc.DNS, d.String())
 	}
-	return []vmm.NIC{{Tap: l.Tap, MAC: l.MAC}}, nc, nil
+	return nc
 }
 
 // detachNet releases a deleted VM's lease, tap and rules.
@@ -166,4 +172,28 @@ func (m *Manager) AddForward(ctx context.Context, name, spec string) (string, er
 		return "", err
 	}
 	return norm, nil
+}
+
+// setEgress switches r's egress live: its lease, its rules and its tap's
+// isolation (the guest keeps its address; connections the new egress
+// forbids stop at once). r.spec is the caller's to update.
+func (m *Manager) setEgress(ctx context.Context, r *record, egress string) error {
+	e, err := network.ParseEgress(egress)
+	if err != nil {
+		return err
+	}
+	if r.spec.Net == "off" || r.spec.Net == "" {
+		return errdefs.Conflict(fmt.Sprintf("vm %s has no network interface (it was created while networking was unavailable): --net cannot give it one", r.row.Name))
+	}
+	if m.net == nil {
+		return errdefs.Unavailable(fmt.Sprintf("--net %s: networking is unavailable on this daemon (see 'banger daemon logs' and 'banger doctor')", egress))
+	}
+	_, err = m.net.SetEgress(ctx, r.row.ID, e)
+	if errors.Is(err, errdefs.ErrNotFound) {
+		return nil // no lease (yet): the next start attaches with r.spec.Net
+	}
+	if err != nil {
+		return fmt.Errorf("vm %s: %w", r.row.Name, err)
+	}
+	return nil
 }

@@ -186,3 +186,58 @@ func TestIsolation(t *testing.T) {
 		conn.Close()
 	}
 }
+
+// TestSharedNetwork: a shared VM reaches another shared VM; a nat VM
+// reaches neither, until `vm set --net shared` lets it in, live, and
+// `vm set --net none` shuts it out again.
+func TestSharedNetwork(t *testing.T) {
+	h := env(t)
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	for i, spec := range [][]string{{"sh-a", "shared"}, {"sh-b", "nat"}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, codes[i] = h.run(t, nil, "vm", "create", spec[0], "--net", spec[1])
+		}()
+	}
+	wg.Wait()
+	defer h.run(t, nil, "vm", "delete", "--force", "sh-a", "sh-b")
+	if codes[0] != 0 || codes[1] != 0 {
+		t.Fatalf("creates: %v", codes)
+	}
+	a, b := vmInfo(t, h, "sh-a"), vmInfo(t, h, "sh-b")
+	if a.Net != "shared" || b.Net != "nat" {
+		t.Fatalf("net: sh-a %q sh-b %q", a.Net, b.Net)
+	}
+	for _, n := range []string{"sh-a", "sh-b"} {
+		h.must(t, append([]string{"vm", "exec", "-n", n, "--"}, perlServer(9191, n)...)...)
+	}
+	time.Sleep(500 * time.Millisecond)
+	reaches := func(from, to string) bool {
+		_, code := h.run(t, nil, append([]string{"vm", "exec", from, "--"}, perlConnect(to, 9191)...)...)
+		return code == 0
+	}
+	if !reaches("sh-a", "127.0.0.1") || !reaches("sh-b", "127.0.0.1") {
+		t.Fatal("control: a guest cannot reach its own server")
+	}
+	if reaches("sh-b", a.IP) || reaches("sh-a", b.IP) {
+		t.Errorf("nat sh-b and shared sh-a reach each other")
+	}
+	if out := h.must(t, "vm", "set", "sh-b", "--net", "shared"); !strings.Contains(out, "net shared") {
+		t.Errorf("vm set --net shared printed %q", out)
+	}
+	if v := vmInfo(t, h, "sh-b"); v.Net != "shared" || v.IP != b.IP || v.State != "running" {
+		t.Errorf("after set: net %q ip %s (was %s) state %s", v.Net, v.IP, b.IP, v.State)
+	}
+	if !reaches("sh-b", a.IP) || !reaches("sh-a", b.IP) {
+		t.Errorf("shared sh-a and sh-b do not reach each other")
+	}
+	h.must(t, "vm", "set", "sh-b", "--net", "none")
+	if reaches("sh-b", a.IP) || reaches("sh-a", b.IP) {
+		t.Errorf("none sh-b and shared sh-a reach each other")
+	}
+	if r, code := h.run(t, nil, "vm", "set", "sh-b", "--net", "bridge"); code != 1 || !strings.Contains(r.stderr, "nat, none, shared") {
+		t.Errorf("vm set --net bridge: exit %d %q", code, r.stderr)
+	}
+}
