@@ -13,6 +13,9 @@
 //     between the "boot" event (sent just before the VMM is started) and
 //     the "ready" event (the agent answered);
 //   - stop → start → exec-ready against a cold create → exec-ready;
+//   - warm `vm run --rm -- true` and warm creates: served by a ready spare
+//     clone (vm.spares = 1), back to back, and with vm.spares = 0 (a
+//     template restore per create);
 //   - one cached `banger image build` (the cold build is not re-measured).
 //
 // Everything runs under an isolated BANGER_HOME (a temporary directory),
@@ -26,6 +29,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -103,6 +107,56 @@ func (b *bench) timed(args ...string) (time.Duration, error) {
 	t0 := time.Now()
 	_, err := b.banger(args...)
 	return time.Since(t0), err
+}
+
+// templateKey is the key of the default image's (only) template.
+func (b *bench) templateKey() (string, error) {
+	var im api.Image
+	out, err := b.banger("image", "show", "--json", "default")
+	if err != nil {
+		return "", err
+	}
+	if err := json.Unmarshal([]byte(out), &im); err != nil {
+		return "", err
+	}
+	if len(im.Templates) != 1 {
+		return "", fmt.Errorf("image default has %d templates, want 1", len(im.Templates))
+	}
+	return im.Templates[0].Key, nil
+}
+
+// waitSpare waits until the template has a ready spare clone.
+func (b *bench) waitSpare(key string) error {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		var im api.Image
+		out, err := b.banger("image", "show", "--json", "default")
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal([]byte(out), &im); err != nil {
+			return err
+		}
+		for _, t := range im.Templates {
+			if t.Key == key && t.Spare == "ready" {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("no spare clone of template %s after a minute", key)
+}
+
+// restartWithSpares restarts the daemon with vm.spares = n.
+func (b *bench) restartWithSpares(n int) error {
+	p := filepath.Join(b.home, "config", "config.toml")
+	cfg, _ := os.ReadFile(p)
+	if err := os.WriteFile(p, append(cfg, fmt.Sprintf("\n[vm]\nspares = %d\n", n)...), 0o644); err != nil {
+		return err
+	}
+	if _, err := b.banger("daemon", "stop"); err != nil {
+		return err
+	}
+	_, err := b.banger("daemon", "start")
+	return err
 }
 
 func (b *bench) run(imageBuild bool) error {
@@ -190,29 +244,74 @@ func (b *bench) run(imageBuild bool) error {
 			return err
 		}
 	}
-	// Warm starts: the template of this shape, then the same command.
+	// Warm starts: the template of this shape, then the same command,
+	// served by a spare clone (vm.spares = 1, the default: each run waits
+	// until the next spare is ready, as when commands are not back to
+	// back), back to back (the next run waits for the spare being made),
+	// and with no spares (vm.spares = 0: a restore per create).
 	if _, err := b.banger("image", "warm", "default"); err != nil {
+		return err
+	}
+	key, err := b.templateKey()
+	if err != nil {
 		return err
 	}
 	if _, err := b.banger("vm", "run", "--rm", "--", "true"); err != nil { // warm-up
 		return err
 	}
-	var warmRun []time.Duration
+	var warmRun, warmB2B, warmNoSpare []time.Duration
 	for range b.runs {
+		if err := b.waitSpare(key); err != nil {
+			return err
+		}
 		d, err := b.timed("vm", "run", "--rm", "--", "true")
 		if err != nil {
 			return err
 		}
 		warmRun = append(warmRun, d)
 	}
-	var warmCreate []time.Duration
+	if err := b.waitSpare(key); err != nil {
+		return err
+	}
+	for range b.runs {
+		d, err := b.timed("vm", "run", "--rm", "--", "true")
+		if err != nil {
+			return err
+		}
+		warmB2B = append(warmB2B, d)
+	}
+	var warmCreate, warmCreateNoSpare []time.Duration
 	for i := range b.runs {
+		if err := b.waitSpare(key); err != nil {
+			return err
+		}
 		name := fmt.Sprintf("warm%d", i)
 		t0 := time.Now()
 		if _, err := b.cl.CreateVM(context.Background(), api.CreateVMRequest{Name: name}, nil); err != nil {
 			return err
 		}
 		warmCreate = append(warmCreate, time.Since(t0))
+		if err := b.cl.DeleteVM(context.Background(), name, true); err != nil {
+			return err
+		}
+	}
+	if err := b.restartWithSpares(0); err != nil {
+		return err
+	}
+	for range b.runs {
+		d, err := b.timed("vm", "run", "--rm", "--", "true")
+		if err != nil {
+			return err
+		}
+		warmNoSpare = append(warmNoSpare, d)
+	}
+	for i := range b.runs {
+		name := fmt.Sprintf("warmns%d", i)
+		t0 := time.Now()
+		if _, err := b.cl.CreateVM(context.Background(), api.CreateVMRequest{Name: name}, nil); err != nil {
+			return err
+		}
+		warmCreateNoSpare = append(warmCreateNoSpare, time.Since(t0))
 		if err := b.cl.DeleteVM(context.Background(), name, true); err != nil {
 			return err
 		}
@@ -232,9 +331,13 @@ func (b *bench) run(imageBuild bool) error {
 		diff = append(diff, vmRun[i]-rawTotal[i])
 	}
 	b.add("vm run − raw, paired per run", diff, "less exposed to other tenants' load")
-	b.add("banger vm run --rm -- true, warm (template restore)", warmRun, "")
-	b.rows = append(b.rows, row{name: "ratio warm / cold vm run (medians)", fixed: fmt.Sprintf("%.2f×", ratio(warmRun, vmRun)), note: "target ≤ 0.12×"})
-	b.add("warm create (API, returns when identity applied)", warmCreate, "")
+	b.add("banger vm run --rm -- true, warm, spare clone ready", warmRun, "vm.spares = 1 (default)")
+	b.rows = append(b.rows, row{name: "ratio warm (spare) / cold vm run (medians)", fixed: fmt.Sprintf("%.2f×", ratio(warmRun, vmRun)), note: "target ≤ 0.12×"})
+	b.add("banger vm run --rm -- true, warm, back to back", warmB2B, "waits for the spare being made")
+	b.add("banger vm run --rm -- true, warm, no spare", warmNoSpare, "vm.spares = 0: restore per run")
+	b.rows = append(b.rows, row{name: "ratio warm (no spare) / cold vm run (medians)", fixed: fmt.Sprintf("%.2f×", ratio(warmNoSpare, vmRun))})
+	b.add("warm create, spare clone (API, returns when identity applied)", warmCreate, "")
+	b.add("warm create, no spare (API, restore + identity)", warmCreateNoSpare, "")
 	b.add("cold create (API, returns when agent ready)", create, "")
 	b.add("  of which guest boot (event boot → ready)", boot, "VMM start → agent answered")
 	b.add("  host-side create overhead (create − boot)", overhead, "target ≤ 50 ms")

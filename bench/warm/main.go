@@ -9,6 +9,10 @@
 //     Template.CloneRoot + an empty work image + Start(Restore) + agent
 //     handshake + Configure(template.Identity(...)) (fresh RNG seed,
 //     clock, hostname, machine-id, MAC + address);
+//   - spare clone → ready: the Configure of the clone's own identity on a
+//     clone restored, configured with throw-away values and run `true`
+//     beforehand (what a create served by vm.Manager's spare waits for,
+//     host bookkeeping aside);
 //   - cold create → ready: overlay + Start + wait for the agent +
 //     Configure, the same guest shape;
 //   - RSS and PSS (smaps_rollup) of idle clones (two running at once)
@@ -29,6 +33,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -195,6 +200,7 @@ func (b *bench) run() error {
 	floor := row{name: "restore floor: qemu start → agent pong (disks made beforehand)", unit: "ms"}
 	warm := row{name: "warm create → ready (CloneRoot, work image, Start, handshake, Configure identity)", unit: "ms"}
 	cold := row{name: "cold create → ready (overlay, Start, boot, handshake, Configure)", unit: "ms"}
+	spare := row{name: "spare clone → ready (Configure identity on a clone restored and rehearsed beforehand)", unit: "ms"}
 	for i := 0; i < b.runs; i++ {
 		d, h, err := b.floor(ctx)
 		if err != nil {
@@ -214,7 +220,13 @@ func (b *bench) run() error {
 		}
 		b.kill(h)
 		cold.vals = append(cold.vals, ms(d))
-		fmt.Fprintf(os.Stderr, "round %d: floor %.0f ms, warm %.0f ms, cold %.0f ms\n", i+1, floor.vals[i], warm.vals[i], cold.vals[i])
+		d, h, err = b.spare(ctx)
+		if err != nil {
+			return fmt.Errorf("spare: %w", err)
+		}
+		b.kill(h)
+		spare.vals = append(spare.vals, ms(d))
+		fmt.Fprintf(os.Stderr, "round %d: floor %.0f ms, warm %.0f ms, cold %.0f ms, spare %.0f ms\n", i+1, floor.vals[i], warm.vals[i], cold.vals[i], spare.vals[i])
 	}
 
 	// Memory and idle CPU: two clones and one cold VM, idle together.
@@ -279,11 +291,12 @@ func (b *bench) run() error {
 	fmt.Println("| measure | median | min | max | n | note |")
 	fmt.Println("|---|---|---|---|---|---|")
 	fmt.Printf("| template build (cold boot + snapshot + digests) | %.0f ms | | | 1 | %d MiB on disk |\n", ms(build), b.tpl.Bytes()>>20)
-	for _, r := range []row{floor, warm, cold, rssW, pssW, rssC, pssC, cpuW, cpuC} {
+	for _, r := range []row{floor, warm, spare, cold, rssW, pssW, rssC, pssC, cpuW, cpuC} {
 		fmt.Println(r)
 	}
-	fmt.Printf("\nwarm / cold create→ready: %.3f× (target ≤ 0.12×)\n", wm/cd)
-	fmt.Printf("warm create→ready / restore floor: %.2f× (target ≤ 1.5×)\n", wm/fl)
+	sp := median(sorted(spare.vals))
+	fmt.Printf("\nwarm / cold create→ready: %.3f× on demand, %.3f× from a spare (target ≤ 0.12×)\n", wm/cd, sp/cd)
+	fmt.Printf("warm create→ready / restore floor: %.2f× on demand, %.2f× from a spare (target ≤ 1.5×)\n", wm/fl, sp/fl)
 	fmt.Printf("PSS clone / cold: %.2f× (target ≤ 0.3×)\n", median(sorted(pssW.vals))/median(sorted(pssC.vals)))
 	return nil
 }
@@ -392,11 +405,64 @@ func (b *bench) warm(ctx context.Context) (time.Duration, vmm.Handle, *agent.Cli
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, err := template.ConfigureClone(cctx, b.b, h, id)
-	if *verbose {
-		fmt.Fprintf(os.Stderr, "  warm: disks %v, Start %v, ready %v\n", tDisks, tStart, time.Since(t0))
+	conn, err := b.b.DialAgent(cctx, h)
+	if err != nil {
+		return 0, h, nil, err
 	}
-	return time.Since(t0), h, c, err
+	c, err := agent.Dial(cctx, conn)
+	if err != nil {
+		return 0, h, nil, err
+	}
+	tDial := time.Since(t0)
+	steps, err := c.ConfigureSteps(cctx, id)
+	if err != nil {
+		c.Close()
+		return 0, h, nil, fmt.Errorf("configure clone identity: %w", err)
+	}
+	d := time.Since(t0)
+	if *verbose {
+		fmt.Fprintf(os.Stderr, "  warm: disks %v, Start %v, handshake %v, ready %v; guest steps:", ms(tDisks), ms(tStart), ms(tDial), ms(d))
+		for _, s := range steps {
+			fmt.Fprintf(os.Stderr, " %s %.1f", s.Name, float64(s.Micros)/1000)
+		}
+		fmt.Fprintln(os.Stderr)
+	}
+	return d, h, c, nil
+}
+
+// spare: what a create served by a spare clone waits for. The clone is
+// restored and its identity step and an exec are rehearsed with
+// throw-away values first (as vm.Manager does ahead of demand, untimed);
+// then its own identity is applied (timed).
+func (b *bench) spare(ctx context.Context) (time.Duration, vmm.Handle, error) {
+	_, h, c, err := b.warm(ctx)
+	if err != nil {
+		return 0, h, err
+	}
+	defer c.Close()
+	p, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"true"}, Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard})
+	if err != nil {
+		return 0, h, err
+	}
+	if _, err := p.Wait(); err != nil {
+		return 0, h, err
+	}
+	time.Sleep(200 * time.Millisecond) // idle, as a spare waits
+	id, err := template.Identity("spare-served", &agent.NetConfig{Interface: "eth0", MAC: "02:ba:00:00:01:04", Address: "10.99.0.3/24", Gateway: "10.99.0.1"}, nil)
+	if err != nil {
+		return 0, h, err
+	}
+	t0 := time.Now()
+	steps, err := c.ConfigureSteps(ctx, id)
+	d := time.Since(t0)
+	if *verbose {
+		fmt.Fprintf(os.Stderr, "  spare: ready %.1f ms; guest steps:", ms(d))
+		for _, s := range steps {
+			fmt.Fprintf(os.Stderr, " %s %.1f", s.Name, float64(s.Micros)/1000)
+		}
+		fmt.Fprintln(os.Stderr)
+	}
+	return d, h, err
 }
 
 func (b *bench) cold(ctx context.Context) (time.Duration, vmm.Handle, *agent.Client, error) {

@@ -537,14 +537,22 @@ func TestConfigure(t *testing.T) {
 	p := startPair(t, ServeOptions{})
 	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	cfg := GuestConfig{Hostname: "dev1", Time: now, RandomSeed: []byte("seed"), MachineID: strings.Repeat("ab", 16)}
-	if err := p.client.Configure(tctx(t), cfg); err != nil {
+	steps, err := p.client.ConfigureSteps(tctx(t), cfg)
+	if err != nil {
 		t.Fatal(err)
+	}
+	var names []string
+	for _, s := range steps {
+		names = append(names, s.Name)
+	}
+	if strings.Join(names, ",") != "time,seed,hostname,machine-id" {
+		t.Errorf("steps timed: %v", names)
 	}
 	m := p.machine
 	if m.hostname != "dev1" || !m.time.Equal(now) || string(m.seed) != "seed" || m.machineID != cfg.MachineID {
 		t.Errorf("machine = %+v", m)
 	}
-	err := p.client.Configure(tctx(t), GuestConfig{MachineID: "short"})
+	err = p.client.Configure(tctx(t), GuestConfig{MachineID: "short"})
 	var re *RemoteError
 	if !errors.As(err, &re) {
 		t.Errorf("bad machine id: %v", err)

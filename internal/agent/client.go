@@ -144,8 +144,18 @@ func (c *Client) Ping(ctx context.Context) (Info, error) {
 
 // Configure applies per-VM settings in the guest.
 func (c *Client) Configure(ctx context.Context, cfg GuestConfig) error {
-	_, err := c.call(ctx, request{Op: opConfigure, Config: &cfg}, maxReplyFrame)
+	_, err := c.ConfigureSteps(ctx, cfg)
 	return err
+}
+
+// ConfigureSteps is Configure, also returning how long each step took in
+// the guest (for logs and benchmarks).
+func (c *Client) ConfigureSteps(ctx context.Context, cfg GuestConfig) ([]Step, error) {
+	r, err := c.call(ctx, request{Op: opConfigure, Config: &cfg}, maxReplyFrame)
+	if len(r.Steps) > 16 { // from the guest: bounded
+		r.Steps = r.Steps[:16]
+	}
+	return r.Steps, err
 }
 
 // Shutdown powers the guest off cleanly: the guest stops its processes,

@@ -73,9 +73,13 @@ func (m LinuxMachine) ConfigureNetwork(n NetConfig) error {
 	if n.MAC != "" {
 		mac, _ := net.ParseMAC(n.MAC)
 		if link.Attrs().HardwareAddr.String() != mac.String() {
-			netlink.LinkSetDown(link)
+			// virtio-net changes its MAC while up (IFF_LIVE_ADDR_CHANGE):
+			// no down/up, whose ring refill costs tens of ms under TCG.
 			if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
-				return fmt.Errorf("network: set MAC: %w", err)
+				netlink.LinkSetDown(link)
+				if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+					return fmt.Errorf("network: set MAC: %w", err)
+				}
 			}
 		}
 	}

@@ -208,6 +208,14 @@ type reply struct {
 	Info       *Info       `json:"info,omitempty"`
 	Pid        int         `json:"pid,omitempty"`
 	Exit       *ExitStatus `json:"exit,omitempty"`
+	// Steps times a Configure's steps in the guest.
+	Steps []Step `json:"steps,omitempty"`
+}
+
+// Step is how long one step of a Configure took in the guest.
+type Step struct {
+	Name   string `json:"name"`
+	Micros int64  `json:"us"`
 }
 
 // control is a frame the host sends on an exec's control stream.

@@ -140,32 +140,38 @@ func (s *session) configure(st *yamux.Stream, cfg *GuestConfig) {
 	}
 	m := s.opts.Machine
 	var errs []error
+	var steps []Step
+	step := func(name string, f func() error) {
+		t := time.Now()
+		errs = append(errs, f())
+		steps = append(steps, Step{Name: name, Micros: time.Since(t).Microseconds()})
+	}
 	if !cfg.Time.IsZero() {
-		errs = append(errs, m.SetTime(cfg.Time))
+		step("time", func() error { return m.SetTime(cfg.Time) })
 	}
 	if len(cfg.RandomSeed) > 0 {
-		errs = append(errs, m.SeedRandom(cfg.RandomSeed))
+		step("seed", func() error { return m.SeedRandom(cfg.RandomSeed) })
 	}
 	if cfg.Hostname != "" {
-		errs = append(errs, m.SetHostname(cfg.Hostname))
+		step("hostname", func() error { return m.SetHostname(cfg.Hostname) })
 	}
 	if cfg.MachineID != "" {
-		errs = append(errs, m.SetMachineID(cfg.MachineID))
+		step("machine-id", func() error { return m.SetMachineID(cfg.MachineID) })
 	}
 	if cfg.Network != nil {
-		errs = append(errs, m.ConfigureNetwork(*cfg.Network))
+		step("network", func() error { return m.ConfigureNetwork(*cfg.Network) })
 	}
 	if cfg.AuthorizedKeys != nil {
-		errs = append(errs, m.SetAuthorizedKeys(cfg.AuthorizedKeys))
+		step("authorized-keys", func() error { return m.SetAuthorizedKeys(cfg.AuthorizedKeys) })
 	}
 	if len(cfg.Mounts) > 0 {
-		errs = append(errs, m.MountAll(cfg.Mounts))
+		step("mounts", func() error { return m.MountAll(cfg.Mounts) })
 	}
 	if err := errors.Join(errs...); err != nil {
-		writeFrame(st, reply{Error: err.Error()})
+		writeFrame(st, reply{Error: err.Error(), Steps: steps})
 		return
 	}
-	writeFrame(st, reply{})
+	writeFrame(st, reply{Steps: steps})
 }
 
 func (s *session) shutdown(ctx context.Context, st *yamux.Stream) {

@@ -204,6 +204,9 @@ type Template struct {
 	SizeBytes int64     `json:"size_bytes"` // disk space used
 	Created   time.Time `json:"created"`
 	InUse     bool      `json:"in_use"`
+	// Spare is the state of the clone kept restored ahead of demand for
+	// this template: "ready", "making" or "" (none).
+	Spare string `json:"spare,omitempty"`
 }
 
 // WarmRequest is the body of POST /v1/images/{name}/warm.

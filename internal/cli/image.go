@@ -182,6 +182,9 @@ func newImageShowCmd(e *env) *cobra.Command {
 				if t.InUse {
 					use = ", in use"
 				}
+				if t.Spare != "" {
+					use += ", spare clone " + t.Spare
+				}
 				fmt.Fprintf(e.stdout, "template: %s  %d vCPU, %d MiB, disk %s: %s%s\n", t.Key[:12], t.VCPUs, t.MemoryMiB, humanSize(t.DiskBytes), humanSize(t.SizeBytes), use)
 			}
 			names := make([]string, 0, len(im.Files))

@@ -34,6 +34,11 @@ type VM struct {
 	VCPUs     int    `toml:"vcpus"`      // 1..64
 	MemoryMiB int    `toml:"memory_mib"` // 128..65536
 	Disk      string `toml:"disk"`       // root disk size, e.g. "4G"; at least the image's
+	// Spares is how many clones of recently used VM shapes bangerd keeps
+	// restored ahead of demand (0..8; 0: none). Each costs ~60 MiB (PSS)
+	// and under 1% of a CPU while idle; a create it serves is ready in
+	// ~45 ms instead of ~285 ms (measured under TCG, bench/vmrun).
+	Spares int `toml:"spares"`
 }
 
 // Network holds the bridge and DNS settings.
@@ -56,7 +61,7 @@ type Daemon struct {
 func Defaults() Config {
 	return Config{
 		Backend: "auto",
-		VM:      VM{Image: "default", VCPUs: 1, MemoryMiB: 512, Disk: "4G"},
+		VM:      VM{Image: "default", VCPUs: 1, MemoryMiB: 512, Disk: "4G", Spares: 1},
 		Network: Network{Subnet: "172.30.0.0/24", DNSPort: 42069, DNSDomain: "vm", Egress: "nat", Bridge: "bgr0", TapPrefix: "bgt", NFTable: "banger"},
 		Daemon:  Daemon{LogMaxMiB: 10},
 	}
@@ -154,6 +159,9 @@ func (c Config) validate() (key, msg string) {
 	}
 	if _, err := ParseSize(c.VM.Disk); err != nil {
 		return "vm.disk", err.Error()
+	}
+	if c.VM.Spares < 0 || c.VM.Spares > 8 {
+		return "vm.spares", fmt.Sprintf("%d is not between 0 and 8", c.VM.Spares)
 	}
 	p, err := netip.ParsePrefix(c.Network.Subnet)
 	if err != nil || !p.Addr().Is4() || !p.Addr().IsPrivate() || p.Bits() > 29 {
@@ -285,6 +293,7 @@ image = "default"       # image for new VMs
 vcpus = 1
 memory_mib = 512
 disk = "4G"             # root disk size (copy-on-write over the image)
+spares = 1              # clones kept restored ahead of demand (0: none)
 
 [network]
 subnet = "172.30.0.0/24" # banger's bridge

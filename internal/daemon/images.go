@@ -190,6 +190,16 @@ func (s *images) Remove(ctx context.Context, name string) error {
 	if err := s.store.DeleteImage(ctx, im.ID); err != nil {
 		return err
 	}
+	if s.templates == nil {
+		return os.RemoveAll(im.Dir)
+	}
+	if list, err := s.templates.List(); err == nil {
+		for _, t := range list {
+			if t.Shape.ImageDigest == im.Digest {
+				s.vms.DropSpare(t.Key) // its clone goes now, the template at the next start
+			}
+		}
+	}
 	return os.RemoveAll(im.Dir)
 }
 
@@ -214,6 +224,7 @@ func (s *images) toAPI(ctx context.Context, im *store.Image) api.Image {
 				out.Templates = append(out.Templates, api.Template{
 					Key: t.Key, VCPUs: t.Shape.VCPUs, MemoryMiB: t.Shape.MemoryMiB, DiskBytes: t.Shape.RootBytes,
 					SizeBytes: t.Bytes(), Created: t.Created, InUse: s.vms.TemplateInUse(t.Key),
+					Spare: s.vms.SpareState(t.Key),
 				})
 			}
 		}
@@ -296,6 +307,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 		for _, t := range removed {
 			res.Removed = append(res.Removed, t.Key)
 			res.Bytes += sizes[t.Key]
+			d.vms.DropSpare(t.Key)
 		}
 		writeJSON(w, 200, res)
 	})

@@ -63,6 +63,7 @@ func (d *Daemon) init(ctx context.Context) error {
 		Store: d.store, Layout: d.layout, Config: d.cfg, Backend: backend, Images: d.images, Network: netm, AuthorizedKeys: keys,
 		Templates: d.templates,
 		Log:       d.log.With("component", "vm"), ReadyTimeout: d.opts.ReadyTimeout,
+		Spares: d.cfg.VM.Spares,
 	})
 	d.images.vms, d.images.templates = d.vms, d.templates
 	if err := image.RemoveStaleTemp(d.layout.TmpDir()); err != nil {

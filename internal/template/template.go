@@ -64,8 +64,9 @@ import (
 )
 
 // FormatVersion is the version of the template layout and of Shape's
-// meaning; it is part of every key.
-const FormatVersion = 1
+// meaning; it is part of every key. 2: the root filesystem is grown to
+// RootBytes in the template (clones need no resize2fs).
+const FormatVersion = 2
 
 // File names inside a template directory.
 const (
@@ -510,9 +511,12 @@ func rehearse(ctx context.Context, c *agent.Client) error {
 }
 
 // removeHostKeys deletes any sshd host keys (an image should carry none;
-// a clone must never share them) and syncs.
+// a clone must never share them), grows the root filesystem to the
+// template's root disk (so that clones do not each run resize2fs, whose
+// guest CPU under TCG would compete with the clone's first command) and
+// syncs.
 func removeHostKeys(ctx context.Context, c *agent.Client) error {
-	p, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", "rm -f /etc/ssh/ssh_host_*; sync"}})
+	p, err := c.Exec(ctx, agent.ExecRequest{Argv: []string{"/bin/sh", "-c", "rm -f /etc/ssh/ssh_host_*; resize2fs /dev/vda >/dev/null 2>&1; sync"}})
 	if errors.Is(err, agent.ErrCommandNotFound) {
 		return nil // no shell, so no sshd either
 	}

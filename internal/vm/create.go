@@ -117,6 +117,17 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	}()
 
 	r := &record{row: &store.VM{ID: newID(), Name: req.Name, ImageID: img.ID, State: StateCreating}, spec: spec}
+	// A spare clone of this shape, when one is ready (or being made),
+	// serves this VM: the VM takes its id (its files are that id's).
+	var sp *spare
+	if net := spec.Net != "off" && spec.Net != ""; m.spareFits(req, net) {
+		if sh, err := m.shape(ctx, r, man); err == nil {
+			if sp = m.takeSpare(ctx, sh.Key(), net); sp != nil {
+				r.row.ID = sp.id
+				u.push(func(context.Context) { m.destroySpare(sp, false) })
+			}
+		}
+	}
 	r.row.Spec, _ = jsonMarshal(spec)
 	if err := m.store.InsertVM(ctx, r.row); err != nil {
 		return api.VM{}, err
@@ -139,15 +150,32 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	u.push(func(context.Context) { os.RemoveAll(m.layout.VMDir(id)) })
 	if req.Workspace != nil {
 		progress("workspace", "attaching work disk")
-		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace); err != nil {
+		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace, sp != nil); err != nil {
 			return api.VM{}, err
 		}
+	}
+	if sp != nil {
+		err := m.adoptSpare(ctx, r, man, sp, progress, &u)
+		if err == nil {
+			ok = true
+			m.log.Info("vm running (warm, spare clone)", "vm", req.Name, "id", id, "pid", r.handle.PID, "template", sp.key)
+			if sh, err := m.shape(ctx, r, man); err == nil {
+				m.fillSpare(sh, man)
+			}
+			return m.toAPI(ctx, r), nil
+		}
+		if ctx.Err() != nil {
+			return api.VM{}, ctx.Err()
+		}
+		m.log.Warn("spare clone failed: restoring on demand", "vm", req.Name, "err", err)
+		m.destroySpare(sp, true)
 	}
 	tpl, shape := m.warmTemplate(ctx, r, man, req.Cold, progress)
 	if tpl != nil {
 		err := m.bootWarm(ctx, r, man, tpl, progress, &u)
 		if err == nil {
 			ok = true
+			m.fillSpare(shape, man)
 			m.log.Info("vm running (warm)", "vm", req.Name, "id", id, "pid", r.handle.PID, "template", tpl.Key)
 			return m.toAPI(ctx, r), nil
 		}

@@ -55,8 +55,8 @@ type Spec struct {
 	ImageDigest string `json:"image_digest"`
 	Backend     string `json:"backend"`
 	Boot        string `json:"boot,omitempty"` // how it last started: cold | warm
-	// Net is the egress policy: "nat", "none", or "off" (no NIC: the
-	// daemon had no networking when the VM was created).
+	// Net is the egress policy: "nat", "none", "shared", or "off" (no NIC:
+	// the daemon had no networking when the VM was created).
 	Net string `json:"net"`
 	// Forwards are host→guest TCP port forwards, "HOSTADDR:PORT:GUESTPORT".
 	Forwards []string `json:"forwards,omitempty"`
@@ -96,6 +96,9 @@ type Options struct {
 	Log            *slog.Logger
 	// ReadyTimeout bounds the wait for a booted guest's agent.
 	ReadyTimeout time.Duration
+	// Spares is how many clones are kept restored ahead of demand, for
+	// the shapes used most recently (0: none; see spare.go).
+	Spares int
 }
 
 // Manager runs VMs.
@@ -117,7 +120,8 @@ type Manager struct {
 	wg       sync.WaitGroup
 	bgCtx    context.Context // background work (template builds); ends at Close
 	bgCancel context.CancelFunc
-	building chan struct{} // one background template build at a time
+	building chan struct{}     // one background template build at a time
+	spares   map[string]*spare // template key → its spare clone (under mu)
 }
 
 // New returns a manager. Call Reconcile before serving.
@@ -130,15 +134,20 @@ func New(o Options) *Manager {
 		forwards: map[string][]*network.PortForward{},
 		locks:    map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
 		closing: make(chan struct{}), building: make(chan struct{}, 1),
+		spares: map[string]*spare{},
 	}
 	m.bgCtx, m.bgCancel = context.WithCancel(context.Background())
 	return m
 }
 
-// Close stops watchers and closes agent connections. VMs keep running.
+// Close stops watchers, closes agent connections and kills the spare
+// clones. VMs keep running.
 func (m *Manager) Close(ctx context.Context) error {
+	m.mu.Lock()
 	close(m.closing)
+	m.mu.Unlock()
 	m.bgCancel()
+	m.closeSpares()
 	m.mu.Lock()
 	for _, c := range m.watch {
 		c()

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -71,5 +72,53 @@ func TestValidName(t *testing.T) {
 		if ValidName(bad) {
 			t.Errorf("%q accepted", bad)
 		}
+	}
+}
+
+// fillSlot writes a work disk into an existing (held open) slot file: same
+// inode, same bytes, holes left as holes.
+func TestFillSlot(t *testing.T) {
+	dir := t.TempDir()
+	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "slot")
+	const size = 64 << 20
+	if err := sparse(dst, size); err != nil {
+		t.Fatal(err)
+	}
+	held, err := os.Open(dst) // as the spare's VMM holds it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	f, err := os.Create(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	chunks := map[int64]string{0: "superblock", 1 << 20: "middle", size - 4096: "last block"}
+	for off, s := range chunks {
+		f.WriteAt([]byte(s), off)
+	}
+	f.Close()
+	if err := fillSlot(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	for off, s := range chunks {
+		b := make([]byte, len(s)+1)
+		if _, err := held.ReadAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+		if string(b[:len(s)]) != s || b[len(s)] != 0 {
+			t.Errorf("at %d: %q", off, b)
+		}
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(dst, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != size || st.Blocks*512 > 1<<20 {
+		t.Errorf("slot is %d bytes, %d allocated: holes not kept", st.Size, st.Blocks*512)
+	}
+	if err := fillSlot(filepath.Join(dir, "missing"), dst); err == nil {
+		t.Error("fillSlot of a missing file succeeded")
 	}
 }

@@ -145,8 +145,14 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 		os.RemoveAll(rt)
 	})
 	local = nil
+	return m.cloneRunning(ctx, r, h, t.Key, start, progress)
+}
+
+// cloneRunning records a configured clone of template key as r, running.
+// Its root filesystem was grown in the template: no resize2fs.
+func (m *Manager) cloneRunning(ctx context.Context, r *record, h vmm.Handle, key string, start time.Time, progress Progress) error {
 	r.handle = h
-	r.spec.Boot, r.spec.Template = "warm", t.Key
+	r.spec.Boot, r.spec.Template = "warm", key
 	r.spec.WorkSlot = r.spec.Workspace == nil || !r.spec.Workspace.Disk
 	r.row.State, r.row.StartedAt, r.row.LastError = StateRunning, time.Now(), ""
 	if err := r.save(ctx, m.store); err != nil {
@@ -156,7 +162,6 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 		return err
 	}
 	m.startWatch(r)
-	m.growRoot(r, man)
 	progress("ready", fmt.Sprintf("guest ready in %s (warm)", time.Since(start).Round(time.Millisecond)))
 	return nil
 }
@@ -179,11 +184,14 @@ func (m *Manager) buildTemplateLater(sh template.Shape, man *image.Manifest, ini
 		defer func() { <-m.building }()
 		start := time.Now()
 		_, err := m.opts.Templates.Build(m.bgCtx, sh, m.templateSource(man, initrd))
-		if err != nil && !errors.Is(err, context.Canceled) {
-			m.log.Warn("template build failed", "image", sh.ImageName, "key", sh.Key(), "err", err)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				m.log.Warn("template build failed", "image", sh.ImageName, "key", sh.Key(), "err", err)
+			}
 			return
 		}
 		m.log.Info("template built", "image", sh.ImageName, "key", sh.Key(), "took", time.Since(start).String())
+		m.fillSpare(sh, man)
 	}()
 }
 
@@ -210,7 +218,11 @@ func (m *Manager) WarmImage(ctx context.Context, img *image.Manifest, imageName 
 	if err != nil {
 		return nil, err
 	}
-	return m.opts.Templates.Build(ctx, sh, m.templateSource(img, initrd))
+	t, err := m.opts.Templates.Build(ctx, sh, m.templateSource(img, initrd))
+	if err == nil {
+		m.fillSpare(sh, img)
+	}
+	return t, err
 }
 
 // TemplateInUse reports whether any VM's disk is backed by the template.

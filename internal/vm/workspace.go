@@ -35,7 +35,10 @@ func workspacePath(p string) (string, error) {
 
 // adoptWorkDisk moves (or copies, across filesystems) a client-built work
 // disk into the VM's directory.
-func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.WorkspaceSpec) (*api.WorkspaceInfo, error) {
+//
+// intoSlot copies the disk into the work-disk slot a spare clone holds
+// open (same size, checked by spareFits) instead of renaming it there.
+func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.WorkspaceSpec, intoSlot bool) (*api.WorkspaceInfo, error) {
 	p, err := workspacePath(ws.Path)
 	if err != nil {
 		return nil, err
@@ -45,7 +48,12 @@ func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.Workspac
 		return nil, errdefs.InvalidArgument(fmt.Sprintf("work disk %q: not a regular file", ws.Disk))
 	}
 	dest := m.layout.VMWorkDisk(id)
-	if err := os.Rename(ws.Disk, dest); err != nil {
+	if intoSlot {
+		if err := fillSlot(ws.Disk, dest); err != nil {
+			return nil, fmt.Errorf("take over work disk: %w", err)
+		}
+		os.Remove(ws.Disk)
+	} else if err := os.Rename(ws.Disk, dest); err != nil {
 		if _, err := system.Run(ctx, "cp", "--sparse=always", "--reflink=auto", ws.Disk, dest); err != nil {
 			return nil, fmt.Errorf("take over work disk: %w", err)
 		}

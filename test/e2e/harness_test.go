@@ -35,6 +35,7 @@ type harness struct {
 	bin    string
 	dns    int    // this harness's DNS port
 	bridge string // this harness's bridge
+	cfg    string // its config.toml, without the [vm] section
 }
 
 var harnessSeq int
@@ -51,11 +52,35 @@ func (h *harness) isolate() error {
 	}
 	h.dns = port
 	h.bridge = fmt.Sprintf("bge%d", n)
-	cfg := fmt.Sprintf("[network]\nsubnet = \"172.31.%d.0/24\"\ndns_port = %d\nbridge = \"bge%d\"\ntap_prefix = \"bge%dt\"\nnft_table = \"banger_e2e_%d\"\n", n, port, n, n, n)
+	h.cfg = fmt.Sprintf("[network]\nsubnet = \"172.31.%d.0/24\"\ndns_port = %d\nbridge = \"bge%d\"\ntap_prefix = \"bge%dt\"\nnft_table = \"banger_e2e_%d\"\n", n, port, n, n, n)
 	if err := os.MkdirAll(filepath.Join(h.home, "config"), 0o755); err != nil {
 		return err
 	}
+	return h.writeConfig(0)
+}
+
+// writeConfig writes config.toml with vm.spares = spares. Tests run
+// without spare clones (a spare is a VMM process and a directory that
+// assertNoLeftovers would count), except the tests of spares, which turn
+// them on with withSpares.
+func (h *harness) writeConfig(spares int) error {
+	cfg := h.cfg + fmt.Sprintf("\n[vm]\nspares = %d\n", spares)
 	return os.WriteFile(filepath.Join(h.home, "config", "config.toml"), []byte(cfg), 0o644)
+}
+
+// withSpares restarts the daemon with spares spare clones; the cleanup
+// restarts it with none.
+func (h *harness) withSpares(t *testing.T, spares int) {
+	t.Helper()
+	restart := func(n int) {
+		if err := h.writeConfig(n); err != nil {
+			t.Fatal(err)
+		}
+		h.must(t, "daemon", "stop")
+		h.must(t, "daemon", "start")
+	}
+	restart(spares)
+	t.Cleanup(func() { restart(0) })
 }
 
 func freeUDPPort() (int, error) {
@@ -322,4 +347,29 @@ func exitCodeOf(err error) int {
 		return 0
 	}
 	return system.ExitCode(err)
+}
+
+// assertOnlyVMTaps checks that the taps of this harness are those of the
+// named VMs plus at most the daemon's pool of spare taps (2).
+func (h *harness) assertOnlyVMTaps(t *testing.T, vms ...string) {
+	t.Helper()
+	own := map[string]bool{}
+	for _, n := range append(vms, longLivedVMs...) {
+		if v, ok := showVM(t, h, n); ok && v.Tap != "" {
+			own[v.Tap] = true
+		}
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var others []string
+	for _, i := range ifs {
+		if strings.HasPrefix(i.Name, h.bridge+"t") && !own[i.Name] {
+			others = append(others, i.Name)
+		}
+	}
+	if len(others) > 2 {
+		t.Errorf("taps beyond the VMs' and the pool of 2: %v", others)
+	}
 }

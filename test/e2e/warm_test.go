@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,5 +171,158 @@ func TestWarmTemplateNotUsedAfterImageRebuild(t *testing.T) {
 	defer h.run(t, nil, "vm", "delete", "--force", "rb2")
 	if v := vmInfo(t, h, "rb2"); v.Boot != "cold" {
 		t.Fatalf("after the image was rebuilt the VM booted %s from the old template", v.Boot)
+	}
+}
+
+func daemonLog(t *testing.T, h *harness) string {
+	b, err := os.ReadFile(filepath.Join(h.home, "state", "bangerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// servedBySpare reports whether the daemon's log says that the VM named
+// was made from a spare clone.
+func servedBySpare(t *testing.T, h *harness, name string) bool {
+	for _, l := range strings.Split(daemonLog(t, h), "\n") {
+		if strings.Contains(l, `"msg":"vm running (warm, spare clone)"`) && strings.Contains(l, `"vm":"`+name+`"`) {
+			return true
+		}
+	}
+	return false
+}
+
+// waitSpare waits until the template key has a ready spare clone.
+func waitSpare(t *testing.T, h *harness, key string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		var im api.Image
+		if err := json.Unmarshal([]byte(h.must(t, "image", "show", "--json", "default")), &im); err != nil {
+			t.Fatal(err)
+		}
+		for _, tp := range im.Templates {
+			if tp.Key == key && tp.Spare == "ready" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no ready spare clone of template %s after 2 min; daemon log:\n%s", key, h.daemonLogTail())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Spare clones (vm.spares): a create takes a clone restored ahead of
+// demand, and still gets its own identity; workspaces work through them;
+// a daemon crash or stop leaves no spare behind.
+func TestWarmSpares(t *testing.T) {
+	h := env(t)
+	h.withSpares(t, 1)
+	dir := warmTemplate(t, h) // image warm also makes the spare
+	key := filepath.Base(dir)
+	before := dirDigests(t, dir)
+	type guest struct{ rnd, mid, mac, host, addr, etc string }
+	var gs []guest
+	for _, n := range []string{"sp-a", "sp-b"} {
+		waitSpare(t, h, key)
+		r, code := h.run(t, nil, "vm", "create", n)
+		if code != 0 {
+			t.Fatalf("vm create %s: exit %d %s", n, code, r.stderr)
+		}
+		defer h.run(t, nil, "vm", "delete", "--force", n)
+		if !servedBySpare(t, h, n) {
+			t.Fatalf("%s was not served by a spare clone:%s", n, h.daemonLogTail())
+		}
+		v := vmInfo(t, h, n)
+		out := h.must(t, "vm", "exec", n, "--", "sh", "-c",
+			"head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; cat /etc/machine-id; cat /sys/class/net/eth0/address; hostname; ip -4 -o addr show eth0 | awk '{print $4}' | tr '\\n' ' '; echo; cat /etc/resolv.conf /etc/hosts | tr '\\n' ' '")
+		f := strings.Split(strings.TrimSpace(out), "\n")
+		if len(f) != 6 {
+			t.Fatalf("%s: %q", n, out)
+		}
+		g := guest{f[0], f[1], f[2], f[3], strings.TrimSpace(f[4]), f[5]}
+		// The spare's throw-away identity is gone: only the VM's own.
+		if g.host != n || g.mac != v.MAC || g.addr != v.IP+"/24" || strings.Contains(g.etc, "192.0.2.") || strings.Contains(g.etc, "spare") || !strings.Contains(g.etc, n+".vm") {
+			t.Fatalf("%s (mac %s, ip %s) has identity %+v", n, v.MAC, v.IP, g)
+		}
+		gs = append(gs, g)
+	}
+	a, b := gs[0], gs[1]
+	if a.rnd == b.rnd || a.mid == b.mid || a.mac == b.mac || a.addr == b.addr {
+		t.Fatalf("spare-served clones not distinct:\n%+v\n%+v", a, b)
+	}
+	// Its network is its own: ssh by name reaches it.
+	if out := h.must(t, "vm", "ssh", "sp-a", "--", "hostname"); strings.TrimSpace(out) != "sp-a" {
+		t.Fatalf("vm ssh sp-a: %q", out)
+	}
+	// A workspace run takes a spare too: the work disk is copied into the
+	// slot the spare's VMM holds.
+	waitSpare(t, h, key)
+	repo := fixtureRepo(t)
+	r, code := h.run(t, nil, "vm", "run", "--rm", repo, "--", "git", "status", "--porcelain")
+	if want := strings.ReplaceAll(git(t, repo, "status", "--porcelain"), "?? notes.txt\n", ""); code != 0 || r.stdout != want {
+		t.Fatalf("workspace run on a spare: exit %d\n%s\nwant\n%s\n%s", code, r.stdout, want, r.stderr)
+	}
+	if n := strings.Count(daemonLog(t, h), `"msg":"vm running (warm, spare clone)"`); n != 3 {
+		t.Fatalf("the workspace run was not served by a spare clone (%d spare-served creates, want 3):%s", n, h.daemonLogTail())
+	}
+	// kill -9 of the daemon with a ready spare: the next daemon removes
+	// its process, directories and tap.
+	waitSpare(t, h, key)
+	pid := daemonPID(t, h)
+	syscall.Kill(pid, syscall.SIGKILL)
+	waitReaped(t, pid)
+	h.must(t, "daemon", "start")
+	h.assertNoLeftovers(t, "sp-a", "sp-b")
+	h.assertOnlyVMTaps(t, "sp-a", "sp-b")
+	// daemon stop kills a spare.
+	h.must(t, "vm", "run", "--rm", "--", "true") // makes the next spare
+	waitSpare(t, h, key)
+	h.must(t, "daemon", "stop")
+	h.must(t, "daemon", "start")
+	h.assertNoLeftovers(t, "sp-a", "sp-b")
+	after := dirDigests(t, dir)
+	for name, d := range before {
+		if after[name] != d {
+			t.Errorf("template file %s changed", name)
+		}
+	}
+}
+
+// The first cold boot of a shape builds its template in the background;
+// the next create of the shape is warm.
+func TestWarmTemplateBuiltAfterFirstColdBoot(t *testing.T) {
+	h := env(t)
+	img := imagetest.TestImage(t)
+	h.must(t, "image", "import", "auto", "--kernel", filepath.Join(img, "vmlinux"), "--rootfs", filepath.Join(img, "rootfs.ext4"), "--modules", filepath.Join(img, "modules"))
+	defer h.run(t, nil, "image", "rm", "auto")
+	// A shape no other test uses: its template can only come from this run.
+	if out := h.must(t, "vm", "run", "--rm", "--image", "auto", "--mem", "320", "--", "echo", "cold"); out != "cold\n" {
+		t.Fatalf("first run: %q", out)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		var im api.Image
+		if err := json.Unmarshal([]byte(h.must(t, "image", "show", "--json", "auto")), &im); err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, tp := range im.Templates { // the same digest as default's: its templates show too
+			found = found || tp.MemoryMiB == 320
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no template built after the first cold boot: %+v%s", im.Templates, h.daemonLogTail())
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	h.must(t, "vm", "create", "auto2", "--image", "auto", "--mem", "320")
+	defer h.run(t, nil, "vm", "delete", "--force", "auto2")
+	if v := vmInfo(t, h, "auto2"); v.Boot != "warm" {
+		t.Fatalf("second create of the shape booted %s", v.Boot)
 	}
 }
