@@ -152,9 +152,25 @@ func (LinuxMachine) SetAuthorizedKeys(keys []string) error {
 	return writeEtc("/root/.ssh/authorized_keys", strings.Join(keys, "\n")+"\n", 0o600)
 }
 
-// writeEtc replaces a file atomically (a dangling symlink, such as a
-// resolv.conf pointing into /run, is replaced by a file).
+// writeEtc replaces a file's content: in place when it is a regular file
+// of that mode (it is written while the guest is configured, before any
+// command runs; and under emulation a new inode and a rename cost a clone
+// ~10 ms each of first-time translation), else atomically through a
+// temporary file (a dangling symlink, such as a resolv.conf pointing into
+// /run, is replaced by a file).
 func writeEtc(path, content string, mode os.FileMode) error {
+	if st, err := os.Lstat(path); err == nil && st.Mode().IsRegular() && st.Mode().Perm() == mode {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+		if err == nil {
+			_, err = f.WriteString(content)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err == nil {
+				return nil
+			}
+		}
+	}
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".banger")
 	if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)

@@ -22,8 +22,11 @@ func (m *Manager) egress(req string) (string, error) {
 		}
 		return m.opts.Config.Network.Egress, nil
 	}
+	if req == "off" { // no NIC at all
+		return req, nil
+	}
 	if _, err := network.ParseEgress(req); err != nil {
-		return "", err
+		return "", errdefs.InvalidArgument(fmt.Sprintf("--net %q is not one of nat, none, shared, off", req))
 	}
 	if m.net == nil {
 		return "", errdefs.Unavailable(fmt.Sprintf("--net %s: networking is unavailable on this daemon (see 'banger daemon logs' and 'banger doctor')", req))

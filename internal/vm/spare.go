@@ -190,7 +190,7 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	if err := sparse(slot, api.WorkSlotBytes); err != nil {
 		return err
 	}
-	nics := []vmm.NIC{{}}
+	nics := []vmm.NIC{{MAC: network.MACFor(id)}} // the slot, with no host side
 	var netcfg *agent.NetConfig
 	if s.net {
 		if s.tap, err = m.net.AcquireTap(ctx); err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/image"
+	"banger/internal/network"
 	"banger/internal/template"
 	"banger/internal/vmm"
 )
@@ -89,7 +90,7 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 		return err
 	}
 	if len(nics) == 0 {
-		nics = []vmm.NIC{{}} // the slot, with no host side
+		nics = []vmm.NIC{{MAC: network.MACFor(id)}} // the slot, with no host side
 	}
 	disks, mounts := m.workDisks(r)
 	if len(disks) == 0 {

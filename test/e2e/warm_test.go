@@ -105,6 +105,15 @@ func TestWarmClonesAreDistinct(t *testing.T) {
 	if r, code := h.run(t, strings.NewReader("hi\n"), "vm", "run", "--rm", "--", "cat"); code != 0 || r.stdout != "hi\n" {
 		t.Errorf("warm vm run stdin: exit %d %q %s", code, r.stdout, r.stderr)
 	}
+	// --net off: a warm clone too, with its NIC slot unplugged and down.
+	h.must(t, "vm", "create", "clone-off", "--net", "off")
+	defer h.run(t, nil, "vm", "delete", "--force", "clone-off")
+	if v := vmInfo(t, h, "clone-off"); v.Boot != "warm" || v.Net != "off" || v.IP != "" || v.Tap != "" {
+		t.Errorf("--net off clone: boot %s, net %s, ip %q, tap %q", v.Boot, v.Net, v.IP, v.Tap)
+	}
+	if out := h.must(t, "vm", "exec", "clone-off", "--", "sh", "-c", "ip -4 -o addr show dev eth0; cat /sys/class/net/eth0/operstate"); strings.TrimSpace(out) != "down" {
+		t.Errorf("--net off clone's eth0: %q", out)
+	}
 	// sshd host keys are per clone (generated on first use).
 	ka := h.must(t, "vm", "ssh", "clone-a", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
 	kb := h.must(t, "vm", "ssh", "clone-b", "--", "cat", "/etc/ssh/ssh_host_ed25519_key.pub")
