@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
 	"banger/internal/image/imagetest"
@@ -42,6 +45,14 @@ func dirDigests(t *testing.T, dir string) map[string]string {
 		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
 			t.Fatal(err)
+		}
+		// A file that is one hole (the 4 GiB work-disk slot) stays so
+		// until written: checked without hashing 4 GiB of zeros.
+		if _, err := f.Seek(0, unix.SEEK_DATA); errors.Is(err, unix.ENXIO) {
+			st, _ := f.Stat()
+			out[e.Name()] = fmt.Sprintf("all hole, %d bytes", st.Size())
+			f.Close()
+			continue
 		}
 		h := sha256.New()
 		io.Copy(h, f)

@@ -1,0 +1,4 @@
+package template
+
+// DigestFile is digestFile, for the external tests.
+var DigestFile = digestFile
