@@ -126,7 +126,7 @@ func (s Shape) validate() error {
 
 // FileInfo is one template file's size and digest.
 type FileInfo struct {
-	Size   int64  `json:"size"`
+	Size int64 `json:"size"`
 	// SHA256 is digestFile's: over the data extents, not the holes.
 	SHA256 string `json:"sha256"`
 }
