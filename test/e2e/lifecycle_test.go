@@ -50,7 +50,7 @@ func lifecycleVM(t *testing.T) (*harness, string) {
 	v, ok := showVM(t, h, name)
 	switch {
 	case !ok:
-		h.must(t, "vm", "create", name)
+		h.must(t, "vm", "create", "--cold", name) // cold: see sharedVM
 	case v.State != "running":
 		h.must(t, "vm", "start", name)
 	}

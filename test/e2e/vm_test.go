@@ -23,7 +23,10 @@ var (
 func sharedVM(t *testing.T) (*harness, string) {
 	h := env(t)
 	vmOnce.Do(func() {
-		h.must(t, "vm", "create", "shared")
+		// Cold: a long-lived clone would hold its template (a damaged
+		// template in use by a clone's disk cannot be rebuilt), which
+		// the warm tests damage and rebuild.
+		h.must(t, "vm", "create", "--cold", "shared")
 		vmName = "shared"
 	})
 	if vmName == "" {
