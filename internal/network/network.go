@@ -448,7 +448,11 @@ func (m *Manager) AttachTap(ctx context.Context, vmID string, egress Egress, tap
 		}
 		return nil, err
 	}
-	return m.leaseTap(ctx, vmID, egress, tap)
+	l, err := m.leaseTap(ctx, vmID, egress, tap)
+	if err == nil && l.Tap != tap { // the VM had a lease already: not a new VM
+		return nil, fmt.Errorf("attach vm %s: it already holds a lease on %s", vmID, l.Tap)
+	}
+	return l, err
 }
 
 // leaseTap gives a VM without a lease one on tap, a tap handed out by

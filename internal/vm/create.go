@@ -124,13 +124,18 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		if sh, err := m.shape(ctx, r, man); err == nil {
 			if sp = m.takeSpare(ctx, sh.Key(), net); sp != nil {
 				r.row.ID = sp.id
-				u.push(func(context.Context) { m.destroySpare(sp, false) })
 			}
 		}
 	}
 	r.row.Spec, _ = jsonMarshal(spec)
 	if err := m.store.InsertVM(ctx, r.row); err != nil {
+		if sp != nil { // e.g. the name is taken: the spare is still pristine
+			m.returnSpare(sp)
+		}
 		return api.VM{}, err
+	}
+	if sp != nil {
+		u.push(func(context.Context) { m.destroySpare(sp, false) })
 	}
 	id := r.row.ID
 	u.push(func(ctx context.Context) {
@@ -153,6 +158,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace, sp != nil); err != nil {
 			return api.VM{}, err
 		}
+		if sp != nil {
+			sp.holdsWorkspace = true
+		}
 	}
 	if sp != nil {
 		err := m.adoptSpare(ctx, r, man, sp, progress, &u)
@@ -167,8 +175,12 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		if ctx.Err() != nil {
 			return api.VM{}, ctx.Err()
 		}
-		m.log.Warn("spare clone failed: restoring on demand", "vm", req.Name, "err", err)
+		m.log.Warn("spare clone failed: restoring on demand", "vm", req.Name, "template", sp.key, "err", err)
+		progress("warning", fmt.Sprintf("spare clone failed (%v): restoring on demand", err))
 		m.destroySpare(sp, true)
+		if err := m.resetBoot(ctx, r); err != nil {
+			return api.VM{}, err
+		}
 	}
 	tpl, shape := m.warmTemplate(ctx, r, man, req.Cold, progress)
 	if tpl != nil {
@@ -184,6 +196,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		}
 		m.log.Warn("warm start failed: booting cold", "vm", req.Name, "template", tpl.Key, "err", err)
 		progress("warning", fmt.Sprintf("warm start failed (%v): booting cold", err))
+		if err := m.resetBoot(ctx, r); err != nil {
+			return api.VM{}, err
+		}
 	}
 	if err := disk.CreateOverlay(ctx, man.Path("rootfs.ext4"), "raw", m.layout.VMRootDisk(id), spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
@@ -199,6 +214,16 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	ok = true
 	m.log.Info("vm running", "vm", req.Name, "id", id, "pid", r.handle.PID)
 	return m.toAPI(ctx, r), nil
+}
+
+// resetBoot forgets what a failed warm start recorded in r (its template,
+// boot kind, start time, handle), so that the next attempt starts clean:
+// a cold boot that saw StartedAt set would keep the image's machine-id.
+func (m *Manager) resetBoot(ctx context.Context, r *record) error {
+	r.handle = vmm.Handle{}
+	r.spec.Boot, r.spec.Template, r.spec.WorkSlot = "", "", false
+	r.row.State, r.row.StartedAt = StateCreating, time.Time{}
+	return r.save(ctx, m.store)
 }
 
 // boot starts the VMM for r, waits for its agent and configures the guest,

@@ -55,25 +55,23 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 		}
 	}
 	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
-	// The network goes in the background: the VMM is gone, so its tap
-	// carries nothing, and deleting a tap waits ~25 ms for the kernel
-	// (RCU), a fifth of a warm `vm run --rm`. Until then its address stays
-	// leased (never handed out twice); Close waits for it, and after a
-	// crash Reconcile removes what no VM owns.
-	id := r.row.ID
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		m.detachNet(ctx, id)
-	}()
 	if err := os.RemoveAll(m.layout.VMDir(r.row.ID)); err != nil {
 		return fmt.Errorf("delete vm %s: %w", r.row.Name, err)
 	}
 	if err := m.store.DeleteVM(dctx, r.row.ID); err != nil {
 		return err
 	}
+	// The network goes in the background: the VMM is gone, so its tap
+	// carries nothing, and deleting a tap waits ~25 ms for the kernel
+	// (RCU), a fifth of a warm `vm run --rm`. Until then its address stays
+	// leased (never handed out twice); Close waits for it, and after a
+	// crash Reconcile removes what no VM owns.
+	id := r.row.ID
+	m.background(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		m.detachNet(ctx, id)
+	})
 	m.forgetLock(r.row.ID)
 	m.log.Info("vm deleted", "vm", r.row.Name, "id", r.row.ID)
 	return nil

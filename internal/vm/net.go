@@ -186,7 +186,7 @@ func (m *Manager) setEgress(ctx context.Context, r *record, egress string) error
 		return err
 	}
 	if r.spec.Net == "off" || r.spec.Net == "" {
-		return errdefs.Conflict(fmt.Sprintf("vm %s has no network interface (it was created while networking was unavailable): --net cannot give it one", r.row.Name))
+		return errdefs.Conflict(fmt.Sprintf("vm %s has no network interface (created with --net off, or while networking was unavailable): --net cannot give it one; create a new VM", r.row.Name))
 	}
 	if m.net == nil {
 		return errdefs.Unavailable(fmt.Sprintf("--net %s: networking is unavailable on this daemon (see 'banger daemon logs' and 'banger doctor')", egress))

@@ -45,6 +45,9 @@ type spare struct {
 	c       *agent.Client
 	tap     string // the tap, until a lease takes it
 	since   time.Time
+	created time.Time // the template's, to tell a rebuilt one apart
+	// holdsWorkspace: a create copied its workspace into the slot.
+	holdsWorkspace bool
 	// claimed is set by a create that waits for this spare: its maker
 	// then skips what it has not started of the rehearsal (the create
 	// would wait for it, and does the same work for real right after).
@@ -72,16 +75,11 @@ func (m *Manager) spareFits(req api.CreateVMRequest, net bool) bool {
 // takeSpare hands out the spare of a template key (waiting for it when it
 // is being made), or nil.
 func (m *Manager) takeSpare(ctx context.Context, key string, net bool) *spare {
-	if _, ok := m.opts.Templates.Lookup(key); !ok {
+	t, ok := m.opts.Templates.Lookup(key)
+	if !ok {
 		// Gone or damaged since the spare was made: the create goes the
 		// usual way (and warns); the spare goes.
-		m.mu.Lock()
-		s := m.spares[key]
-		delete(m.spares, key)
-		m.mu.Unlock()
-		if s != nil {
-			m.retireSpare(s)
-		}
+		m.DropSpare(key)
 		return nil
 	}
 	m.mu.Lock()
@@ -101,6 +99,12 @@ func (m *Manager) takeSpare(ctx context.Context, key string, net bool) *spare {
 	}
 	if s.err != nil {
 		return nil // its maker cleaned up
+	}
+	if !s.created.Equal(t.Created) {
+		// The template was rebuilt under the same key meanwhile: the
+		// spare's memory belongs to the old root disk.
+		m.retireSpare(s)
+		return nil
 	}
 	if m.backend.Status(ctx, s.h) != vmm.StateRunning {
 		m.log.Warn("spare clone died while idle: restoring on demand", "id", s.id)
@@ -129,6 +133,7 @@ func (m *Manager) fillSpare(sh template.Shape, man *image.Manifest) {
 		m.mu.Unlock()
 		return
 	}
+	var evicted []*spare
 	for len(m.spares) >= m.opts.Spares {
 		var oldest *spare
 		for _, s := range m.spares {
@@ -137,12 +142,15 @@ func (m *Manager) fillSpare(sh template.Shape, man *image.Manifest) {
 			}
 		}
 		delete(m.spares, oldest.key)
-		m.retireSpare(oldest)
+		evicted = append(evicted, oldest)
 	}
 	s := &spare{id: newID(), key: key, net: m.net != nil, made: make(chan struct{}), since: time.Now()}
 	m.spares[key] = s
 	m.wg.Add(1)
 	m.mu.Unlock()
+	for _, e := range evicted {
+		m.retireSpare(e)
+	}
 	go func() {
 		defer m.wg.Done()
 		start := time.Now()
@@ -170,6 +178,7 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	if !ok {
 		return fmt.Errorf("template %s is gone", s.key)
 	}
+	s.created = t.Created
 	initrd, err := m.initrd(man)
 	if err != nil {
 		return err
@@ -197,8 +206,9 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 			return err
 		}
 		nics = []vmm.NIC{{Tap: s.tap, MAC: network.MACFor(id)}}
-		// Throw-away values on the same code paths as a VM's (TEST-NET-1).
-		netcfg = &agent.NetConfig{Interface: "eth0", MAC: "02:00:00:00:00:01", Address: "192.0.2.2/24", Gateway: "192.0.2.1",
+		// Throw-away values on the same code paths as a VM's (TEST-NET-1;
+		// a MAC of its own, as nothing may be shared between clones).
+		netcfg = &agent.NetConfig{Interface: "eth0", MAC: "02:00:" + s.id[0:2] + ":" + s.id[2:4] + ":" + s.id[4:6] + ":" + s.id[6:8], Address: "192.0.2.2/24", Gateway: "192.0.2.1",
 			DNS: []string{"192.0.2.1"}, SearchDomain: "invalid", Hosts: []string{"192.0.2.2 spare.invalid spare"}}
 	}
 	rt := m.layout.VMRuntimeDir(id)
@@ -243,8 +253,12 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	if err != nil {
 		return fmt.Errorf("rehearse exec: %w", err)
 	}
-	if st, err := p.Wait(); err != nil || st.Code != 0 {
-		return fmt.Errorf("rehearse exec: %v (exit %d)", err, st.Code)
+	st, err := p.Wait()
+	if err != nil {
+		return fmt.Errorf("rehearse exec: %w", err)
+	}
+	if st.Code != 0 {
+		return fmt.Errorf("rehearse exec: true exited %d", st.Code)
 	}
 	return nil
 }
@@ -258,11 +272,12 @@ func (m *Manager) adoptSpare(ctx context.Context, r *record, man *image.Manifest
 	progress("restore", "warm start from a ready clone of template "+s.key[:12])
 	var netcfg *agent.NetConfig
 	if s.net {
-		l, err := m.net.AttachTap(ctx, id, network.Egress(r.spec.Net), s.tap)
+		tap := s.tap
+		s.tap = "" // the lease's now, or released by AttachTap on failure
+		l, err := m.net.AttachTap(ctx, id, network.Egress(r.spec.Net), tap)
 		if err != nil {
 			return fmt.Errorf("network: %w", err)
 		}
-		s.tap = "" // the lease's now
 		u.push(func(ctx context.Context) { m.net.Detach(ctx, id) })
 		netcfg = m.netConfig(r, l)
 	}
@@ -291,18 +306,57 @@ func (m *Manager) adoptSpare(ctx context.Context, r *record, man *image.Manifest
 
 // retireSpare destroys a spare once it is made (in the background).
 func (m *Manager) retireSpare(s *spare) {
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
+	m.background(func() {
 		<-s.made
 		if s.err == nil {
 			m.destroySpare(s, false)
 		}
+	})
+}
+
+// returnSpare puts back a spare a create took but did not change (its
+// row could not be inserted), unless another took its place.
+func (m *Manager) returnSpare(s *spare) {
+	m.mu.Lock()
+	closing := false
+	select {
+	case <-m.closing:
+		closing = true
+	default:
+	}
+	if !closing && m.spares[s.key] == nil {
+		m.spares[s.key] = s
+		m.mu.Unlock()
+		return
+	}
+	m.mu.Unlock()
+	m.retireSpare(s)
+}
+
+// background runs f in a goroutine that Close waits for; once Close has
+// begun, f runs now, in the caller (a WaitGroup must not grow while it is
+// waited for).
+func (m *Manager) background(f func()) {
+	m.mu.Lock()
+	select {
+	case <-m.closing:
+		m.mu.Unlock()
+		f()
+		return
+	default:
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		f()
 	}()
 }
 
-// destroySpare kills a spare and removes what it holds; vmOwnsFiles keeps
-// the work disk (a create that took the spare put its workspace there).
+// destroySpare kills a spare and removes what it holds. vmOwnsFiles: a
+// create that took the spare and failed to adopt it goes on with the VM's
+// directory: only the spare's root disk and its empty slot go (a slot
+// holding the VM's workspace stays, as the VM's work disk).
 func (m *Manager) destroySpare(s *spare, vmOwnsFiles bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -323,6 +377,9 @@ func (m *Manager) destroySpare(s *spare, vmOwnsFiles bool) {
 	os.RemoveAll(m.layout.VMRuntimeDir(s.id))
 	if vmOwnsFiles {
 		os.Remove(m.layout.VMRootDisk(s.id))
+		if !s.holdsWorkspace {
+			os.Remove(m.layout.VMWorkDisk(s.id))
+		}
 		return
 	}
 	os.RemoveAll(m.layout.VMDir(s.id))
@@ -331,11 +388,15 @@ func (m *Manager) destroySpare(s *spare, vmOwnsFiles bool) {
 // closeSpares destroys every spare (daemon stop).
 func (m *Manager) closeSpares() {
 	m.mu.Lock()
+	var all []*spare
 	for k, s := range m.spares {
 		delete(m.spares, k)
-		m.retireSpare(s)
+		all = append(all, s)
 	}
 	m.mu.Unlock()
+	for _, s := range all {
+		m.retireSpare(s) // closing: destroyed now, in this goroutine
+	}
 }
 
 // fillSlot copies a work disk image into a spare's slot file, whose inode
@@ -371,6 +432,14 @@ func fillSlot(src, dst string) error {
 		}
 		for roff, woff := data, data; roff < hole; {
 			n, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-roff), 0)
+			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+				// No copy_file_range between these files: copy by hand.
+				w := io.NewOffsetWriter(out, woff)
+				if _, err := io.Copy(w, io.NewSectionReader(in, roff, hole-roff)); err != nil {
+					return fmt.Errorf("copy work disk: %w", err)
+				}
+				break
+			}
 			if err != nil {
 				return fmt.Errorf("copy work disk: %w", err)
 			}

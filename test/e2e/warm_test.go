@@ -273,6 +273,21 @@ func TestWarmSpares(t *testing.T) {
 	if a.rnd == b.rnd || a.mid == b.mid || a.mac == b.mac || a.addr == b.addr {
 		t.Fatalf("spare-served clones not distinct:\n%+v\n%+v", a, b)
 	}
+	// A create that fails before using the spare (the name is taken)
+	// leaves it ready for the next one.
+	waitSpare(t, h, key)
+	if r, code := h.run(t, nil, "vm", "create", "sp-a"); code == 0 {
+		t.Fatalf("second vm create sp-a succeeded: %s", r.stdout)
+	}
+	var im api.Image
+	if err := json.Unmarshal([]byte(h.must(t, "image", "show", "--json", "default")), &im); err != nil {
+		t.Fatal(err)
+	}
+	for _, tp := range im.Templates {
+		if tp.Key == key && tp.Spare != "ready" {
+			t.Errorf("after a refused create the spare is %q, want ready", tp.Spare)
+		}
+	}
 	// Its network is its own: ssh by name reaches it.
 	if out := h.must(t, "vm", "ssh", "sp-a", "--", "hostname"); strings.TrimSpace(out) != "sp-a" {
 		t.Fatalf("vm ssh sp-a: %q", out)
