@@ -179,9 +179,7 @@ func (m *Manager) buildTemplateLater(sh template.Shape, man *image.Manifest, ini
 	default:
 		return
 	}
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
+	m.background(func() {
 		defer func() { <-m.building }()
 		start := time.Now()
 		_, err := m.opts.Templates.Build(m.bgCtx, sh, m.templateSource(man, initrd))
@@ -193,7 +191,7 @@ func (m *Manager) buildTemplateLater(sh template.Shape, man *image.Manifest, ini
 		}
 		m.log.Info("template built", "image", sh.ImageName, "key", sh.Key(), "took", time.Since(start).String())
 		m.fillSpare(sh, man)
-	}()
+	})
 }
 
 func (m *Manager) templateSource(man *image.Manifest, initrd string) template.Source {
