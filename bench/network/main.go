@@ -23,7 +23,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -35,7 +34,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"github.com/miekg/dns"
@@ -306,29 +304,8 @@ func (b *bench) cleanup() {
 	os.RemoveAll(b.home)
 }
 
-// fakeT lets imagetest.TestImage run outside a test.
-type fakeT struct {
-	testing.TB
-	msg string
-}
-
-func (f *fakeT) Helper()                      {}
-func (f *fakeT) Logf(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
-func (f *fakeT) Fatalf(format string, a ...any) {
-	f.msg = fmt.Sprintf(format, a...)
-	panic(f)
-}
-func (f *fakeT) Context() context.Context { return context.Background() }
-
-func testImage() (dir string, err error) {
-	tb := &fakeT{}
-	defer func() {
-		if r := recover(); r != nil {
-			if r != tb {
-				panic(r)
-			}
-			err = errors.New("test image: " + tb.msg)
-		}
-	}()
-	return imagetest.TestImage(tb), nil
+// testImage returns the shared test image's directory, building it when
+// missing (as the tests do).
+func testImage() (string, error) {
+	return imagetest.Ensure(context.Background(), func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) })
 }

@@ -40,7 +40,6 @@ import (
 	"sort"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	"banger/internal/agent"
@@ -629,32 +628,8 @@ func tail(b []byte) string {
 	return string(b)
 }
 
-// fakeT lets imagetest.TestImage run outside a test.
-type fakeT struct {
-	testing.TB
-	failed bool
-	msg    string
-}
-
-func (f *fakeT) Helper()                      {}
-func (f *fakeT) Logf(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
-func (f *fakeT) Fatalf(format string, a ...any) {
-	f.failed, f.msg = true, fmt.Sprintf(format, a...)
-	panic(f)
-}
-func (f *fakeT) Context() context.Context { return context.Background() }
-
 // testImage returns the shared test image's directory, building it when
 // missing (as the tests do).
-func testImage() (dir string, err error) {
-	tb := &fakeT{}
-	defer func() {
-		if r := recover(); r != nil {
-			if r != tb {
-				panic(r)
-			}
-			err = errors.New("test image: " + tb.msg)
-		}
-	}()
-	return imagetest.TestImage(tb), nil
+func testImage() (string, error) {
+	return imagetest.Ensure(context.Background(), func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) })
 }

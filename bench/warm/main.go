@@ -30,7 +30,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -41,7 +40,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	"banger/internal/agent"
@@ -572,29 +570,8 @@ func agentBinary() (bin []byte, digest, how string, err error) {
 	return nil, "", "", berr
 }
 
-// fakeT lets imagetest.TestImage run outside a test.
-type fakeT struct {
-	testing.TB
-	msg string
-}
-
-func (f *fakeT) Helper()                      {}
-func (f *fakeT) Logf(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) }
-func (f *fakeT) Fatalf(format string, a ...any) {
-	f.msg = fmt.Sprintf(format, a...)
-	panic(f)
-}
-func (f *fakeT) Context() context.Context { return context.Background() }
-
-func testImage() (dir string, err error) {
-	tb := &fakeT{}
-	defer func() {
-		if r := recover(); r != nil {
-			if r != tb {
-				panic(r)
-			}
-			err = errors.New("test image: " + tb.msg)
-		}
-	}()
-	return imagetest.TestImage(tb), nil
+// testImage returns the shared test image's directory, building it when
+// missing (as the tests do).
+func testImage() (string, error) {
+	return imagetest.Ensure(context.Background(), func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) })
 }

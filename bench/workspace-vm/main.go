@@ -672,21 +672,10 @@ func (b *bench) isolate() error {
 	return os.WriteFile(filepath.Join(b.home, "config", "config.toml"), []byte(cfg), 0o644)
 }
 
+// testImage returns the shared test image's directory, building it when
+// missing (as the tests do).
 func testImage() (string, error) {
-	dir, err := filepath.Abs(imagetest.CacheDir())
-	if err != nil {
-		return "", err
-	}
-	o, err := imagetest.Options(dir)
-	if err != nil {
-		return "", err
-	}
-	for _, f := range []string{"vmlinux", "rootfs.ext4", "modules"} {
-		if _, err := os.Stat(filepath.Join(o.Dest, f)); err != nil {
-			return "", fmt.Errorf("test image: %w (build it with: go test ./internal/image/imagetest/... or make test)", err)
-		}
-	}
-	return o.Dest, nil
+	return imagetest.Ensure(context.Background(), func(format string, a ...any) { fmt.Fprintf(os.Stderr, format+"\n", a...) })
 }
 
 // cleanup deletes every VM this run created and stops its daemon.

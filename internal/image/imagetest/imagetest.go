@@ -11,6 +11,7 @@
 package imagetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -53,56 +54,67 @@ func Options(dir string) (image.BuildOptions, error) {
 // for its layout), building it first if no valid one exists.
 func TestImage(t testing.TB) string {
 	t.Helper()
+	dir, err := Ensure(t.Context(), t.Logf)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return dir
+}
+
+// Ensure is TestImage for programs (the benchmarks): it returns the test
+// image's directory, building it first if no valid one exists, and logs
+// progress through logf.
+func Ensure(ctx context.Context, logf func(format string, args ...any)) (string, error) {
 	dir, err := filepath.Abs(CacheDir())
 	if err != nil {
-		t.Fatalf("imagetest: %v", err)
+		return "", fmt.Errorf("imagetest: %w", err)
 	}
 	o, err := Options(dir)
 	if err != nil {
-		t.Fatalf("imagetest: %v", err)
+		return "", fmt.Errorf("imagetest: %w", err)
 	}
 	if valid(o.Dest) == nil {
-		return o.Dest
+		return o.Dest, nil
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatalf("imagetest: %v", err)
+		return "", fmt.Errorf("imagetest: %w", err)
 	}
-	unlock, err := lock(t, o.Dest+".lock")
+	unlock, err := lock(logf, o.Dest+".lock")
 	if err != nil {
-		t.Fatalf("imagetest: %v", err)
+		return "", fmt.Errorf("imagetest: %w", err)
 	}
 	defer unlock()
 	// Someone else may have built it while we waited.
 	if err := valid(o.Dest); err == nil {
-		return o.Dest
+		return o.Dest, nil
 	} else if _, serr := os.Lstat(o.Dest); serr == nil {
-		t.Logf("imagetest: replacing invalid test image %s: %v", o.Dest, err)
+		logf("imagetest: replacing invalid test image %s: %v", o.Dest, err)
 		if err := os.RemoveAll(o.Dest); err != nil {
-			t.Fatalf("imagetest: %v", err)
+			return "", fmt.Errorf("imagetest: %w", err)
 		}
 	}
 	// What a killed build left (we hold the lock for this key's scratch).
 	if err := image.RemoveStaleTemp(o.TmpDir); err != nil {
-		t.Fatalf("imagetest: %v", err)
+		return "", fmt.Errorf("imagetest: %w", err)
 	}
 	logPath := o.Dest + ".log"
 	logFile, err := os.Create(logPath)
 	if err != nil {
-		t.Fatalf("imagetest: %v", err)
+		return "", fmt.Errorf("imagetest: %w", err)
 	}
 	defer logFile.Close()
 	o.Log = logFile
 	start := time.Now()
 	o.Progress = func(phase, detail string) {
-		t.Logf("imagetest: [%5.1fs] %s: %s", time.Since(start).Seconds(), phase, detail)
+		logf("imagetest: [%5.1fs] %s: %s", time.Since(start).Seconds(), phase, detail)
 	}
-	t.Logf("imagetest: building test image %s (log: %s)", o.Dest, logPath)
-	m, err := image.Build(t.Context(), o)
+	logf("imagetest: building test image %s (log: %s)", o.Dest, logPath)
+	m, err := image.Build(ctx, o)
 	if err != nil {
-		t.Fatalf("imagetest: build test image failed (full log in %s): %v", logPath, err)
+		return "", fmt.Errorf("imagetest: build test image failed (full log in %s): %w", logPath, err)
 	}
-	t.Logf("imagetest: built %s kernel %s digest %s in %s", m.Dir, m.KernelVersion, m.ShortDigest(), time.Since(start).Round(time.Second))
-	return o.Dest
+	logf("imagetest: built %s kernel %s digest %s in %s", m.Dir, m.KernelVersion, m.ShortDigest(), time.Since(start).Round(time.Second))
+	return o.Dest, nil
 }
 
 // verified holds the image directories this process has re-hashed, so
@@ -126,7 +138,7 @@ func valid(dir string) error {
 }
 
 // lock takes an exclusive flock on path, logging when it has to wait.
-func lock(t testing.TB, path string) (func(), error) {
+func lock(logf func(string, ...any), path string) (func(), error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, err
@@ -136,7 +148,7 @@ func lock(t testing.TB, path string) (func(), error) {
 			f.Close()
 			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
-		t.Logf("imagetest: another test process is building the test image; waiting (%s)", path)
+		logf("imagetest: another test process is building the test image; waiting (%s)", path)
 		for {
 			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
 			if !errors.Is(err, syscall.EINTR) {
