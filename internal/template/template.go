@@ -248,6 +248,17 @@ func (s *Store) Complete(ctx context.Context, sh Shape) (Shape, error) {
 	return sh, nil
 }
 
+// Building returns a channel closed when the build of key in progress
+// ends, or nil when none is.
+func (s *Store) Building(key string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if b, ok := s.building[key]; ok {
+		return b.done
+	}
+	return nil
+}
+
 // Lookup returns the template with key when it is complete: meta.json
 // reads, names this key and format, and every file it lists exists with
 // its recorded size. Anything else is "no template" (boot cold).

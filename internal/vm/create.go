@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -203,10 +204,20 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	if err := disk.CreateOverlay(ctx, man.Path("rootfs.ext4"), "raw", m.layout.VMRootDisk(id), spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}
+	// The template of this shape is built alongside this boot when a CPU
+	// is to spare (so that the next create, even right after this one,
+	// is warm), else after it (never slowing this VM down).
+	buildTemplate := tpl == nil && shape.Backend != ""
+	if buildTemplate && runtime.NumCPU() > spec.VCPUs {
+		if initrd, err := m.initrd(man); err == nil {
+			m.buildTemplateLater(shape, man, initrd)
+		}
+		buildTemplate = false
+	}
 	if err := m.boot(ctx, r, man, progress, &u, true); err != nil {
 		return api.VM{}, err
 	}
-	if tpl == nil && shape.Backend != "" {
+	if buildTemplate {
 		if initrd, err := m.initrd(man); err == nil {
 			m.buildTemplateLater(shape, man, initrd)
 		}

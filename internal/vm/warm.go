@@ -35,6 +35,10 @@ func (m *Manager) shape(ctx context.Context, r *record, man *image.Manifest) (te
 	})
 }
 
+// templateWait bounds how long a create waits for the template of its
+// shape being built before it boots cold instead.
+const templateWait = 10 * time.Second
+
 // warmTemplate returns the template a new VM can be cloned from, or nil
 // (with the reason logged) when it must boot cold.
 func (m *Manager) warmTemplate(ctx context.Context, r *record, man *image.Manifest, cold bool, progress Progress) (*template.Template, template.Shape) {
@@ -53,6 +57,18 @@ func (m *Manager) warmTemplate(ctx context.Context, r *record, man *image.Manife
 		}
 	}
 	t, ok := m.opts.Templates.Lookup(sh.Key())
+	if done := m.opts.Templates.Building(sh.Key()); !ok && done != nil {
+		// Being built, alongside a cold boot of this shape moments ago:
+		// usually done sooner than a cold boot would be.
+		progress("template", "waiting for the warm-start template being built")
+		select {
+		case <-done:
+		case <-ctx.Done():
+		case <-time.After(templateWait):
+			m.log.Info("template still being built: cold boot", "vm", r.row.Name, "template", sh.Key())
+		}
+		t, ok = m.opts.Templates.Lookup(sh.Key())
+	}
 	if !ok {
 		if _, err := os.Stat(m.layout.TemplateDir(sh.Key())); err == nil {
 			// There, but incomplete or damaged: say so, boot cold; it is
@@ -167,20 +183,22 @@ func (m *Manager) cloneRunning(ctx context.Context, r *record, h vmm.Handle, key
 	return nil
 }
 
-// buildTemplateLater builds the template of a shape in the background
-// after a cold boot, one build at a time; a busy builder skips (a later
-// cold boot of the shape will try again).
+// buildTemplateLater builds the template of a shape in the background,
+// one build at a time (builds of other shapes wait their turn).
 func (m *Manager) buildTemplateLater(sh template.Shape, man *image.Manifest, initrd string) {
 	if m.opts.Templates == nil || sh.Key() == "" || sh.ImageDigest == "" {
 		return
 	}
-	select {
-	case m.building <- struct{}{}:
-	default:
-		return
-	}
 	m.background(func() {
+		select {
+		case m.building <- struct{}{}:
+		case <-m.bgCtx.Done():
+			return
+		}
 		defer func() { <-m.building }()
+		if _, ok := m.opts.Templates.Lookup(sh.Key()); ok {
+			return // built meanwhile
+		}
 		start := time.Now()
 		_, err := m.opts.Templates.Build(m.bgCtx, sh, m.templateSource(man, initrd))
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -327,7 +328,7 @@ func TestWarmSpares(t *testing.T) {
 }
 
 // The first cold boot of a shape builds its template in the background;
-// the next create of the shape is warm.
+// the next create of the shape, even right after, is warm.
 func TestWarmTemplateBuiltAfterFirstColdBoot(t *testing.T) {
 	h := env(t)
 	img := imagetest.TestImage(t)
@@ -337,23 +338,27 @@ func TestWarmTemplateBuiltAfterFirstColdBoot(t *testing.T) {
 	if out := h.must(t, "vm", "run", "--rm", "--image", "auto", "--mem", "320", "--", "echo", "cold"); out != "cold\n" {
 		t.Fatalf("first run: %q", out)
 	}
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		var im api.Image
-		if err := json.Unmarshal([]byte(h.must(t, "image", "show", "--json", "auto")), &im); err != nil {
-			t.Fatal(err)
+	// With a CPU to spare the template was built alongside that boot, and
+	// a create right after waits for it; else it comes after the boot.
+	if runtime.NumCPU() == 1 {
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			var im api.Image
+			if err := json.Unmarshal([]byte(h.must(t, "image", "show", "--json", "auto")), &im); err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, tp := range im.Templates { // the same digest as default's: its templates show too
+				found = found || tp.MemoryMiB == 320
+			}
+			if found {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no template built after the first cold boot: %+v%s", im.Templates, h.daemonLogTail())
+			}
+			time.Sleep(250 * time.Millisecond)
 		}
-		found := false
-		for _, tp := range im.Templates { // the same digest as default's: its templates show too
-			found = found || tp.MemoryMiB == 320
-		}
-		if found {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no template built after the first cold boot: %+v%s", im.Templates, h.daemonLogTail())
-		}
-		time.Sleep(250 * time.Millisecond)
 	}
 	h.must(t, "vm", "create", "auto2", "--image", "auto", "--mem", "320")
 	defer h.run(t, nil, "vm", "delete", "--force", "auto2")
