@@ -37,7 +37,7 @@ type VM struct {
 	// Spares is how many clones of recently used VM shapes bangerd keeps
 	// restored ahead of demand (0..8; 0: none). Each costs ~60 MiB (PSS)
 	// and under 1% of a CPU while idle; a create it serves is ready in
-	// ~45 ms instead of ~285 ms (measured under TCG, bench/vmrun).
+	// ~40 ms instead of ~275 ms (measured under TCG, bench/vmrun).
 	Spares int `toml:"spares"`
 }
 
