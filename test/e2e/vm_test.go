@@ -154,7 +154,21 @@ func TestInterruptedRunRmLeavesNothing(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	p.Signal(syscall.SIGINT)
-	err := p.Wait()
+	exited := make(chan error, 1)
+	go func() { exited <- p.Wait() }()
+	var err error
+	select {
+	case err = <-exited:
+	case <-time.After(30 * time.Second):
+		// Seen once in CI: the guest command outlived the SIGINT. Say
+		// what the guest's processes had pending, blocked and ignored.
+		r, _ := h.run(t, nil, "vm", "exec", "sigint", "--", "sh", "-c",
+			`for d in /proc/[0-9]*; do c=$(tr '\0' ' ' < $d/cmdline 2>/dev/null); [ -n "$c" ] && echo "${d#/proc/} $c $(grep -E '^(State|SigPnd|ShdPnd|SigBlk|SigIgn|SigCgt)' $d/status | tr -s '\t\n' '  ')"; done`)
+		p.Signal(syscall.SIGKILL)
+		<-exited
+		h.run(t, nil, "vm", "delete", "--force", "sigint")
+		t.Fatalf("the command did not end within 30 s of SIGINT; guest processes:\n%s\nstderr: %s\ndaemon log:%s", r.stdout, errb.String(), h.daemonLogTail())
+	}
 	if code := exitCodeOf(err); code != 130 {
 		t.Errorf("interrupted run: exit %d (%v), want 130; stderr %s", code, err, errb.String())
 	}
