@@ -252,3 +252,37 @@ func mustGetwd(t *testing.T) string {
 	}
 	return wd
 }
+
+func TestDataExtents(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sparse")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const size = 64 << 20
+	f.Truncate(size)
+	f.WriteAt([]byte("a"), 1<<20)
+	f.WriteAt([]byte("b"), 40<<20)
+	var got [][2]int64
+	if err := DataExtents(f, size, func(off, end int64) error {
+		got = append(got, [2]int64{off, end})
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// Two extents (a filesystem may round them to its blocks), in order,
+	// each holding its byte, none in between.
+	if len(got) != 2 || got[0][0] > 1<<20 || got[0][1] <= 1<<20 || got[0][1] > 40<<20 || got[1][0] > 40<<20 || got[1][1] <= 40<<20 {
+		t.Fatalf("extents %v", got)
+	}
+	empty := filepath.Join(t.TempDir(), "hole")
+	g, _ := os.Create(empty)
+	defer g.Close()
+	g.Truncate(size)
+	n := 0
+	DataExtents(g, size, func(int64, int64) error { n++; return nil })
+	if n != 0 {
+		t.Fatalf("an all-hole file has %d extents", n)
+	}
+}

@@ -14,8 +14,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"banger/internal/disk"
 	"banger/internal/errdefs"
 )
 
@@ -264,38 +263,29 @@ func hashFile(path string) (FileInfo, error) {
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
 	var zeros []byte
-	for off := int64(0); off < size; {
-		data, err := f.Seek(off, unix.SEEK_DATA)
-		switch {
-		case errors.Is(err, unix.ENXIO): // only a hole is left
-			data = size
-		case err != nil: // no SEEK_DATA here: read the rest
-			data = off
+	pos := int64(0) // hashed up to here
+	hashZeros := func(n int64) {
+		if zeros == nil {
+			zeros = make([]byte, len(buf))
 		}
-		if data > off {
-			if zeros == nil {
-				zeros = make([]byte, len(buf))
-			}
-			for n := data - off; n > 0; {
-				k := min(n, int64(len(zeros)))
-				h.Write(zeros[:k])
-				n -= k
-			}
+		for n > 0 {
+			k := min(n, int64(len(zeros)))
+			h.Write(zeros[:k])
+			n -= k
 		}
-		if data >= size {
-			break
-		}
-		end := size
-		if err == nil {
-			if hole, herr := f.Seek(data, unix.SEEK_HOLE); herr == nil && hole <= size {
-				end = hole
-			}
-		}
-		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, data, end-data), buf); err != nil {
-			return FileInfo{}, fmt.Errorf("hash %s: %w", path, err)
-		}
-		off = end
 	}
+	err = disk.DataExtents(f, size, func(off, end int64) error {
+		hashZeros(off - pos)
+		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, off, end-off), buf); err != nil {
+			return fmt.Errorf("hash %s: %w", path, err)
+		}
+		pos = end
+		return nil
+	})
+	if err != nil {
+		return FileInfo{}, err
+	}
+	hashZeros(size - pos)
 	return FileInfo{Size: size, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
 }
 

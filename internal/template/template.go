@@ -55,8 +55,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"banger/internal/agent"
 	"banger/internal/agentbin"
 	"banger/internal/disk"
@@ -808,25 +806,16 @@ func digestFile(path string) (int64, string, error) {
 	size := st.Size()
 	h := sha256.New()
 	buf := make([]byte, 1<<20)
-	for off := int64(0); off < size; {
-		data, err := f.Seek(off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		end := size
-		if err != nil { // no SEEK_DATA here: the rest is data
-			data = off
-		} else if hole, herr := f.Seek(data, unix.SEEK_HOLE); herr == nil && hole <= size {
-			end = hole
-		}
+	err = disk.DataExtents(f, size, func(off, end int64) error {
 		var hdr [16]byte
-		binary.BigEndian.PutUint64(hdr[:8], uint64(data))
-		binary.BigEndian.PutUint64(hdr[8:], uint64(end-data))
+		binary.BigEndian.PutUint64(hdr[:8], uint64(off))
+		binary.BigEndian.PutUint64(hdr[8:], uint64(end-off))
 		h.Write(hdr[:])
-		if _, err := io.CopyBuffer(h, io.NewSectionReader(f, data, end-data), buf); err != nil {
-			return 0, "", err
-		}
-		off = end
+		_, err := io.CopyBuffer(h, io.NewSectionReader(f, off, end-off), buf)
+		return err
+	})
+	if err != nil {
+		return 0, "", err
 	}
 	return size, hex.EncodeToString(h.Sum(nil)), nil
 }

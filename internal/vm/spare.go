@@ -14,6 +14,7 @@ import (
 
 	"banger/internal/agent"
 	"banger/internal/api"
+	"banger/internal/disk"
 	"banger/internal/image"
 	"banger/internal/network"
 	"banger/internal/template"
@@ -417,19 +418,7 @@ func fillSlot(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	size := st.Size()
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
-		if err != nil {
-			if errors.Is(err, unix.ENXIO) {
-				break // no data after off
-			}
-			return err
-		}
-		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
-		if err != nil {
-			return err
-		}
+	return disk.DataExtents(in, st.Size(), func(data, hole int64) error {
 		for roff, woff := data, data; roff < hole; {
 			n, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-roff), 0)
 			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
@@ -438,7 +427,7 @@ func fillSlot(src, dst string) error {
 				if _, err := io.Copy(w, io.NewSectionReader(in, roff, hole-roff)); err != nil {
 					return fmt.Errorf("copy work disk: %w", err)
 				}
-				break
+				return nil
 			}
 			if err != nil {
 				return fmt.Errorf("copy work disk: %w", err)
@@ -447,9 +436,8 @@ func fillSlot(src, dst string) error {
 				return io.ErrUnexpectedEOF
 			}
 		}
-		off = hole
-	}
-	return nil
+		return nil
+	})
 }
 
 // SpareState says whether a template has a spare clone: "ready",
