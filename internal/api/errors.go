@@ -16,6 +16,9 @@ const (
 	CodeConflict        = "conflict"
 	CodeUnavailable     = "unavailable"
 	CodeInternal        = "internal"
+	// CodeMissingDependency: the host lacks a program banger runs (the
+	// message names the Debian package).
+	CodeMissingDependency = "missing_dependency"
 )
 
 // Error is the body of every failed response and of a stream's error event.
@@ -36,7 +39,17 @@ var classes = []struct {
 	{CodeNotRunning, errdefs.ErrNotRunning},
 	{CodeConflict, errdefs.ErrConflict},
 	{CodeUnavailable, errdefs.ErrUnavailable},
+	{CodeMissingDependency, errdefs.ErrMissingDependency},
 	{CodeInternal, errdefs.ErrInternal},
+}
+
+// Codes lists every wire error code.
+func Codes() []string {
+	out := make([]string, len(classes))
+	for i, c := range classes {
+		out[i] = c.code
+	}
+	return out
 }
 
 // ToWire converts any error to its wire form. This is the one place where
@@ -73,6 +86,8 @@ func HTTPStatus(code string) int {
 		return 412
 	case CodeUnavailable:
 		return 503
+	case CodeMissingDependency:
+		return 424
 	default:
 		return 500
 	}

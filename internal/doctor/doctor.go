@@ -20,6 +20,7 @@ import (
 	"banger/internal/network"
 	"banger/internal/paths"
 	"banger/internal/store"
+	"banger/internal/system"
 	"banger/internal/vmm/auto"
 	"banger/internal/vmm/qemu"
 )
@@ -39,6 +40,9 @@ type Check struct {
 	Status Status `json:"status"`
 	Detail string `json:"detail"`
 	Fix    string `json:"fix,omitempty"`
+	// Program is set on the checks of registered programs; Format shows
+	// the ones that pass as a single line.
+	Program *system.Program `json:"program,omitempty"`
 }
 
 // Report is the whole answer.
@@ -126,24 +130,14 @@ func Run(ctx context.Context, e Env) Report {
 	add := func(c Check) { r.Checks = append(r.Checks, c) }
 
 	add(kvmCheck(e))
-	tool := func(name, pkg string, st Status, why string) {
-		if p, err := e.LookPath(name); err == nil {
-			add(Check{Name: name, Status: Pass, Detail: p})
-		} else {
-			add(Check{Name: name, Status: st, Detail: "not installed: " + why, Fix: "apt-get install " + pkg})
-		}
+	for _, c := range programChecks(e) {
+		add(c)
 	}
-	tool("qemu-system-x86_64", "qemu-system-x86", Fail, "the QEMU backend runs VMs with it")
-	tool("qemu-img", "qemu-utils", Fail, "copy-on-write root disks are qcow2 overlays")
 	if p, err := e.LookPath("firecracker"); err == nil {
 		add(Check{Name: "firecracker", Status: Pass, Detail: p})
 	} else {
 		add(Check{Name: "firecracker", Status: Warn, Detail: "not installed: the QEMU backend is used instead", Fix: "install a firecracker release binary into PATH (needs hardware KVM)"})
 	}
-	tool("mkfs.ext4", "e2fsprogs", Fail, "images and work disks are ext4 built with mkfs.ext4 -d")
-	tool("debootstrap", "debootstrap", Warn, "needed to build guest images (banger image build)")
-	tool("git", "git", Fail, "workspaces ship a repo's tracked files")
-	tool("ssh", "openssh-client", Warn, "needed by banger vm ssh")
 	if st, err := os.Stat(filepath.Join(e.Root, "dev", "net", "tun")); err == nil && st.Mode()&os.ModeCharDevice != 0 {
 		add(Check{Name: "tun", Status: Pass, Detail: "/dev/net/tun present"})
 	} else {
@@ -163,6 +157,42 @@ func Run(ctx context.Context, e Env) Report {
 	ch := auto.Choose(e.Config.Backend, auto.Host{Root: e.Root, LookPath: e.LookPath})
 	r.Backend, r.Accel, r.Why = ch.Backend, ch.Accel, ch.Reason
 	return r
+}
+
+// programChecks checks every program in banger's registry (what bangerd,
+// banger and the image builder run; building banger and its tests' tools
+// too): a missing one FAILs naming its Debian package, but for those only
+// a build from source needs, which WARN.
+func programChecks(e Env) []Check {
+	var out []Check
+	for _, p := range system.Programs() {
+		if p.Self() {
+			continue
+		}
+		p := p
+		c := Check{Name: p.Name, Program: &p}
+		look := e.LookPath
+		if p.File() {
+			look = func(name string) (string, error) {
+				_, err := os.Stat(filepath.Join(e.Root, name))
+				return name, err
+			}
+		}
+		if path, err := look(p.Name); err == nil {
+			c.Status, c.Detail = Pass, path
+		} else {
+			c.Status, c.Detail = Fail, "not installed: "+p.Need
+			if !p.In(system.ScopeRun, system.ScopeBuild) {
+				c.Status, c.Detail = Warn, "not installed: only building banger from source and its tests need it ("+p.Need+")"
+			}
+			c.Fix = "apt-get install " + p.Package
+			if p.Package == "" {
+				c.Fix = "scripts/setup-host installs it"
+			}
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func kvmCheck(e Env) Check {
@@ -358,10 +388,24 @@ func humanBytes(b uint64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
-// Format writes the report for people.
+// Format writes the report for people. The registered programs that are
+// installed take one line; each missing one has its own.
 func Format(r Report) string {
 	var b strings.Builder
+	found, shown := 0, false
 	for _, c := range r.Checks {
+		if c.Program != nil && c.Status == Pass {
+			found++
+		}
+	}
+	for _, c := range r.Checks {
+		if c.Program != nil && c.Status == Pass {
+			if !shown {
+				fmt.Fprintf(&b, "%-4s  %-18s %d registered programs installed (banger doctor --json lists them)\n", Pass, "programs", found)
+				shown = true
+			}
+			continue
+		}
 		fmt.Fprintf(&b, "%-4s  %-18s %s\n", c.Status, c.Name, c.Detail)
 		if c.Fix != "" && c.Status != Pass {
 			fmt.Fprintf(&b, "      %-18s fix: %s\n", "", c.Fix)

@@ -12,6 +12,7 @@ import (
 	"banger/internal/config"
 	"banger/internal/network"
 	"banger/internal/paths"
+	"banger/internal/system"
 )
 
 // fakeHost builds a fake root and an Env around it. tools lists the
@@ -44,7 +45,14 @@ func fakeHost(t *testing.T, tools ...string) (Env, string) {
 	}, root
 }
 
-var allTools = []string{"qemu-system-x86_64", "qemu-img", "mkfs.ext4", "debootstrap", "git", "ssh"}
+// allTools is every registered program.
+var allTools = func() []string {
+	var out []string
+	for _, p := range system.Programs() {
+		out = append(out, p.Name)
+	}
+	return out
+}()
 
 func touch(t *testing.T, p string) {
 	t.Helper()
@@ -105,7 +113,7 @@ func TestMissingToolFailsWithFix(t *testing.T) {
 	if c.Status != Fail || c.Fix != "apt-get install qemu-system-x86" {
 		t.Fatalf("qemu check: %+v", c)
 	}
-	if find(r, "debootstrap").Status != Warn || find(r, "firecracker").Status != Warn {
+	if find(r, "debootstrap").Status != Fail || find(r, "firecracker").Status != Warn {
 		t.Fatalf("%s", Format(r))
 	}
 	if !r.Failed() || r.Backend != "" {
@@ -113,6 +121,47 @@ func TestMissingToolFailsWithFix(t *testing.T) {
 	}
 	if !strings.Contains(Format(r), "no backend can run") {
 		t.Fatalf("%s", Format(r))
+	}
+}
+
+// TestEveryRegisteredProgramIsChecked: doctor on a host missing any one
+// program of the registry FAILs naming its package (WARNs for the test
+// suite's own tools), and the other checks do not fail.
+func TestEveryRegisteredProgramIsChecked(t *testing.T) {
+	for _, p := range system.Programs() {
+		if p.Self() {
+			continue
+		}
+		var others []string
+		for _, n := range allTools {
+			if n != p.Name {
+				others = append(others, n)
+			}
+		}
+		e, _ := fakeHost(t, others...)
+		r := Run(context.Background(), e)
+		c := find(r, p.Name)
+		want := Fail
+		if !p.In(system.ScopeRun, system.ScopeBuild) {
+			want = Warn
+		}
+		if c.Status != want || (p.Package != "" && !strings.Contains(c.Fix, "apt-get install "+p.Package)) {
+			t.Errorf("%s missing: %+v", p.Name, c)
+		}
+		out := Format(r)
+		if !strings.Contains(out, p.Name) || (p.Package != "" && !strings.Contains(out, p.Package)) {
+			t.Errorf("%s missing: the report does not name it and its package:\n%s", p.Name, out)
+		}
+		for _, o := range r.Checks {
+			if o.Name != p.Name && o.Status == Fail {
+				t.Errorf("%s missing: %s fails too: %+v", p.Name, o.Name, o)
+			}
+		}
+	}
+	e, _ := fakeHost(t, allTools...)
+	out := Format(Run(context.Background(), e))
+	if !strings.Contains(out, "programs") || strings.Contains(out, "FAIL") {
+		t.Errorf("all installed:\n%s", out)
 	}
 }
 

@@ -18,8 +18,12 @@ import (
 	"time"
 
 	"banger/internal/errdefs"
+	"banger/internal/progress"
 	"banger/internal/system"
 )
+
+// buildPhases are the steps of a build, in order.
+var buildPhases = []string{"kernel", "modules", "debootstrap", "rootfs", "manifest", "done"}
 
 // Defaults of a build.
 const (
@@ -62,8 +66,11 @@ type BuildOptions struct {
 	// Dest is the image directory to create; it must not exist.
 	Dest string
 	// Progress, if set, is told each phase as it starts: "check", "kernel",
-	// "modules", "debootstrap", "rootfs", "manifest", "done".
-	Progress func(phase, detail string)
+	// "modules", "debootstrap", "rootfs", "manifest", "done" (the six
+	// between check and done numbered as steps), and how far the long ones
+	// are (kernel download and tree restore in bytes, debootstrap in its
+	// steps).
+	Progress progress.Func
 	// Log, if set, receives the tools' verbose output.
 	Log io.Writer
 	// NoTreeCache makes the build run debootstrap even when CacheDir/rootfs
@@ -148,9 +155,7 @@ func (o BuildOptions) withDefaults() (BuildOptions, error) {
 	if o.TmpDir, err = filepath.Abs(o.TmpDir); err != nil {
 		return o, err
 	}
-	if o.Progress == nil {
-		o.Progress = func(string, string) {}
-	}
+	o.Progress = o.Progress.Steps(buildPhases...)
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
@@ -160,9 +165,6 @@ func (o BuildOptions) withDefaults() (BuildOptions, error) {
 
 // debootstrapScripts holds one script per suite debootstrap can install.
 const debootstrapScripts = "/usr/share/debootstrap/scripts"
-
-// buildTools are the programs a build runs.
-var buildTools = []string{"unshare", "debootstrap", "apt-get", "apt-cache", "dpkg-deb", "depmod", "mkfs.ext4"}
 
 // Build makes a new image at o.Dest: a Debian root file system from
 // debootstrap (as rootfs.ext4), the guest kernel from the host's apt
@@ -180,7 +182,7 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 	}
 	start := time.Now()
 	phase := "check"
-	o.Progress(phase, o.Dest)
+	o.Progress.Phase(phase, o.Dest)
 	defer func() {
 		if err == nil {
 			return
@@ -209,7 +211,7 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 	}
 	step := func(name string, detail string) error {
 		phase = name
-		o.Progress(name, detail)
+		o.Progress.Phase(name, detail)
 		fmt.Fprintf(o.Log, "==> %s: %s\n", name, detail)
 		return ctx.Err()
 	}
@@ -218,7 +220,7 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 	if err := step("kernel", o.KernelPackage); err != nil {
 		return nil, err
 	}
-	kp, err := fetchKernelPackage(ctx, o.KernelPackage, filepath.Join(o.CacheDir, "kernel"), func(s string) { o.Progress("kernel", s) })
+	kp, err := fetchKernelPackage(ctx, o.KernelPackage, filepath.Join(o.CacheDir, "kernel"), o.Progress)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +239,7 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 	if man.KernelVersion != k.Release {
 		return nil, fmt.Errorf("bzImage says kernel %s, package ships modules for %s", man.KernelVersion, k.Release)
 	}
-	o.Progress("kernel", "extracting vmlinux from bzImage "+man.KernelVersion)
+	o.Progress.Phase("kernel", "extracting vmlinux from bzImage "+man.KernelVersion)
 	if err := ExtractVmlinux(ctx, k.BzImage, filepath.Join(out, FileVmlinux)); err != nil {
 		return nil, err
 	}
@@ -248,7 +250,7 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 	if man.Modules, err = installModules(ctx, kernelRoot, k.Release, k.ModulesDir, guestModules, filepath.Join(out, DirModules)); err != nil {
 		return nil, err
 	}
-	o.Progress("modules", fmt.Sprintf("%d to load", len(man.Modules)))
+	o.Progress.Phase("modules", fmt.Sprintf("%d to load", len(man.Modules)))
 	if err := removeTree(kernelRoot); err != nil {
 		return nil, err
 	}
@@ -262,20 +264,20 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 	if !o.NoTreeCache {
 		var why string
 		if cache, useCache, why = newTreeCache(ctx, &o); !useCache {
-			o.Progress("debootstrap", "not using the tree cache: "+why)
+			o.Progress.Phase("debootstrap", "not using the tree cache: "+why)
 		}
 	}
 	if useCache {
-		if restored, err = cache.restore(ctx, tree, o.Log); err != nil {
+		if restored, err = cache.restore(ctx, tree, o.Log, o.Progress); err != nil {
 			if ctx.Err() != nil {
 				return nil, err
 			}
-			o.Progress("debootstrap", fmt.Sprintf("cached tree unusable, running debootstrap: %v", err))
+			o.Progress.Phase("debootstrap", fmt.Sprintf("cached tree unusable, running debootstrap: %v", err))
 			if err := removeTree(tree); err != nil {
 				return nil, err
 			}
 		} else if restored {
-			o.Progress("debootstrap", "reused cached tree "+cache.path())
+			o.Progress.Phase("debootstrap", "reused cached tree "+cache.path())
 		}
 	}
 	if !restored {
@@ -302,7 +304,7 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 		if ctx.Err() != nil {
 			return nil, serr
 		}
-		o.Progress("rootfs", fmt.Sprintf("could not cache the tree: %v", serr))
+		o.Progress.Phase("rootfs", fmt.Sprintf("could not cache the tree: %v", serr))
 	}
 	if err != nil {
 		return nil, err
@@ -319,7 +321,7 @@ func Build(ctx context.Context, opts BuildOptions) (m *Manifest, err error) {
 		return nil, err
 	}
 	phase = "done"
-	o.Progress("done", fmt.Sprintf("%s in %s (digest %s)", o.Dest, time.Since(start).Round(100*time.Millisecond), man.ShortDigest()))
+	o.Progress.Phase("done", fmt.Sprintf("%s in %s (digest %s)", o.Dest, time.Since(start).Round(100*time.Millisecond), man.ShortDigest()))
 	return man, nil
 }
 
@@ -328,14 +330,10 @@ func checkBuildHost(o *BuildOptions) error {
 	if os.Geteuid() != 0 {
 		return errdefs.InvalidArgument("building an image needs root (debootstrap)")
 	}
-	var missing []string
-	for _, t := range buildTools {
-		if _, err := system.LookPath(t); err != nil {
-			missing = append(missing, t)
-		}
-	}
-	if len(missing) > 0 {
-		return errdefs.Unavailable(fmt.Sprintf("missing programs %v (apt-get install debootstrap e2fsprogs kmod util-linux dpkg)", missing))
+	// The registry's build programs: the same list scripts/setup-host
+	// installs and banger doctor checks.
+	if err := system.CheckInstalled(system.ScopeBuild); err != nil {
+		return err
 	}
 	if _, err := os.Stat(filepath.Join(debootstrapScripts, o.Suite)); err != nil {
 		return errdefs.InvalidArgument(fmt.Sprintf("debootstrap does not know suite %q (no %s/%s)", o.Suite, debootstrapScripts, o.Suite))
@@ -427,14 +425,14 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 // caller's error. Cleanup runs whether ctx was cancelled or not. Once the
 // image is in place, a scratch directory that will not go is only
 // reported (RemoveStaleTemp gets it later): the image itself is fine.
-func scratch(tmpDir, prefix string, progress func(phase, detail string)) (tmp, out string, cleanup func(*error), err error) {
+func scratch(tmpDir, prefix string, progress progress.Func) (tmp, out string, cleanup func(*error), err error) {
 	if tmp, err = os.MkdirTemp(tmpDir, prefix); err != nil {
 		return "", "", nil, err
 	}
 	cleanup = func(err *error) {
 		if rerr := removeTree(tmp); rerr != nil {
 			if *err == nil {
-				progress("done", fmt.Sprintf("warning: scratch directory left behind: %v", rerr))
+				progress.Phase("done", fmt.Sprintf("warning: scratch directory left behind: %v", rerr))
 			} else {
 				*err = errors.Join(*err, rerr)
 			}

@@ -92,7 +92,11 @@ func RunOpts(ctx context.Context, o Opts, argv ...string) ([]byte, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("system: empty argv")
 	}
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	path, err := resolve(argv[0])
+	if err != nil {
+		return nil, wrap(argv, err, "")
+	}
+	cmd := exec.CommandContext(ctx, path, argv[1:]...)
 	cmd.Dir = o.Dir
 	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), o.Env...)
 	cmd.Stdin = o.Stdin
@@ -108,8 +112,7 @@ func RunOpts(ctx context.Context, o Opts, argv ...string) ([]byte, error) {
 	} else {
 		cmd.Stderr = stderr
 	}
-	err := cmd.Run()
-	if err != nil {
+	if err := cmd.Run(); err != nil {
 		return stdout.Bytes(), wrap(argv, err, stderr.String())
 	}
 	return stdout.Bytes(), nil
@@ -126,13 +129,10 @@ func wrap(argv []string, err error, stderr string) error {
 	return e
 }
 
-// LookPath reports the absolute path of a program, or an error naming it.
+// LookPath reports the absolute path of a registered program (PATH, then
+// the sbin directories), or an error naming it and its package.
 func LookPath(name string) (string, error) {
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%s not found in PATH: %w", name, err)
-	}
-	return p, nil
+	return resolve(name)
 }
 
 // Detached describes a long-lived process that must outlive the caller.
@@ -153,7 +153,7 @@ func StartDetached(d Detached) (int, error) {
 	if len(d.Argv) == 0 {
 		return 0, errors.New("system: empty argv")
 	}
-	path, err := exec.LookPath(d.Argv[0])
+	path, err := resolve(d.Argv[0])
 	if err != nil {
 		return 0, wrap(d.Argv, err, "")
 	}
@@ -208,7 +208,11 @@ func Start(o Opts, argv ...string) (*Process, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("system: empty argv")
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	path, err := resolve(argv[0])
+	if err != nil {
+		return nil, wrap(argv, err, "")
+	}
+	cmd := exec.Command(path, argv[1:]...)
 	cmd.Dir = o.Dir
 	cmd.Env = append(append(os.Environ(), "LC_ALL=C"), o.Env...)
 	cmd.Stdin, cmd.Stdout = o.Stdin, o.Stdout
@@ -245,7 +249,7 @@ func Exec(argv []string, env []string) error {
 	if len(argv) == 0 {
 		return errors.New("system: empty argv")
 	}
-	path, err := exec.LookPath(argv[0])
+	path, err := resolve(argv[0])
 	if err != nil {
 		return wrap(argv, err, "")
 	}

@@ -213,8 +213,11 @@ func TestCommandLineUsesHostProbes(t *testing.T) {
 
 func TestAvailable(t *testing.T) {
 	dir := t.TempDir()
+	// Fakes keep the registered program's name (internal/system runs no
+	// other), each in a directory of its own.
 	fake := func(name, out string) string {
-		p := filepath.Join(dir, name)
+		p := filepath.Join(dir, name, DefaultBinary)
+		os.MkdirAll(filepath.Dir(p), 0o755)
 		if err := os.WriteFile(p, []byte("#!/bin/sh\necho '"+out+"'\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -229,12 +232,12 @@ func TestAvailable(t *testing.T) {
 		{fake("new", "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)"), true, "QEMU 7.2.22"},
 		{fake("old", "QEMU emulator version 5.2.0"), false, "needs 6.2"},
 		{fake("odd", "hello"), false, "no version"},
-		{filepath.Join(dir, "missing"), false, "not found"},
+		{filepath.Join(dir, "missing", DefaultBinary), false, "not found"},
 	}
 	for _, c := range cases {
 		av := New(WithBinary(c.bin), WithAccel(AccelTCG)).Available(ctx)
 		if av.OK != c.ok || !strings.Contains(av.Reason, c.reason) || av.Accel != AccelTCG {
-			t.Errorf("%s: %+v, want ok=%v with %q", filepath.Base(c.bin), av, c.ok, c.reason)
+			t.Errorf("%s: %+v, want ok=%v with %q", filepath.Base(filepath.Dir(c.bin)), av, c.ok, c.reason)
 		}
 	}
 }
