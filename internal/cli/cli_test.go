@@ -104,7 +104,7 @@ func TestUnreachableDaemonNamesSocketAndFix(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
 	sock := filepath.Join(home, "run", "bangerd.sock")
-	if !strings.Contains(stderr, sock) || !strings.Contains(stderr, "banger daemon start") {
+	if !strings.Contains(stderr, sock) || !strings.Contains(stderr, "banger daemon logs") {
 		t.Fatalf("message does not name the socket and the fix:\n%s", stderr)
 	}
 	// vm run reports banger's own failure as 125.

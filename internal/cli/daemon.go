@@ -29,7 +29,7 @@ func (e *env) client(ctx context.Context) (*client.Client, error) {
 	c := client.New(e.layout.Socket())
 	if _, err := c.Health(ctx); err == nil {
 		return c, nil
-	} else if !errors.Is(err, errdefs.ErrUnavailable) {
+	} else if !errors.Is(err, errdefs.ErrDaemonUnreachable) {
 		return nil, err
 	}
 	if err := e.startDaemon(ctx, true); err != nil {
@@ -70,7 +70,7 @@ func (e *env) startDaemon(ctx context.Context, auto bool) error {
 	}
 	bin, err := bangerdPath()
 	if err != nil {
-		return errdefs.Unavailable(fmt.Sprintf("cannot reach bangerd at %s and cannot start it: %v (put bangerd next to banger or in PATH)", e.layout.Socket(), err))
+		return errdefs.DaemonUnreachable(fmt.Sprintf("cannot reach bangerd at %s and cannot start it: %v (put bangerd next to banger or in PATH)", e.layout.Socket(), err))
 	}
 	if err := e.layout.Ensure(); err != nil {
 		return err
@@ -82,7 +82,7 @@ func (e *env) startDaemon(ctx context.Context, auto bool) error {
 	defer out.Close()
 	pid, err := system.StartDetached(system.Detached{Argv: []string{bin}, Stdout: out, Stderr: out})
 	if err != nil {
-		return errdefs.Unavailable(fmt.Sprintf("cannot reach bangerd at %s and cannot start it: %v", e.layout.Socket(), err))
+		return errdefs.DaemonUnreachable(fmt.Sprintf("cannot reach bangerd at %s and cannot start it: %v", e.layout.Socket(), err))
 	}
 	if auto {
 		fmt.Fprintf(e.stderr, "banger: started bangerd (pid %d, log %s)\n", pid, e.layout.DaemonLog())
@@ -100,11 +100,11 @@ func waitHealthy(ctx context.Context, c *client.Client, pid int, e *env) error {
 			return ctx.Err()
 		}
 		if syscall.Kill(pid, 0) != nil && daemon.LockHolder(e.layout.DaemonLock()) == 0 {
-			return errdefs.Unavailable(fmt.Sprintf("bangerd (pid %d) exited during start-up: %s", pid, tail(e.layout.DaemonOutput(), 2048)))
+			return errdefs.DaemonUnreachable(fmt.Sprintf("bangerd (pid %d) exited during start-up: %s", pid, tail(e.layout.DaemonOutput(), 2048)))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return errdefs.Unavailable(fmt.Sprintf("bangerd (pid %d) did not answer on %s within %s", pid, e.layout.Socket(), daemonStartTimeout))
+	return errdefs.DaemonUnreachable(fmt.Sprintf("bangerd (pid %d) did not answer on %s within %s", pid, e.layout.Socket(), daemonStartTimeout))
 }
 
 // tail returns the last max bytes of a file, trimmed, for error messages.

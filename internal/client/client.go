@@ -55,8 +55,10 @@ type UnreachableError struct {
 func (e *UnreachableError) Error() string {
 	return fmt.Sprintf("cannot reach bangerd at %s: %v", e.Socket, e.Err)
 }
-func (e *UnreachableError) Unwrap() error        { return e.Err }
-func (e *UnreachableError) Is(target error) bool { return target == errdefs.ErrUnavailable }
+func (e *UnreachableError) Unwrap() error { return e.Err }
+func (e *UnreachableError) Is(target error) bool {
+	return target == errdefs.ErrDaemonUnreachable || target == errdefs.ErrUnavailable
+}
 
 func (c *Client) newRequest(ctx context.Context, method, path string, in any) (*http.Request, error) {
 	var body io.Reader
@@ -168,9 +170,9 @@ func (c *Client) Stream(ctx context.Context, method, path string, in any, progre
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return ctxErr
 		}
-		return errdefs.New(errdefs.ErrUnavailable, fmt.Sprintf("bangerd closed the stream of %s %s: %v", method, path, err))
+		return errdefs.DaemonUnreachable(fmt.Sprintf("bangerd closed the stream of %s %s: %v", method, path, err))
 	}
-	return errdefs.New(errdefs.ErrUnavailable, fmt.Sprintf("bangerd closed the stream of %s %s before the result", method, path))
+	return errdefs.DaemonUnreachable(fmt.Sprintf("bangerd closed the stream of %s %s before the result", method, path))
 }
 
 // Version asks the daemon for its version.

@@ -197,7 +197,7 @@ func (x *Exec) readLoop(stdout, stderr io.Writer) {
 	for {
 		typ, p, err := api.ReadFrame(rd, buf)
 		if err != nil {
-			x.err = errdefs.Unavailable(fmt.Sprintf("exec: connection to bangerd lost before the command ended: %v", err))
+			x.err = errdefs.DaemonUnreachable(fmt.Sprintf("exec: connection to bangerd lost before the command ended: %v", err))
 			return
 		}
 		switch typ {
