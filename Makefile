@@ -15,8 +15,10 @@ export BANGER_TEST_CACHE ?= /var/cache/banger-test
 
 all: build
 
+# The guest agent, embedded in bangerd: go generate builds it (static) into
+# internal/agentbin/dist/. Without it, bangerd does not compile.
 agent:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS) -X banger/internal/agent.Version=$(VERSION) -s -w' -o $(AGENT) ./cmd/banger-agent
+	BANGER_VERSION=$(VERSION) $(GO) generate ./internal/agentbin
 
 build: agent
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/banger ./cmd/banger
@@ -47,4 +49,4 @@ quickstart:
 	$(BIN)/banger vm run --rm . -- git status
 
 clean:
-	rm -rf $(BIN) $(AGENT)
+	rm -rf $(BIN) $(AGENT) $(AGENT).sources

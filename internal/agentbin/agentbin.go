@@ -1,51 +1,62 @@
 // Package agentbin carries the guest agent binary inside bangerd, so that
-// the agent running in a guest always matches the host build. `make agent`
-// builds it (CGO_ENABLED=0 go build ./cmd/banger-agent) into dist/ before
-// bangerd is compiled.
+// the agent running in a guest always matches the host build.
+//
+// The binary is built by `go generate ./internal/agentbin` (make build
+// runs it) into dist/, which git ignores. A tree where it was never built
+// does not compile — the error points at the go:embed line below:
+//
+//	internal/agentbin/agentbin.go: pattern dist/banger-agent: no matching files found
+//
+// so `go build ./cmd/...` gives a working bangerd or fails at build time,
+// never at the first VM command. TestAgentIsFresh fails when the embedded
+// agent was built from other sources than the tree's.
 package agentbin
+
+//go:generate go run ./gen
 
 import (
 	"crypto/sha256"
-	"embed"
+	_ "embed"
 	"encoding/hex"
 	"errors"
-	"io/fs"
+	"strings"
 	"sync"
 )
 
-//go:embed dist
-var dist embed.FS
+// The guest agent. Missing? Run: go generate ./internal/agentbin
+//
+//go:embed dist/banger-agent
+var bin []byte
 
-// ErrMissing means this build was compiled without the agent.
-var ErrMissing = errors.New("this banger was built without the guest agent (internal/agentbin/dist/banger-agent): build it with 'make build'")
+//go:embed dist/banger-agent.sources
+var builtFrom string
+
+// ErrMissing means the embedded agent is empty (a broken build).
+var ErrMissing = errors.New("the embedded guest agent is empty: rebuild with 'go generate ./internal/agentbin' (or make build)")
 
 var (
 	once   sync.Once
-	bin    []byte
 	digest string
 )
 
-func load() {
-	b, err := fs.ReadFile(dist, "dist/banger-agent")
-	if err != nil || len(b) == 0 {
-		return
-	}
-	sum := sha256.Sum256(b)
-	bin, digest = b, hex.EncodeToString(sum[:])
-}
-
 // Binary returns the agent's static binary.
 func Binary() ([]byte, error) {
-	once.Do(load)
-	if bin == nil {
+	if len(bin) == 0 {
 		return nil, ErrMissing
 	}
 	return bin, nil
 }
 
 // Digest is the sha256 of the agent binary: the agent's identity in cache
-// keys (initrds, templates). Empty when the agent is missing.
+// keys (initrds, templates).
 func Digest() string {
-	once.Do(load)
+	once.Do(func() {
+		sum := sha256.Sum256(bin)
+		digest = hex.EncodeToString(sum[:])
+	})
 	return digest
 }
+
+// SourcesDigest is the digest of the sources the embedded agent was built
+// from (see package sources).
+func SourcesDigest() string { return strings.TrimSpace(builtFrom) }
