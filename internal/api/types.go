@@ -38,11 +38,20 @@ type Event struct {
 	Error    *Error    `json:"error,omitempty"`
 }
 
-// Progress reports a phase of a long operation.
+// Progress reports a phase of a long operation, and where it can, how much
+// of it is done: Done of Total Units (Total 0: unknown), and an estimate of
+// the time left. Step/Steps place the phase among the operation's phases
+// (image builds: 1..6). Elapsed is the time since the operation began.
 type Progress struct {
-	Phase   string `json:"phase"`
-	Detail  string `json:"detail,omitempty"`
-	Elapsed string `json:"elapsed,omitempty"`
+	Phase      string  `json:"phase"`
+	Detail     string  `json:"detail,omitempty"`
+	Elapsed    string  `json:"elapsed,omitempty"`
+	Step       int     `json:"step,omitempty"`
+	Steps      int     `json:"steps,omitempty"`
+	Done       int64   `json:"done,omitempty"`
+	Total      int64   `json:"total,omitempty"`
+	Unit       string  `json:"unit,omitempty"` // "bytes", "steps"
+	ETASeconds float64 `json:"eta_seconds,omitempty"`
 }
 
 // CreateVMRequest is the body of POST /v1/vms (answered with a stream).

@@ -21,13 +21,11 @@ func newImageCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// imageProgress always prints phases: builds take minutes.
-func (e *env) imageProgress(quiet bool) client.Progress {
-	return func(p api.Progress) {
-		if !quiet {
-			fmt.Fprintf(e.stderr, "banger: [%s] %s %s\n", p.Elapsed, p.Phase, p.Detail)
-		}
-	}
+// imageProgress shows every phase of an image command: builds take
+// minutes. With --json, the events are NDJSON on stdout and the command
+// ends with the result event.
+func (e *env) imageProgress(jsonOut bool) (client.Progress, func()) {
+	return e.progress(e.progressFor(jsonOut, true))
 }
 
 func newImageBuildCmd(e *env) *cobra.Command {
@@ -42,7 +40,12 @@ from the mirror the host's apt uses, with a persistent package cache),
 Debian's linux-image-cloud-amd64 kernel (as bzImage and as the ELF vmlinux
 inside it) and the virtio modules the guest needs. Built in a temporary
 directory and registered only when complete: an interrupted or failed
-build leaves nothing. NAME defaults to "default".`,
+build leaves nothing. NAME defaults to "default".
+
+Progress: on a terminal, one live line with the step (1/6 kernel ... 6/6
+done), a bar, the amount done (bytes for downloads, debootstrap's steps
+with the package it is at) and the time left; otherwise a line per step
+and per quarter of a long one; with --json, NDJSON events on stdout.`,
 		Args: args(cobra.MaximumNArgs(1)),
 		RunE: func(c *cobra.Command, a []string) error {
 			if len(a) == 1 {
@@ -59,12 +62,17 @@ build leaves nothing. NAME defaults to "default".`,
 			if err != nil {
 				return err
 			}
-			im, err := cl.BuildImage(c.Context(), req, e.imageProgress(jsonOut))
+			p, done := e.imageProgress(jsonOut)
+			im, err := cl.BuildImage(c.Context(), req, p)
+			done()
 			if err != nil {
+				if jsonOut {
+					return printEventError(e.stdout, err)
+				}
 				return err
 			}
 			if jsonOut {
-				return printJSON(e.stdout, im)
+				return printEventResult(e.stdout, im)
 			}
 			fmt.Fprintf(e.stdout, "%s %s\n", im.Name, im.Digest)
 			return nil
@@ -74,7 +82,7 @@ build leaves nothing. NAME defaults to "default".`,
 	cmd.Flags().StringVar(&pkgs, "packages", "", "comma-separated packages to install (default git,iproute2,ca-certificates,openssh-server)")
 	cmd.Flags().StringVar(&req.Size, "size", "", "root filesystem size (default 2G; sparse)")
 	cmd.Flags().StringVar(&req.Mirror, "mirror", "", "Debian mirror URL (default: the host's apt source)")
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the image as JSON")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print progress and the image as NDJSON events ({\"progress\":...} lines, then {\"result\":IMAGE})")
 	return cmd
 }
 
@@ -103,12 +111,17 @@ func newImageImportCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			im, err := cl.ImportImage(c.Context(), req, e.imageProgress(jsonOut))
+			p, done := e.imageProgress(jsonOut)
+			im, err := cl.ImportImage(c.Context(), req, p)
+			done()
 			if err != nil {
+				if jsonOut {
+					return printEventError(e.stdout, err)
+				}
 				return err
 			}
 			if jsonOut {
-				return printJSON(e.stdout, im)
+				return printEventResult(e.stdout, im)
 			}
 			fmt.Fprintf(e.stdout, "%s %s\n", im.Name, im.Digest)
 			return nil
@@ -118,7 +131,7 @@ func newImageImportCmd(e *env) *cobra.Command {
 	cmd.Flags().StringVar(&req.Rootfs, "rootfs", "", "ext4 root filesystem image")
 	cmd.Flags().StringVar(&req.Initrd, "initrd", "", "initrd (optional)")
 	cmd.Flags().StringVar(&req.Modules, "modules", "", "directory of .ko files with a load-order file (optional)")
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the image as JSON")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print progress and the image as NDJSON events ({\"progress\":...} lines, then {\"result\":IMAGE})")
 	return cmd
 }
 
@@ -239,12 +252,17 @@ of a shape; this command does it ahead of time.`,
 			if err != nil {
 				return err
 			}
-			t, err := cl.WarmImage(c.Context(), a[0], req, e.imageProgress(jsonOut))
+			p, done := e.imageProgress(jsonOut)
+			t, err := cl.WarmImage(c.Context(), a[0], req, p)
+			done()
 			if err != nil {
+				if jsonOut {
+					return printEventError(e.stdout, err)
+				}
 				return err
 			}
 			if jsonOut {
-				return printJSON(e.stdout, t)
+				return printEventResult(e.stdout, t)
 			}
 			fmt.Fprintf(e.stdout, "%s %s (%d vCPU, %d MiB, %s)\n", a[0], t.Key, t.VCPUs, t.MemoryMiB, humanSize(t.SizeBytes))
 			return nil
@@ -253,7 +271,7 @@ of a shape; this command does it ahead of time.`,
 	cmd.Flags().IntVar(&req.VCPUs, "vcpu", 0, "virtual CPUs (default: vm.vcpus)")
 	cmd.Flags().IntVar(&req.MemoryMiB, "mem", 0, "memory in MiB (default: vm.memory_mib)")
 	cmd.Flags().StringVar(&req.Disk, "disk", "", "root disk size (default: vm.disk)")
-	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the template as JSON")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print progress and the template as NDJSON events ({\"progress\":...} lines, then {\"result\":TEMPLATE})")
 	return cmd
 }
 

@@ -27,37 +27,14 @@ func addVMCommands(root *cobra.Command, e *env) {
 	root.AddCommand(vm, newImageCmd(e), newWorkspaceCmd(e))
 }
 
-// progressPrinter shows progress on stderr: a live line on a terminal,
-// nothing otherwise (scripts get the result or the error), except phases
-// that take minutes, which are always shown.
+// progressPrinter shows a VM command's progress on stderr: a live line on
+// a terminal; otherwise only long work (a first-use image build) and
+// warnings; nothing when quiet.
 func (e *env) progressPrinter(quiet bool) (client.Progress, func()) {
-	f, isFile := e.stderr.(*os.File)
-	tty := isFile && isTerminal(f)
-	last := ""
-	p := func(p api.Progress) {
-		if quiet {
-			return
-		}
-		line := fmt.Sprintf("[%s] %s: %s", p.Elapsed, p.Phase, p.Detail)
-		switch {
-		case p.Phase == "warning":
-			if tty {
-				fmt.Fprint(e.stderr, "\r\033[K")
-			}
-			fmt.Fprintf(e.stderr, "banger: warning: %s\n", p.Detail)
-		case tty:
-			fmt.Fprintf(e.stderr, "\r\033[K%s", truncate(line, 120))
-			last = line
-		case p.Phase == "image" || strings.HasPrefix(p.Phase, "debootstrap"):
-			fmt.Fprintf(e.stderr, "banger: %s\n", line)
-		}
+	if quiet {
+		return e.progress(progressQuiet)
 	}
-	done := func() {
-		if tty && last != "" {
-			fmt.Fprint(e.stderr, "\r\033[K")
-		}
-	}
-	return p, done
+	return e.progress(e.progressFor(false, false))
 }
 
 func truncate(s string, n int) string {

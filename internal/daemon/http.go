@@ -148,10 +148,11 @@ func (s *eventStream) send(ev api.Event) {
 	http.NewResponseController(s.w).Flush()
 }
 
-// Progress sends a progress event; it has the signature long operations
-// take as their progress callback.
-func (s *eventStream) Progress(phase, detail string) {
-	s.send(api.Event{Progress: &api.Progress{Phase: phase, Detail: detail, Elapsed: time.Since(s.start).Round(time.Millisecond).String()}})
+// Progress sends a progress event, stamped with the time since the
+// stream began; it is the progress.Func long operations report to.
+func (s *eventStream) Progress(p api.Progress) {
+	p.Elapsed = time.Since(s.start).Round(time.Millisecond).String()
+	s.send(api.Event{Progress: &p})
 }
 
 func (s *eventStream) finish(result any, err error) {

@@ -64,7 +64,7 @@ func (s *images) Resolve(ctx context.Context, name string, progress vm.Progress)
 		}
 		return im, err
 	}
-	progress("image", fmt.Sprintf("image %q not found: building it first (once: about a minute, seconds with a warm cache)", name))
+	progress.Phase("image", fmt.Sprintf("image %q not found: building it first (once: about a minute, seconds with a warm cache)", name))
 	return s.Build(ctx, api.BuildImageRequest{Name: name}, progress)
 }
 
@@ -158,7 +158,7 @@ func (d *Daemon) warmImage(ctx context.Context, name string, req api.WarmRequest
 	if vcpus < 1 || vcpus > 64 || mem < 128 || mem > 65536 {
 		return nil, errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d / --mem %d out of range", vcpus, mem))
 	}
-	progress("template", fmt.Sprintf("booting %s (%d vCPU, %d MiB) to snapshot it", name, vcpus, mem))
+	progress.Phase("template", fmt.Sprintf("booting %s (%d vCPU, %d MiB) to snapshot it", name, vcpus, mem))
 	return d.vms.WarmImage(ctx, man, im.Name, vcpus, mem, n)
 }
 

@@ -11,9 +11,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"banger/internal/errdefs"
+	"banger/internal/progress"
 	"banger/internal/system"
 )
 
@@ -180,18 +183,26 @@ func resolveKernelPackage(ctx context.Context, pkg string) (string, error) {
 	return "", errdefs.NotFound(fmt.Sprintf("apt-cache depends %s names no linux-image-<version> package", pkg))
 }
 
-// candidateVersion returns the version apt would install of pkg.
-func candidateVersion(ctx context.Context, pkg string) (string, error) {
+// candidateVersion returns the version apt would install of pkg, and the
+// size of its .deb (0 when apt does not say).
+func candidateVersion(ctx context.Context, pkg string) (string, int64, error) {
 	out, err := aptCache(ctx, "show", "--no-all-versions", pkg)
 	if err != nil {
-		return "", err
+		return "", 0, err
 	}
+	version, size := "", int64(0)
 	for _, line := range strings.Split(string(out), "\n") {
-		if v, ok := strings.CutPrefix(line, "Version: "); ok {
-			return strings.TrimSpace(v), nil
+		if v, ok := strings.CutPrefix(line, "Version: "); ok && version == "" {
+			version = strings.TrimSpace(v)
+		}
+		if v, ok := strings.CutPrefix(line, "Size: "); ok && size == 0 {
+			size, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 		}
 	}
-	return "", fmt.Errorf("apt-cache show %s: no Version field", pkg)
+	if version == "" {
+		return "", 0, fmt.Errorf("apt-cache show %s: no Version field", pkg)
+	}
+	return version, size, nil
 }
 
 // aptCache runs apt-cache; when the package lists are missing (a fresh
@@ -219,12 +230,12 @@ func aptCache(ctx context.Context, args ...string) ([]byte, error) {
 // versioned package), downloading it into cacheDir unless a package of that
 // name and version is already there. Downloads go through the host's apt
 // configuration and touch nothing outside cacheDir.
-func fetchKernelPackage(ctx context.Context, pkg, cacheDir string, progress func(string)) (kernelPackage, error) {
+func fetchKernelPackage(ctx context.Context, pkg, cacheDir string, progress progress.Func) (kernelPackage, error) {
 	name, err := resolveKernelPackage(ctx, pkg)
 	if err != nil {
 		return kernelPackage{}, fmt.Errorf("kernel package %s: %w", pkg, err)
 	}
-	version, err := candidateVersion(ctx, name)
+	version, size, err := candidateVersion(ctx, name)
 	if err != nil {
 		return kernelPackage{}, fmt.Errorf("kernel package %s: %w", name, err)
 	}
@@ -232,22 +243,43 @@ func fetchKernelPackage(ctx context.Context, pkg, cacheDir string, progress func
 	safeVersion := strings.NewReplacer(":", "%3a", "/", "_").Replace(version)
 	kp.Deb = filepath.Join(cacheDir, name+"_"+safeVersion+".deb")
 	if st, err := os.Stat(kp.Deb); err == nil && st.Mode().IsRegular() && st.Size() > 0 {
-		progress(fmt.Sprintf("using cached %s %s", name, version))
+		progress.Phase("kernel", fmt.Sprintf("using cached %s %s", name, version))
 		return kp, nil
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return kp, err
 	}
-	progress(fmt.Sprintf("downloading %s %s", name, version))
+	progress.Phase("kernel", fmt.Sprintf("downloading %s %s", name, version))
 	dl, err := os.MkdirTemp(cacheDir, ".download-*")
 	if err != nil {
 		return kp, err
 	}
 	defer os.RemoveAll(dl)
+	// apt-get says nothing while it downloads: watch the file grow.
+	meter := progress.NewMeter("kernel", "bytes", size)
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		t := time.NewTicker(250 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				meter.Set(dirBytes(dl), "downloading "+name)
+			}
+		}
+	}()
 	// The sandbox user (_apt) may not be able to write to the cache dir.
-	if _, err := system.RunOpts(ctx, system.Opts{Dir: dl}, "apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", name+"="+version); err != nil {
+	_, err = system.RunOpts(ctx, system.Opts{Dir: dl}, "apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", name+"="+version)
+	close(stop)
+	<-watched
+	if err != nil {
 		return kp, fmt.Errorf("download %s: %w", name, err)
 	}
+	meter.Finish("downloaded " + name)
 	debs, _ := filepath.Glob(filepath.Join(dl, "*.deb"))
 	if len(debs) != 1 {
 		return kp, fmt.Errorf("download %s: expected one .deb, found %d", name, len(debs))
@@ -256,6 +288,20 @@ func fetchKernelPackage(ctx context.Context, pkg, cacheDir string, progress func
 		return kp, err
 	}
 	return kp, nil
+}
+
+// dirBytes is the size of the regular files under dir.
+func dirBytes(dir string) int64 {
+	var n int64
+	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			if st, err := d.Info(); err == nil {
+				n += st.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 // extractedKernel is the part of an unpacked kernel package a build uses.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/api"
 	"banger/internal/errdefs"
 )
 
@@ -32,7 +33,8 @@ func TestBuildCancelDuringDebootstrap(t *testing.T) {
 		CacheDir:    filepath.Join(testCacheDir(), "build"), // warm: reach debootstrap fast
 		TmpDir:      tmpDir,
 		Dest:        dest,
-		Progress: func(phase, detail string) {
+		Progress: func(p api.Progress) {
+			phase, detail := p.Phase, p.Detail
 			t.Logf("%s: %s", phase, detail)
 			if phase == "debootstrap" {
 				entries, _ := os.ReadDir(tmpDir)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"banger/internal/errdefs"
+	"banger/internal/progress"
 )
 
 // ImportOptions describes an image made of files the user already has.
@@ -23,7 +24,7 @@ type ImportOptions struct {
 	TmpDir  string // scratch on Dest's file system; default Dest's parent
 	// Progress, if set, is told each phase: "check", "kernel", "rootfs",
 	// "modules", "manifest", "done".
-	Progress func(phase, detail string)
+	Progress progress.Func
 }
 
 // Import makes an image directory from a kernel, a root file system and
@@ -33,16 +34,13 @@ type ImportOptions struct {
 // (sparse), writes the manifest last and renames the result to Dest;
 // nothing is left behind on failure.
 func Import(ctx context.Context, o ImportOptions) (m *Manifest, err error) {
-	if o.Progress == nil {
-		o.Progress = func(string, string) {}
-	}
 	phase := "check"
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("import image %s: %s: %w", o.Name, phase, err)
 		}
 	}()
-	o.Progress(phase, o.Dest)
+	o.Progress.Phase(phase, o.Dest)
 	if !ValidName(o.Name) {
 		return nil, errdefs.InvalidArgument(fmt.Sprintf("image name %q: use letters, digits, '.', '_' and '-', starting with a letter or digit", o.Name))
 	}
@@ -93,7 +91,7 @@ func Import(ctx context.Context, o ImportOptions) (m *Manifest, err error) {
 	man := &Manifest{Name: o.Name, Source: SourceImport, Modules: loadOrder}
 	step := func(name, detail string) error {
 		phase = name
-		o.Progress(name, detail)
+		o.Progress.Phase(name, detail)
 		return ctx.Err()
 	}
 
@@ -162,7 +160,7 @@ func Import(ctx context.Context, o ImportOptions) (m *Manifest, err error) {
 		return nil, err
 	}
 	phase = "done"
-	o.Progress("done", fmt.Sprintf("%s (digest %s)", o.Dest, man.ShortDigest()))
+	o.Progress.Phase("done", fmt.Sprintf("%s (digest %s)", o.Dest, man.ShortDigest()))
 	return man, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"banger/internal/api"
 	"banger/internal/errdefs"
 )
 
@@ -100,7 +101,7 @@ func TestImportBzImageAndELF(t *testing.T) {
 	m, err := Import(context.Background(), ImportOptions{
 		Name: "imported", Kernel: k.BzImage, Rootfs: rootfs, Modules: mods, Initrd: initrd,
 		Dest:     filepath.Join(base, "img"),
-		Progress: func(p, _ string) { phases = append(phases, p) },
+		Progress: func(p api.Progress) { phases = append(phases, p.Phase) },
 	})
 	if err != nil {
 		t.Fatal(err)

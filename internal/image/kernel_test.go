@@ -40,7 +40,7 @@ func testKernel(t *testing.T) extractedKernel {
 	t.Helper()
 	debianKernel.once.Do(func() {
 		ctx := context.Background()
-		kp, err := fetchKernelPackage(ctx, DefaultKernelPackage, filepath.Join(testCacheDir(), "build", "kernel"), func(string) {})
+		kp, err := fetchKernelPackage(ctx, DefaultKernelPackage, filepath.Join(testCacheDir(), "build", "kernel"), nil)
 		if err != nil {
 			debianKernel.err = err
 			return

@@ -40,7 +40,12 @@ func debootstrap(ctx context.Context, o *BuildOptions, target string) error {
 		argv = append(argv, "--include="+strings.Join(o.Packages, ","))
 	}
 	argv = append(argv, o.Suite, target, o.Mirror)
-	_, err = system.RunOpts(ctx, system.Opts{Stdout: o.Log, Stderr: o.Log}, argv...)
+	meter := newBootstrapMeter(o)
+	out := io.MultiWriter(o.Log, meter)
+	_, err = system.RunOpts(ctx, system.Opts{Stdout: out, Stderr: o.Log}, argv...)
+	if err == nil {
+		meter.done()
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"banger/internal/progress"
 	"banger/internal/system"
 )
 
@@ -96,19 +97,42 @@ func tarArgs(c treeCache, verb ...string) []string {
 }
 
 // restore extracts the cached tree into root (which must not exist). It
-// returns false when there is no cached tree.
-func (c treeCache) restore(ctx context.Context, root string, log io.Writer) (bool, error) {
-	if _, err := os.Stat(c.path()); err != nil {
+// returns false when there is no cached tree. The archive is fed to tar
+// through a meter (progress in bytes).
+func (c treeCache) restore(ctx context.Context, root string, log io.Writer, p progress.Func) (bool, error) {
+	f, err := os.Open(c.path())
+	if err != nil {
 		return false, nil
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, err
 	}
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return false, err
 	}
-	argv := tarArgs(c, "--extract", "--file", c.path(), "--same-permissions", "--same-owner", "-C", root)
-	if _, err := system.RunOpts(ctx, system.Opts{Stdout: log, Stderr: log}, argv...); err != nil {
+	m := p.NewMeter("debootstrap", "bytes", st.Size())
+	in := &meteredReader{r: f, m: m, detail: "restoring the cached root tree"}
+	argv := tarArgs(c, "--extract", "--file", "-", "--same-permissions", "--same-owner", "-C", root)
+	if _, err := system.RunOpts(ctx, system.Opts{Stdin: in, Stdout: log, Stderr: log}, argv...); err != nil {
 		return false, fmt.Errorf("restore cached tree: %w", err)
 	}
+	m.Finish("restored the cached root tree")
 	return true, nil
+}
+
+// meteredReader counts what is read through it.
+type meteredReader struct {
+	r      io.Reader
+	m      *progress.Meter
+	detail string
+}
+
+func (r *meteredReader) Read(b []byte) (int, error) {
+	n, err := r.r.Read(b)
+	r.m.Add(int64(n), r.detail)
+	return n, err
 }
 
 // save archives the tree at root into the cache and removes older trees

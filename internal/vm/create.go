@@ -149,13 +149,13 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	defer unlock()
 
 	m.log.Info("create vm", "vm", req.Name, "id", id, "image", img.Name, "vcpus", spec.VCPUs, "mem", spec.MemoryMiB)
-	progress("disk", "copy-on-write root over image "+img.Name)
+	progress.Phase("disk", "copy-on-write root over image "+img.Name)
 	if err := os.MkdirAll(m.layout.VMDir(id), 0o755); err != nil {
 		return api.VM{}, err
 	}
 	u.push(func(context.Context) { os.RemoveAll(m.layout.VMDir(id)) })
 	if req.Workspace != nil {
-		progress("workspace", "attaching work disk")
+		progress.Phase("workspace", "attaching work disk")
 		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace, sp != nil); err != nil {
 			return api.VM{}, err
 		}
@@ -177,7 +177,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 			return api.VM{}, ctx.Err()
 		}
 		m.log.Warn("spare clone failed: restoring on demand", "vm", req.Name, "template", sp.key, "err", err)
-		progress("warning", fmt.Sprintf("spare clone failed (%v): restoring on demand", err))
+		progress.Phase("warning", fmt.Sprintf("spare clone failed (%v): restoring on demand", err))
 		m.destroySpare(sp, true)
 		if err := m.resetBoot(ctx, r); err != nil {
 			return api.VM{}, err
@@ -196,7 +196,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 			return api.VM{}, ctx.Err()
 		}
 		m.log.Warn("warm start failed: booting cold", "vm", req.Name, "template", tpl.Key, "err", err)
-		progress("warning", fmt.Sprintf("warm start failed (%v): booting cold", err))
+		progress.Phase("warning", fmt.Sprintf("warm start failed (%v): booting cold", err))
 		if err := m.resetBoot(ctx, r); err != nil {
 			return api.VM{}, err
 		}
@@ -269,7 +269,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		NICs:       nics,
 		RuntimeDir: rt, ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
 	}
-	progress("boot", fmt.Sprintf("%s, %d vCPU, %d MiB", m.backend.Name(), spec.VCPUs, spec.MemoryMiB))
+	progress.Phase("boot", fmt.Sprintf("%s, %d vCPU, %d MiB", m.backend.Name(), spec.VCPUs, spec.MemoryMiB))
 	start := time.Now()
 	h, err := m.backend.Start(ctx, spec)
 	if err != nil {
@@ -286,7 +286,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 	if err := r.save(ctx, m.store); err != nil {
 		return err
 	}
-	progress("agent", "waiting for the guest agent")
+	progress.Phase("agent", "waiting for the guest agent")
 	if err := m.waitReady(ctx, r, netcfg, mounts); err != nil {
 		return err
 	}
@@ -294,7 +294,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		return err
 	}
 	u.push(func(context.Context) { m.closeForwards(id) })
-	progress("ready", fmt.Sprintf("guest ready in %s", time.Since(start).Round(10*time.Millisecond)))
+	progress.Phase("ready", fmt.Sprintf("guest ready in %s", time.Since(start).Round(10*time.Millisecond)))
 	r.row.State = StateRunning
 	r.row.StartedAt = time.Now()
 	r.row.LastError = ""

@@ -101,7 +101,7 @@ func (m *Manager) checkExported(ctx context.Context, r *record, state string) (e
 			return err
 		}
 		var u undo
-		if err := m.boot(ctx, r, man, func(string, string) {}, &u, false); err != nil {
+		if err := m.boot(ctx, r, man, nil, &u, false); err != nil {
 			u.run()
 			return fmt.Errorf("vm %s: boot to check its workspace for unexported edits: %w (delete with --force to skip the check)", r.row.Name, err)
 		}

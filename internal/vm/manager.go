@@ -31,6 +31,7 @@ import (
 	"banger/internal/errdefs"
 	"banger/internal/network"
 	"banger/internal/paths"
+	"banger/internal/progress"
 	"banger/internal/store"
 	"banger/internal/template"
 	"banger/internal/vmm"
@@ -78,7 +79,7 @@ type Images interface {
 }
 
 // Progress receives phase updates of long operations.
-type Progress func(phase, detail string)
+type Progress = progress.Func
 
 // Options configure a Manager.
 type Options struct {

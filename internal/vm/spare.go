@@ -270,7 +270,7 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 func (m *Manager) adoptSpare(ctx context.Context, r *record, man *image.Manifest, s *spare, progress Progress, u *undo) error {
 	start := time.Now()
 	id := r.row.ID
-	progress("restore", "warm start from a ready clone of template "+s.key[:12])
+	progress.Phase("restore", "warm start from a ready clone of template "+s.key[:12])
 	var netcfg *agent.NetConfig
 	if s.net {
 		tap := s.tap

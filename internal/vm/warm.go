@@ -60,7 +60,7 @@ func (m *Manager) warmTemplate(ctx context.Context, r *record, man *image.Manife
 	if done := m.opts.Templates.Building(sh.Key()); !ok && done != nil {
 		// Being built, alongside a cold boot of this shape moments ago:
 		// usually done sooner than a cold boot would be.
-		progress("template", "waiting for the warm-start template being built")
+		progress.Phase("template", "waiting for the warm-start template being built")
 		select {
 		case <-done:
 		case <-ctx.Done():
@@ -74,7 +74,7 @@ func (m *Manager) warmTemplate(ctx context.Context, r *record, man *image.Manife
 			// There, but incomplete or damaged: say so, boot cold; it is
 			// rebuilt in the background.
 			m.log.Warn("warm template damaged: cold boot", "vm", r.row.Name, "template", sh.Key())
-			progress("warning", fmt.Sprintf("warm-start template %s is damaged: booting cold (it will be rebuilt)", sh.Key()[:12]))
+			progress.Phase("warning", fmt.Sprintf("warm-start template %s is damaged: booting cold (it will be rebuilt)", sh.Key()[:12]))
 		}
 		return nil, sh
 	}
@@ -123,7 +123,7 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 		return err
 	}
 	local.push(func(context.Context) { os.RemoveAll(rt) })
-	progress("restore", "warm start from template "+t.Key[:12])
+	progress.Phase("restore", "warm start from template "+t.Key[:12])
 	src := m.templateSource(man, initrd)
 	h, err := m.backend.Start(ctx, vmm.Spec{
 		ID: id, VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB,
@@ -179,7 +179,7 @@ func (m *Manager) cloneRunning(ctx context.Context, r *record, h vmm.Handle, key
 		return err
 	}
 	m.startWatch(r)
-	progress("ready", fmt.Sprintf("guest ready in %s (warm)", time.Since(start).Round(time.Millisecond)))
+	progress.Phase("ready", fmt.Sprintf("guest ready in %s (warm)", time.Since(start).Round(time.Millisecond)))
 	return nil
 }
 

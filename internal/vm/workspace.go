@@ -136,7 +136,7 @@ func (m *Manager) ExportPatch(ctx context.Context, name string, w io.Writer) err
 		return errdefs.NotFound(fmt.Sprintf("vm %s has no workspace (create it with a repository, or 'banger workspace prepare')", r.row.Name))
 	}
 	if st := m.derive(ctx, r); st == StateStopped || st == StateError {
-		if _, err := m.Start(ctx, name, func(string, string) {}); err != nil {
+		if _, err := m.Start(ctx, name, nil); err != nil {
 			return fmt.Errorf("start vm %s for the export: %w", r.row.Name, err)
 		}
 		defer m.Stop(context.WithoutCancel(ctx), name, StopOptions{})

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/api"
 	"banger/internal/image"
 )
 
@@ -105,8 +106,10 @@ func Ensure(ctx context.Context, logf func(format string, args ...any)) (string,
 	defer logFile.Close()
 	o.Log = logFile
 	start := time.Now()
-	o.Progress = func(phase, detail string) {
-		logf("imagetest: [%5.1fs] %s: %s", time.Since(start).Seconds(), phase, detail)
+	o.Progress = func(p api.Progress) {
+		if p.Unit == "" { // phases, not the meters' ticks
+			logf("imagetest: [%5.1fs] %s: %s", time.Since(start).Seconds(), p.Phase, p.Detail)
+		}
 	}
 	logf("imagetest: building test image %s (log: %s)", o.Dest, logPath)
 	m, err := image.Build(ctx, o)
