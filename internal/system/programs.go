@@ -125,6 +125,12 @@ func Lookup(name string) (Program, bool) {
 			return p, true
 		}
 	}
+	// Patterns (banger's own test binaries, *.test) come last.
+	for _, p := range registry() {
+		if ok, _ := filepath.Match(p.Name, base); ok && p.Self() && strings.ContainsAny(p.Name, "*?[") {
+			return p, true
+		}
+	}
 	return Program{}, false
 }
 
