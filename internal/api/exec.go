@@ -34,6 +34,11 @@ const (
 	FrameStdout   byte = 11
 	FrameStderr   byte = 12
 	FrameExit     byte = 13 // payload: JSON ExecExit
+	// Runs only (POST /v1/runs): an Event (progress of the create, or a
+	// notice), and the Run that ends the stream (after FrameExit, if the
+	// command ran).
+	FrameEvent  byte = 14
+	FrameResult byte = 15
 )
 
 // MaxFrame bounds one frame's payload.

@@ -166,11 +166,13 @@ type ForwardRequest struct {
 }
 
 // WorkspaceSpec asks create to attach a work disk the client built (as the
-// repository's owner) with internal/workspace.BuildDisk. The daemon takes
-// the file over (renames or copies it into the VM's directory).
+// repository's owner) with internal/workspace.BuildDisk and uploaded as an
+// open file descriptor (POST /v1/uploads): the daemon never opens a path a
+// client names.
 type WorkspaceSpec struct {
-	Disk string `json:"disk"`           // host path of the work disk image
-	Path string `json:"path,omitempty"` // mount point in the guest, default /root/repo
+	Upload string `json:"upload"`         // token of the uploaded work disk
+	Disk   string `json:"-"`              // the daemon's own copy (set by the daemon)
+	Path   string `json:"path,omitempty"` // mount point in the guest, default /root/repo
 	Repo string `json:"repo,omitempty"` // host work tree
 	Base Base   `json:"base"`
 }
@@ -229,4 +231,101 @@ type WarmRequest struct {
 type PruneResult struct {
 	Removed []string `json:"removed"` // template keys
 	Bytes   int64    `json:"bytes"`   // disk space freed
+}
+
+// UploadUpgrade is the Upgrade protocol of POST /v1/uploads: after the 101
+// the client sends one byte carrying an open file descriptor (SCM_RIGHTS)
+// of the file to upload, and the daemon answers with one line of JSON, an
+// Upload or an Error. The daemon copies the file's data from the
+// descriptor into a file of its own: it never opens a path a client names.
+const UploadUpgrade = "banger-upload"
+
+// Upload answers an upload: a token that a create or run request of the
+// same user names (WorkspaceSpec.Upload), valid for UploadTTL.
+type Upload struct {
+	Token string `json:"token,omitempty"`
+	Bytes int64  `json:"bytes,omitempty"` // apparent size
+	Error *Error `json:"error,omitempty"`
+}
+
+// RunUpgrade is the Upgrade protocol of POST /v1/runs (the frames of exec,
+// plus FrameEvent and FrameResult).
+const RunUpgrade = "banger-run"
+
+// RunRequest is the body of POST /v1/runs: create a VM, run one command
+// in it, bring its workspace edits back and (unless Keep) delete it. The
+// daemon completes every step even when the client goes away: the result,
+// and the patch of the workspace edits, are kept and readable afterwards.
+type RunRequest struct {
+	VM   CreateVMRequest `json:"vm"`
+	Exec ExecRequest     `json:"exec"`
+	// Keep leaves the VM running at the end (vm run without --rm).
+	Keep bool `json:"keep,omitempty"`
+	// Export exports the workspace's edits at the end even when Keep is
+	// set (the client wants to apply them, or make a branch or a file).
+	Export bool `json:"export,omitempty"`
+	// TimeoutSeconds ends the command (SIGTERM, then SIGKILL 10 s later)
+	// when it runs longer; 0: no limit.
+	TimeoutSeconds int `json:"timeout_seconds,omitempty"`
+	// Detach keeps the command running when the client goes away (by
+	// default it is hung up, as ssh does, and a create is cancelled).
+	Detach bool `json:"detach,omitempty"`
+}
+
+// Run states.
+const (
+	RunCreating    = "creating"
+	RunRunning     = "running"
+	RunExporting   = "exporting"
+	RunDeleting    = "deleting"
+	RunDone        = "done"        // the command ran; ExitCode says how it ended
+	RunFailed      = "failed"      // banger failed (Error says why)
+	RunCancelled   = "cancelled"   // interrupted before the command started
+	RunInterrupted = "interrupted" // the daemon stopped or died mid-run; finished at its next start
+)
+
+// Run is a run's record, as stored and shown (banger run show).
+type Run struct {
+	ID        string    `json:"id"`
+	State     string    `json:"state"`
+	VM        string    `json:"vm"`
+	Argv      []string  `json:"argv"`
+	Repo      string    `json:"repo,omitempty"`
+	Keep      bool      `json:"keep,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	EndedAt   time.Time `json:"ended_at,omitempty"`
+	// ExitCode is the command's (128+N for signal N); -1 when it never
+	// ran or its end is unknown.
+	ExitCode  int       `json:"exit_code"`
+	Signal    int       `json:"signal,omitempty"`
+	TimedOut  bool      `json:"timed_out,omitempty"`
+	Error     *Error    `json:"error,omitempty"`
+	VMDeleted bool      `json:"vm_deleted,omitempty"`
+	Patch     *RunPatch `json:"patch,omitempty"`
+	// Outcome is what the client did with the patch ("applied to REPO",
+	// "branch NAME at COMMIT", "written to FILE", "rescue saved in FILE").
+	Outcome string `json:"outcome,omitempty"`
+	// Stdout and Stderr are the last bytes of the command's output.
+	Stdout string `json:"stdout_tail,omitempty"`
+	Stderr string `json:"stderr_tail,omitempty"`
+	// Phases are the durations of create, exec, export and delete, in
+	// milliseconds.
+	Phases map[string]int64 `json:"phases_ms,omitempty"`
+}
+
+// RunPatch is the workspace patch a run exported, kept by the daemon
+// (GET /v1/runs/{id}/patch) until the run is removed.
+type RunPatch struct {
+	SHA256   string `json:"sha256"`
+	Bytes    int64  `json:"bytes"`
+	Files    int    `json:"files"`
+	Diffstat string `json:"diffstat,omitempty"`
+	// Refused says why the guest's output is not a patch banger applies
+	// (it is kept as it came, for a person to read).
+	Refused string `json:"refused,omitempty"`
+}
+
+// RunOutcomeRequest is the body of POST /v1/runs/{id}/outcome.
+type RunOutcomeRequest struct {
+	Outcome string `json:"outcome"`
 }

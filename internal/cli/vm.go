@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -24,7 +25,7 @@ func addVMCommands(root *cobra.Command, e *env) {
 	vm := group(&cobra.Command{Use: "vm", Short: "Create, run, inspect and remove VMs"})
 	vm.AddCommand(newVMCreateCmd(e), newVMListCmd(e), newVMShowCmd(e), newVMExecCmd(e), newVMRunCmd(e),
 		newVMDeleteCmd(e), newVMStopCmd(e), newVMStartCmd(e), newVMRestartCmd(e), newVMSetCmd(e), newVMLogsCmd(e), newVMSSHCmd(e), newVMPortCmd(e))
-	root.AddCommand(vm, newImageCmd(e), newWorkspaceCmd(e))
+	root.AddCommand(vm, newImageCmd(e), newWorkspaceCmd(e), newRunCmd(e))
 }
 
 // progressPrinter shows a VM command's progress on stderr: a live line on
@@ -93,17 +94,16 @@ func newVMCreateCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if f.workspace != "" {
-				ws, cleanup, err := e.buildWorkDisk(c.Context(), f.workspace, f.untracked, f.wsPath)
-				if err != nil {
-					return err
-				}
-				defer cleanup()
-				req.Workspace = ws
-			}
 			cl, err := e.client(c.Context())
 			if err != nil {
 				return err
+			}
+			if f.workspace != "" {
+				ws, err := e.buildWorkDisk(c.Context(), cl, f.workspace, f.untracked, f.wsPath)
+				if err != nil {
+					return err
+				}
+				req.Workspace = ws
 			}
 			p, done := e.progressPrinter(jsonOut)
 			v, err := cl.CreateVM(c.Context(), req, p)
@@ -369,8 +369,9 @@ func (r *runError) Unwrap() error { return r.error }
 func newVMRunCmd(e *env) *cobra.Command {
 	var cf createFlags
 	var f execFlags
-	var rm, untracked bool
+	var rm, untracked, detach bool
 	var name, exportFlag, path string
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "run [flags] [REPO] -- CMD [ARG...]",
 		Short: "Create a VM, ship REPO into it, run one command there, pass its exit code back",
@@ -378,15 +379,20 @@ func newVMRunCmd(e *env) *cobra.Command {
 the VM is deleted afterwards, whatever happened (also on Ctrl-C, which is
 first delivered to CMD). banger's own failures exit 125.
 
+The run belongs to bangerd: create, command, export and delete are one
+operation that goes on to its end if this client is interrupted or killed
+(the command is then hung up, unless --detach). Its record and the edits
+it exported stay readable: banger run ls, banger run show ID.
+
 With REPO (e.g. "."), the repository's tracked files (with uncommitted
 edits; untracked ones with --include-untracked) are shipped to --path on a
 work disk and CMD runs there. Edits CMD makes come back:
   --export apply         applied to REPO's working tree
   --export branch:NAME   as a commit on a new branch
   --export patch:FILE    as a patch file
-and with no --export, nothing is lost: before --rm removes the VM, the
-edits are saved as a patch in REPO's git dir, and its path and a diffstat
-are printed.
+and with no --export, nothing is lost: before --rm removes the VM, bangerd
+keeps the edits (banger run patch ID), and they are saved as a patch in
+REPO's git dir, whose path and a diffstat are printed.
 
   banger vm run --rm -- uname -a
   banger vm run --rm . -- make test
@@ -414,18 +420,24 @@ are printed.
 			if repo == "" && (exportFlag != "" || untracked) {
 				return usageError{errors.New("--export and --include-untracked need a REPO before --")}
 			}
-			req, err := cf.request(name, c)
+			if timeout < 0 {
+				return usageError{fmt.Errorf("--timeout %s: must not be negative", timeout)}
+			}
+			vmReq, err := cf.request(name, c)
 			if err != nil {
 				return runFailure(err)
 			}
 			ctx := c.Context()
+			cl, err := e.client(ctx)
+			if err != nil {
+				return runFailure(err)
+			}
 			if repo != "" {
-				ws, cleanup, err := e.buildWorkDisk(ctx, repo, untracked, path)
+				ws, err := e.buildWorkDisk(ctx, cl, repo, untracked, path)
 				if err != nil {
 					return runFailure(err)
 				}
-				defer cleanup()
-				req.Workspace = ws
+				vmReq.Workspace = ws
 				if f.dir == "" {
 					f.dir = ws.Path
 					if f.dir == "" {
@@ -433,57 +445,140 @@ are printed.
 					}
 				}
 			}
-			cl, err := e.client(ctx)
+			req := api.RunRequest{VM: vmReq, Keep: !rm, Export: exportFlag != "", Detach: detach,
+				TimeoutSeconds: int((timeout + time.Second - 1) / time.Second)}
+			r, err := e.watchRun(ctx, cl, req, argv, f)
 			if err != nil {
 				return runFailure(err)
 			}
-			p, done := e.progressPrinter(false)
-			v, err := cl.CreateVM(ctx, req, p)
-			done()
-			if err != nil {
-				return runFailure(err)
-			}
-			code, execErr := e.runExec(ctx, cl, v.Name, argv, f)
 			// What follows must happen even after Ctrl-C.
 			post, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 			defer cancel()
-			saved := true
-			if v.Workspace != nil && (rm || exportFlag != "") {
-				if _, err := e.export(post, cl, v.Name, v.Workspace, mode); err != nil {
-					fmt.Fprintf(e.stderr, "banger: exporting the workspace of vm %s: %v\n", v.Name, err)
-					saved = false
-					if execErr == nil {
-						execErr = err
+			var runErr error
+			if r.Error != nil {
+				runErr = api.FromWire(r.Error)
+			}
+			if r.Patch != nil && vmReq.Workspace != nil {
+				if err := e.useRunPatch(post, cl, r, vmReq.Workspace, mode); err != nil {
+					fmt.Fprintf(e.stderr, "banger: the edits of vm %s are kept by bangerd (banger run patch %s): %v\n", r.VM, r.ID, err)
+					if runErr == nil {
+						runErr = err
 					}
 				}
 			}
 			switch {
-			case rm && saved:
-				if err := cl.DeleteVM(post, v.Name, true); err != nil {
-					fmt.Fprintf(e.stderr, "banger: removing vm %s: %v\n", v.Name, err)
-					if execErr == nil {
-						execErr = err
-					}
+			case r.State == api.RunCancelled:
+				if runErr == nil {
+					runErr = errdefs.Unavailable("run cancelled before the command started")
 				}
-			case rm:
-				fmt.Fprintf(e.stderr, "banger: vm %s is kept because its edits could not be saved; export them with 'banger workspace export %s', then 'banger vm delete %s'\n", v.Name, v.Name, v.Name)
-			default:
-				fmt.Fprintf(e.stderr, "banger: vm %s is still running (banger vm delete %s)\n", v.Name, v.Name)
+			case !rm && r.VM != "":
+				fmt.Fprintf(e.stderr, "banger: vm %s is still running (banger vm delete %s)\n", r.VM, r.VM)
+			case rm && !r.VMDeleted && r.VM != "":
+				fmt.Fprintf(e.stderr, "banger: vm %s is kept (%s); export its edits with 'banger workspace export %s', then 'banger vm delete %s'\n", r.VM, r.State, r.VM, r.VM)
 			}
-			if execErr != nil {
-				return runFailure(execErr)
+			if r.TimedOut {
+				fmt.Fprintf(e.stderr, "banger: the command ran longer than --timeout %s and was ended\n", timeout)
 			}
-			return exitError{code}
+			if runErr != nil {
+				return runFailure(runErr)
+			}
+			return exitError{r.ExitCode}
 		},
 	}
 	cf.add(cmd)
 	f.add(cmd)
-	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command ends (saving workspace edits first)")
+	cmd.Flags().BoolVar(&rm, "rm", false, "delete the VM when the command ends (its workspace edits kept first)")
 	cmd.Flags().StringVar(&name, "name", "", "name of the VM (default: vm-<random>)")
 	cmd.Flags().BoolVar(&untracked, "include-untracked", false, "also ship untracked files that are not ignored")
 	cmd.Flags().StringVar(&exportFlag, "export", "", "bring workspace edits back: apply, branch:NAME or patch:FILE")
 	cmd.Flags().StringVar(&path, "path", workspace.DefaultPath, "where REPO goes in the guest")
+	cmd.Flags().BoolVar(&detach, "detach", false, "keep the command running if this client goes away (the run's result stays in banger run show)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "end the command after this long (SIGTERM, SIGKILL 10 s later); 0: no limit")
 	return cmd
+}
+
+// watchRun starts a run and streams it with this process's stdio,
+// forwarding signals and window size; it returns the run's record.
+func (e *env) watchRun(ctx context.Context, cl *client.Client, req api.RunRequest, argv []string, f execFlags) (api.Run, error) {
+	for _, kv := range f.env {
+		if !strings.Contains(kv, "=") || strings.HasPrefix(kv, "=") {
+			return api.Run{}, usageError{fmt.Errorf("--env %q: want KEY=VALUE", kv)}
+		}
+	}
+	req.Exec = api.ExecRequest{Argv: argv, Env: f.env, Dir: f.dir}
+	p, done := e.progressPrinter(false)
+	stdio := client.RunIO{Stdout: e.stdout, Stderr: e.stderr, Progress: p}
+	if !f.noStdin {
+		stdio.Stdin = e.stdin
+	}
+	inF, inIsFile := e.stdin.(*os.File)
+	if f.tty {
+		if !inIsFile || !isTerminal(inF) {
+			done()
+			return api.Run{}, errdefs.InvalidArgument("--tty needs stdin to be a terminal")
+		}
+		req.Exec.TTY = true
+		req.Exec.Rows, req.Exec.Cols = termSize(inF)
+	}
+	// The command's output clears the progress line first.
+	var once sync.Once
+	for _, w := range []*io.Writer{&stdio.Stdout, &stdio.Stderr} {
+		out := *w
+		*w = writerFunc(func(b []byte) (int, error) {
+			once.Do(done)
+			return out.Write(b)
+		})
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGWINCH)
+	defer signal.Stop(sigs)
+	s, err := cl.StartRun(context.WithoutCancel(ctx), req, stdio)
+	if err != nil {
+		done()
+		return api.Run{}, err
+	}
+	defer done()
+	var restore func()
+	if f.tty {
+		if restore, err = makeRaw(inF); err != nil {
+			s.Close()
+			return api.Run{}, err
+		}
+		defer restore()
+	}
+	for {
+		select {
+		case sg := <-sigs:
+			if sg == syscall.SIGWINCH {
+				if f.tty {
+					s.Resize(termSize(inF))
+				}
+				continue
+			}
+			s.Signal(int(sg.(syscall.Signal)))
+		case <-s.Done():
+			return s.Wait()
+		}
+	}
+}
+
+// useRunPatch fetches the patch a run kept and uses it as mode says, then
+// records the outcome with the run.
+func (e *env) useRunPatch(ctx context.Context, cl *client.Client, r api.Run, ws *api.WorkspaceSpec, mode exportMode) error {
+	rc, err := cl.RunPatch(ctx, r.ID)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, _, outcome, err := e.usePatch(ctx, rc, r.VM, ws.Repo, ws.Base, mode)
+	if err != nil {
+		cl.SetRunOutcome(ctx, r.ID, "not used: "+err.Error())
+		return err
+	}
+	if outcome != "" {
+		return cl.SetRunOutcome(ctx, r.ID, outcome)
+	}
+	return nil
 }
 
 func newVMDeleteCmd(e *env) *cobra.Command {
@@ -642,4 +737,6 @@ func newVMLogsCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-var _ = io.EOF
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

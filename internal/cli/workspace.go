@@ -22,25 +22,26 @@ import (
 // The CLI, not the daemon, reads the user's repository: git runs as the
 // repository's owner, and objects it writes stay theirs.
 
-// buildWorkDisk lists the repository's files and builds a work disk for a
-// new VM; the daemon takes the file over.
-func (e *env) buildWorkDisk(ctx context.Context, dir string, untracked bool, path string) (*api.WorkspaceSpec, func(), error) {
+// buildWorkDisk lists the repository's files, builds a work disk for a new
+// VM and uploads it to the daemon as an open file descriptor (the daemon
+// never opens a path the client names); the local file is removed.
+func (e *env) buildWorkDisk(ctx context.Context, cl *client.Client, dir string, untracked bool, path string) (*api.WorkspaceSpec, error) {
 	set, err := workspace.List(ctx, dir, workspace.ListOptions{IncludeUntracked: untracked})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	if len(set.Submodules) > 0 {
 		fmt.Fprintf(e.stderr, "banger: submodules %s are shipped as plain files; edits in them are not exported\n", strings.Join(set.Submodules, ", "))
 	}
 	if err := os.MkdirAll(e.layout.TmpDir(), 0o755); err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	f, err := os.CreateTemp(e.layout.TmpDir(), "work-*.ext4")
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	f.Close()
-	cleanup := func() { os.Remove(f.Name()) }
+	defer os.Remove(f.Name())
 	// A disk of exactly the warm slot's size can go into a warm clone;
 	// a tree too big for it gets its own size (and a cold boot). The
 	// image is sparse: unused space costs nothing.
@@ -50,11 +51,19 @@ func (e *env) buildWorkDisk(ctx context.Context, dir string, untracked bool, pat
 	}
 	info, err := workspace.BuildDisk(ctx, set.Root, set, workspace.DiskOptions{Dest: f.Name(), Size: size})
 	if err != nil {
-		cleanup()
-		return nil, nil, err
+		return nil, err
 	}
-	return &api.WorkspaceSpec{Disk: info.Path, Path: path, Repo: set.Root,
-		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, cleanup, nil
+	disk, err := os.Open(info.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer disk.Close()
+	up, err := cl.Upload(ctx, disk)
+	if err != nil {
+		return nil, fmt.Errorf("hand the work disk to bangerd: %w", err)
+	}
+	return &api.WorkspaceSpec{Upload: up.Token, Path: path, Repo: set.Root,
+		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, nil
 }
 
 // exportMode is one of: "" (save a rescue patch when there are edits),
@@ -73,25 +82,41 @@ func parseExportMode(s string) (exportMode, error) {
 	return "", usageError{fmt.Errorf("--export %q: want apply, branch:NAME or patch:FILE", s)}
 }
 
-// export fetches a VM's workspace patch, validates it and saves it as
-// mode says; then tells the daemon it was saved. It returns the patch.
+// export fetches a VM's workspace patch, validates it and uses it as mode
+// says; then tells the daemon it was saved. It returns the patch.
 func (e *env) export(ctx context.Context, cl *client.Client, vm string, ws *api.WorkspaceInfo, mode exportMode) (*workspace.Patch, error) {
 	rc, err := cl.ExportWorkspace(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
+	p, sum, _, err := e.usePatch(ctx, rc, vm, ws.Repo, ws.Base, mode)
+	if err != nil {
+		return p, err
+	}
+	if merr := cl.MarkExported(ctx, vm, sum); merr != nil {
+		return p, merr
+	}
+	return p, nil
+}
+
+// usePatch reads a workspace patch (untrusted guest output), validates it
+// and uses it as mode says: a rescue file in repo's git dir (""), applied
+// to repo ("apply"), a branch ("branch:NAME"), stdout ("-") or a file. It
+// returns the patch, its sha256 and what was done, for people. Output that
+// ParsePatch refuses is still kept, raw, as a rescue file when mode is "".
+func (e *env) usePatch(ctx context.Context, r io.Reader, label, repo string, base api.Base, mode exportMode) (*workspace.Patch, string, string, error) {
 	// Spool the guest's output: if it is refused, the rescue path still
 	// keeps it (nothing is lost on --rm).
 	spool, err := os.CreateTemp("", "banger-export-*.patch")
 	if err != nil {
-		return nil, err
+		return nil, "", "", err
 	}
 	defer os.Remove(spool.Name())
 	defer spool.Close()
 	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(spool, h), io.LimitReader(rc, workspace.DefaultPatchLimit+1)); err != nil {
-		return nil, fmt.Errorf("export from vm %s: %w", vm, err)
+	if _, err := io.Copy(io.MultiWriter(spool, h), io.LimitReader(r, workspace.DefaultPatchLimit+1)); err != nil {
+		return nil, "", "", fmt.Errorf("export from vm %s: %w", label, err)
 	}
 	sum := hex.EncodeToString(h.Sum(nil))
 	spool.Seek(0, io.SeekStart)
@@ -99,62 +124,61 @@ func (e *env) export(ctx context.Context, cl *client.Client, vm string, ws *api.
 	if err != nil {
 		if mode == "" {
 			spool.Seek(0, io.SeekStart)
-			if path, serr := workspace.SaveRescueStream(ctx, ws.Repo, vm, spool, 0); serr == nil {
+			if path, serr := workspace.SaveRescueStream(ctx, repo, label, spool, 0); serr == nil {
 				fmt.Fprintf(e.stderr, "banger: the guest's patch was refused (%v); its raw output is kept in %s\n", err, path)
-				if merr := cl.MarkExported(ctx, vm, sum); merr != nil {
-					return nil, merr
-				}
-				return &workspace.Patch{}, nil
+				return &workspace.Patch{}, sum, "refused patch kept raw in " + path, nil
 			}
 		}
-		return nil, fmt.Errorf("export from vm %s: %w", vm, err)
+		return nil, sum, "", fmt.Errorf("export from vm %s: %w", label, err)
 	}
-	repo := ws.Repo
+	outcome := ""
 	switch {
 	case mode == "":
 		if p.Empty() {
-			return p, nil
+			return p, sum, "", nil
 		}
-		path, stat, err := workspace.SaveRescue(ctx, repo, vm, p)
+		path, stat, err := workspace.SaveRescue(ctx, repo, label, p)
 		if err != nil {
-			return p, err
+			return p, sum, "", err
 		}
-		fmt.Fprintf(e.stderr, "banger: vm %s changed the workspace; the edits are saved in\n  %s\n%s  (apply them with: git apply %s)\n", vm, path, indent(stat), shellQuote(path))
+		fmt.Fprintf(e.stderr, "banger: vm %s changed the workspace; the edits are saved in\n  %s\n%s  (apply them with: git apply %s)\n", label, path, indent(stat), shellQuote(path))
+		outcome = "rescue saved in " + path
 	case mode == "apply":
 		if err := workspace.Apply(ctx, repo, p); err != nil {
-			return p, err
+			return p, sum, "", err
 		}
 		if !p.Empty() {
 			fmt.Fprintf(e.stderr, "banger: applied %d changed files to %s\n", len(p.Changes), repo)
 		}
+		outcome = fmt.Sprintf("applied %d changed files to %s", len(p.Changes), repo)
 	case strings.HasPrefix(string(mode), "branch:"):
 		name := strings.TrimPrefix(string(mode), "branch:")
-		commit, err := workspace.Branch(ctx, repo, p, name, workspace.Base{Head: ws.Base.Head, Tree: ws.Base.Tree, Commit: ws.Base.Commit})
+		commit, err := workspace.Branch(ctx, repo, p, name, workspace.Base{Head: base.Head, Tree: base.Tree, Commit: base.Commit})
 		if err != nil {
-			return p, err
+			return p, sum, "", err
 		}
 		fmt.Fprintf(e.stderr, "banger: branch %s at %s (%d changed files)\n", name, commit, len(p.Changes))
+		outcome = fmt.Sprintf("branch %s at %s", name, commit)
 	case mode == "-":
 		if err := workspace.WritePatch(p, e.stdout); err != nil {
-			return p, err
+			return p, sum, "", err
 		}
+		outcome = "written to stdout"
 	default:
 		f, err := os.OpenFile(string(mode), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err != nil {
-			return p, err
+			return p, sum, "", err
 		}
 		if err := workspace.WritePatch(p, f); err != nil {
 			f.Close()
-			return p, err
+			return p, sum, "", err
 		}
 		if err := f.Close(); err != nil {
-			return p, err
+			return p, sum, "", err
 		}
+		outcome = "written to " + string(mode)
 	}
-	if err := cl.MarkExported(ctx, vm, sum); err != nil {
-		return p, err
-	}
-	return p, nil
+	return p, sum, outcome, nil
 }
 
 func indent(s string) string {

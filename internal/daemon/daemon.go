@@ -65,6 +65,8 @@ type Daemon struct {
 	vms       *vm.Manager
 	templates *template.Store
 	images    *images
+	uploads   *uploads
+	runs      *runs
 }
 
 // service is a part of the daemon with its own start and stop (the VM
@@ -124,6 +126,7 @@ func Run(ctx context.Context, opts Options) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ConnContext:       connContext,
 	}
 	log.Info("bangerd started", "pid", os.Getpid(), "socket", l.Socket(), "state", l.State)
 	errc := make(chan error, 1)

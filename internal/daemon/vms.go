@@ -23,6 +23,7 @@ import (
 	"banger/internal/errdefs"
 	"banger/internal/image"
 	"banger/internal/network"
+	"banger/internal/run"
 	"banger/internal/system"
 	"banger/internal/template"
 	"banger/internal/vm"
@@ -66,6 +67,8 @@ func (d *Daemon) init(ctx context.Context) error {
 		Spares: d.cfg.VM.Spares,
 	})
 	d.images.vms, d.images.templates = d.vms, d.templates
+	d.uploads = newUploads(d.layout.UploadsDir())
+	d.runs = run.New(run.Options{VMs: runVMs{d.vms}, Store: d.store, Layout: d.layout, Log: d.log.With("component", "run")})
 	if err := image.RemoveStaleTemp(d.layout.TmpDir()); err != nil {
 		d.log.Warn("remove stale image build dirs", "err", err)
 	}
@@ -74,7 +77,14 @@ func (d *Daemon) init(ctx context.Context) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	d.pruneTemplates(ctx)
-	d.services = append(d.services, d.vms)
+	d.services = append(d.services, d.vms, d.uploads)
+	// Runs go after the VMs: they are closed first (their commands ended,
+	// exports finished) while the VM manager still works. Runs a stopped
+	// or crashed daemon left are finished in the background.
+	if err := d.runs.Resume(ctx); err != nil {
+		d.log.Warn("resume runs", "err", err)
+	}
+	d.services = append(d.services, d.runs)
 	if netm != nil {
 		dns, err := netm.StartDNS(ctx, network.DNSOptions{Lookup: d.vms.LookupAddr, Reverse: d.vms.LookupName})
 		if err != nil {
@@ -213,6 +223,7 @@ func (u unavailableBackend) DialAgent(context.Context, vmm.Handle) (net.Conn, er
 
 func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 	d.imageRoutes(mux)
+	d.runRoutes(mux)
 	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
 		list, err := d.vms.List(r.Context())
 		if err != nil {
@@ -229,11 +240,19 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, 200, v)
 	})
+	mux.HandleFunc("POST /v1/uploads", d.handleUpload)
 	mux.HandleFunc("POST /v1/vms", func(w http.ResponseWriter, r *http.Request) {
 		var req api.CreateVMRequest
 		if err := decodeBody(r, &req); err != nil {
 			writeError(w, r, err)
 			return
+		}
+		if err := d.resolveWorkspace(r.Context(), req.Workspace); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		if req.Workspace != nil {
+			defer os.Remove(req.Workspace.Disk) // the VM took it, or nobody will
 		}
 		st := newEventStream(w)
 		v, err := d.vms.Create(r.Context(), req, st.Progress)

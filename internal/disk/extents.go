@@ -2,6 +2,8 @@ package disk
 
 import (
 	"errors"
+	"fmt"
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -31,4 +33,30 @@ func DataExtents(f *os.File, size int64, fn func(off, end int64) error) error {
 		off = end
 	}
 	return nil
+}
+
+// CopyData copies the data extents of in's first size bytes to the same
+// offsets of out (copy_file_range where the kernel can, else read/write),
+// leaving out's holes where in has holes. out should be empty or sparse.
+func CopyData(in, out *os.File, size int64) error {
+	return DataExtents(in, size, func(data, hole int64) error {
+		for roff, woff := data, data; roff < hole; {
+			n, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-roff), 0)
+			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+				// No copy_file_range between these files: copy by hand.
+				w := io.NewOffsetWriter(out, woff)
+				if _, err := io.Copy(w, io.NewSectionReader(in, roff, hole-roff)); err != nil {
+					return fmt.Errorf("copy data: %w", err)
+				}
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("copy data: %w", err)
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+		}
+		return nil
+	})
 }

@@ -159,3 +159,13 @@ func (l Layout) TemplateRuntimeDir(id string) string { return filepath.Join(l.Ru
 
 // VMWorkDisk is a VM's work disk (the repository shipped at create).
 func (l Layout) VMWorkDisk(id string) string { return filepath.Join(l.VMDir(id), "work.ext4") }
+
+// UploadsDir holds the daemon's copies of files clients uploaded (work
+// disks), on the state file system so that a VM takes one by rename.
+func (l Layout) UploadsDir() string { return filepath.Join(l.State, "uploads") }
+
+// RunDir holds what a run keeps after its VM is gone (the patch).
+func (l Layout) RunDir(id string) string { return filepath.Join(l.State, "runs", id) }
+
+// RunPatch is a run's exported workspace patch.
+func (l Layout) RunPatch(id string) string { return filepath.Join(l.RunDir(id), "patch") }

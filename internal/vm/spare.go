@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/disk"
@@ -418,26 +416,10 @@ func fillSlot(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	return disk.DataExtents(in, st.Size(), func(data, hole int64) error {
-		for roff, woff := data, data; roff < hole; {
-			n, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-roff), 0)
-			if errors.Is(err, unix.EXDEV) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
-				// No copy_file_range between these files: copy by hand.
-				w := io.NewOffsetWriter(out, woff)
-				if _, err := io.Copy(w, io.NewSectionReader(in, roff, hole-roff)); err != nil {
-					return fmt.Errorf("copy work disk: %w", err)
-				}
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("copy work disk: %w", err)
-			}
-			if n == 0 {
-				return io.ErrUnexpectedEOF
-			}
-		}
-		return nil
-	})
+	if err := disk.CopyData(in, out, st.Size()); err != nil {
+		return fmt.Errorf("copy work disk: %w", err)
+	}
+	return nil
 }
 
 // SpareState says whether a template has a spare clone: "ready",

@@ -253,6 +253,9 @@ func (h *harness) assertNoLeftovers(t *testing.T, keep ...string) {
 		}
 	}
 	running := func(v api.VM) bool { return v.State == "running" }
+	if ups, _ := os.ReadDir(filepath.Join(h.home, "state", "uploads")); len(ups) > 0 {
+		t.Errorf("uploaded work disks left behind: %d in %s", len(ups), filepath.Join(h.home, "state", "uploads"))
+	}
 	check(filepath.Join(h.home, "state", "vms"), func(api.VM) bool { return true })
 	check(filepath.Join(h.home, "run", "vm"), running)
 	procs := map[string][]int{} // VM id → VMM pids
