@@ -173,8 +173,8 @@ type WorkspaceSpec struct {
 	Upload string `json:"upload"`         // token of the uploaded work disk
 	Disk   string `json:"-"`              // the daemon's own copy (set by the daemon)
 	Path   string `json:"path,omitempty"` // mount point in the guest, default /root/repo
-	Repo string `json:"repo,omitempty"` // host work tree
-	Base Base   `json:"base"`
+	Repo   string `json:"repo,omitempty"` // host work tree
+	Base   Base   `json:"base"`
 }
 
 // Base is what a workspace was shipped from: the host's HEAD commit, the
