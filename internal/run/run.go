@@ -116,17 +116,19 @@ type Live struct {
 	id  string
 	req api.RunRequest
 
-	mu       sync.Mutex
-	rec      record
-	sink     Sink // nil: detached
-	proc     Process
-	cancel   context.CancelFunc // of the create
-	stdinW   *io.PipeWriter
-	stdout   tail
-	stderr   tail
-	done     chan struct{}
-	hungUp   bool
-	finished bool
+	mu        sync.Mutex
+	rec       record
+	sink      Sink // nil: detached
+	proc      Process
+	cancel    context.CancelFunc // of the create
+	stdinQ    chan []byte        // client stdin, queued until the command reads it; nil chunk: EOF
+	stdinW    *io.PipeWriter
+	stdout    tail
+	stderr    tail
+	done      chan struct{}
+	hungUp    bool
+	stdinGone bool // the client went away: no more stdin
+	finished  bool
 }
 
 // Start validates req, records the run and starts it; sink receives its
@@ -154,6 +156,10 @@ func (m *Manager) Start(req api.RunRequest, sink Sink) (*Live, error) {
 		return nil, errdefs.Unavailable("bangerd is stopping")
 	}
 	l := &Live{m: m, id: newID(), req: req, sink: sink, done: make(chan struct{})}
+	if req.Exec.Stdin {
+		// Stdin may arrive (and end) while the VM is still being made.
+		l.stdinQ = make(chan []byte, 64)
+	}
 	l.rec = record{
 		Run: api.Run{
 			ID: l.id, State: api.RunCreating, VM: req.VM.Name, Argv: req.Exec.Argv, Keep: req.Keep,
@@ -200,23 +206,27 @@ func (l *Live) ID() string { return l.id }
 // Done is closed when the run has ended and its result is stored.
 func (l *Live) Done() <-chan struct{} { return l.done }
 
-// Stdin feeds the command's stdin (when the request asked for it).
+// Stdin feeds the command's stdin (when the request asked for it). What
+// comes before the command runs is queued; a full queue waits for it
+// (the client's stdin is throttled, not dropped).
 func (l *Live) Stdin(p []byte) {
-	l.mu.Lock()
-	w := l.stdinW
-	l.mu.Unlock()
-	if w != nil {
-		w.Write(p)
+	if l.stdinQ == nil || len(p) == 0 {
+		return
+	}
+	select {
+	case l.stdinQ <- append([]byte(nil), p...):
+	case <-l.done:
 	}
 }
 
-// StdinEOF closes the command's stdin.
+// StdinEOF closes the command's stdin (once).
 func (l *Live) StdinEOF() {
-	l.mu.Lock()
-	w := l.stdinW
-	l.mu.Unlock()
-	if w != nil {
-		w.Close()
+	if l.stdinQ == nil {
+		return
+	}
+	select {
+	case l.stdinQ <- nil:
+	case <-l.done:
 	}
 }
 
@@ -253,6 +263,7 @@ func (l *Live) Detach() {
 	detach := l.req.Detach
 	p, cancel, w := l.proc, l.cancel, l.stdinW
 	l.hungUp = !detach
+	l.stdinGone = true
 	l.mu.Unlock()
 	if w != nil {
 		w.CloseWithError(io.ErrUnexpectedEOF)
@@ -450,15 +461,36 @@ func (l *Live) exec(vmName string) (code, sig int, timedOut bool, err error) {
 	m := l.m
 	req := l.req.Exec
 	var stdin io.Reader
+	var stdinR *io.PipeReader
 	if req.Stdin {
 		pr, pw := io.Pipe()
-		stdin = pr
+		stdin, stdinR = pr, pr
 		l.mu.Lock()
 		l.stdinW = pw
-		if l.sink == nil {
-			pw.Close()
-		}
+		gone := l.stdinGone
 		l.mu.Unlock()
+		// The queue (what came so far, and what comes) into the pipe;
+		// a nil chunk is EOF.
+		go func() {
+			for {
+				select {
+				case b := <-l.stdinQ:
+					if b == nil {
+						pw.Close()
+						return
+					}
+					if _, err := pw.Write(b); err != nil {
+						return
+					}
+				case <-l.done:
+					pw.Close()
+					return
+				}
+			}
+		}()
+		if gone {
+			pw.CloseWithError(io.ErrUnexpectedEOF)
+		}
 	}
 	stdout := writerFunc(func(p []byte) (int, error) {
 		l.stdout.Write(p)
@@ -512,6 +544,9 @@ func (l *Live) exec(vmName string) (code, sig int, timedOut bool, err error) {
 	st, werr := p.Wait()
 	if timer != nil {
 		timer.Stop()
+	}
+	if stdinR != nil {
+		stdinR.Close() // a feeder blocked on a command that never read
 	}
 	l.mu.Lock()
 	l.proc = nil

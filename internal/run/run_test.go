@@ -424,3 +424,34 @@ func TestTailIsBounded(t *testing.T) {
 		t.Fatalf("%d bytes", len(s))
 	}
 }
+
+// TestStdinBeforeTheCommandRuns: stdin (and its end) that arrives while the
+// VM is still being made reaches the command.
+func TestStdinBeforeTheCommandRuns(t *testing.T) {
+	vms := &fakeVMs{proc: newProc("", 0), createGo: make(chan struct{})}
+	m, _ := newManager(t, vms)
+	l, err := m.Start(api.RunRequest{VM: api.CreateVMRequest{Name: "r8"}, Exec: api.ExecRequest{Argv: []string{"cat"}, Stdin: true}}, &recSink{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Stdin([]byte("early "))
+	l.Stdin([]byte("input"))
+	l.StdinEOF()
+	close(vms.createGo)
+	<-vms.proc.started
+	waitFor := time.Now().Add(5 * time.Second)
+	for {
+		vms.proc.mu.Lock()
+		got := vms.proc.got
+		vms.proc.mu.Unlock()
+		if got == "early input" {
+			break
+		}
+		if time.Now().After(waitFor) {
+			t.Fatalf("the command read %q", got)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(vms.proc.exit)
+	wait(t, l)
+}

@@ -28,11 +28,15 @@ import (
 // default shape and returns its directory.
 func warmTemplate(t *testing.T, h *harness) string {
 	t.Helper()
-	var tpl api.Template
-	if err := json.Unmarshal([]byte(h.must(t, "image", "warm", "--json", "default")), &tpl); err != nil {
-		t.Fatal(err)
+	// --json is NDJSON events: progress lines, then the result.
+	lines := strings.Split(strings.TrimSpace(h.must(t, "image", "warm", "--json", "default")), "\n")
+	var ev struct {
+		Result *api.Template `json:"result"`
 	}
-	return filepath.Join(h.home, "cache", "templates", tpl.Key)
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &ev); err != nil || ev.Result == nil {
+		t.Fatalf("image warm --json: last line %q: %v", lines[len(lines)-1], err)
+	}
+	return filepath.Join(h.home, "cache", "templates", ev.Result.Key)
 }
 
 func dirDigests(t *testing.T, dir string) map[string]string {
