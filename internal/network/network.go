@@ -120,8 +120,13 @@ type Options struct {
 	DNSPort    int          // banger's DNS port, allowed from guests; default 42069
 	Domain     string       // DNS domain of VM names, default "vm"
 	PoolSize   int          // spare taps kept ready, default 2; <0: none
-	Store      *store.Store // required
-	Logger     *slog.Logger // default: discard
+	// Allow are destinations nat and shared guests may reach although
+	// the guard blocks them by default (private, link-local and routed
+	// networks of the host; see guard.go). The host's own addresses stay
+	// closed whatever Allow says.
+	Allow  []netip.Prefix
+	Store  *store.Store // required
+	Logger *slog.Logger // default: discard
 	// NetNS, when > 0, is the network namespace every kernel operation
 	// runs in. 0 (the default) is the daemon's own namespace.
 	NetNS netns.NsHandle
@@ -133,7 +138,32 @@ func OptionsFromConfig(c config.Network, st *store.Store, log *slog.Logger) (Opt
 	if err != nil {
 		return Options{}, errdefs.InvalidArgument(fmt.Sprintf("network.subnet %q: %v", c.Subnet, err))
 	}
-	return Options{Subnet: p.Masked(), DNSPort: c.DNSPort, Domain: c.DNSDomain, BridgeName: c.Bridge, TapPrefix: c.TapPrefix, Table: c.NFTable, Store: st, Logger: log}, nil
+	allow, err := ParseAllow(c.Allow)
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{Subnet: p.Masked(), DNSPort: c.DNSPort, Domain: c.DNSDomain, BridgeName: c.Bridge, TapPrefix: c.TapPrefix, Table: c.NFTable, Allow: allow, Store: st, Logger: log}, nil
+}
+
+// ParseAllow parses network.allow: IPv4 prefixes ("10.1.0.0/16") or
+// addresses (a /32).
+func ParseAllow(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, errdefs.InvalidArgument(fmt.Sprintf("network.allow: %q is not an IPv4 address or CIDR", s))
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, errdefs.InvalidArgument(fmt.Sprintf("network.allow: %q is not IPv4 (guests have no IPv6 egress)", s))
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func (o *Options) setDefaults() error {
@@ -155,6 +185,7 @@ func (o *Options) setDefaults() error {
 	if o.PoolSize == 0 {
 		o.PoolSize = 2
 	}
+
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -218,7 +249,11 @@ type Manager struct {
 	leases   map[string]*Lease // by VM id: the store's leases, cached
 	started  bool
 
-	rulesMu sync.Mutex // one ruleset rebuild at a time
+	rulesMu sync.Mutex // one ruleset change at a time; guards applied*
+	// applied are the leases the kernel's rules were last written for,
+	// appliedNets the host routes of the blocked set (nil: no table).
+	applied     map[string]Lease
+	appliedNets []netip.Prefix
 
 	refill chan struct{}
 	cancel context.CancelFunc
