@@ -29,7 +29,7 @@ import (
 //   - every network the host routes other than through its default
 //     route (LANs, VPNs, container bridges, public ranges a VPN carries):
 //     its IPv4 unicast routes of /8 or longer, from every routing table,
-//     as they are when the table is rebuilt.
+//     kept in step with the host's routes as they change (watch.go).
 //
 // [network] allow lists destinations guests may reach all the same (a
 // package mirror on the LAN, the metadata service): the allowed set is

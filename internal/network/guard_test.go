@@ -57,7 +57,7 @@ func newSite(t *testing.T, host *testNS, hostIf string, hostAddr string, siteAdd
 // internet (a stand-in namespace behind the host's default route) and
 // nothing else of the host's: not a LAN on a private range, not a
 // link-local metadata service, not a public range the host routes through
-// a "VPN", not a LAN neighbour on the
+// a "VPN" (routed after the manager started), not a LAN neighbour on the
 // default route's own link, not a port the host publishes with DNAT, not
 // another host service on banger's DNS port. network.allow opens the
 // networks it lists, never the host itself.
@@ -91,13 +91,12 @@ func TestGuardKeepsGuestsFromHostNetworks(t *testing.T) {
 	a := addGuest(t, host, m, "a", EgressNAT)
 	s := addGuest(t, host, m, "s", EgressShared)
 
+	// The "VPN" comes up after the manager started: its route joins the
+	// blocked set (route watch).
 	host.exec(t, "ip", "route", "add", "198.51.100.0/24", "via", "10.200.0.2")
-	if err := m.syncRules(); err != nil { // as Start and Reconcile do
-		t.Fatal(err)
-	}
-	if set := host.exec(t, "nft", "list", "set", "inet", "banger", "blocked"); !strings.Contains(set, "198.51.100.0/24") {
-		t.Fatalf("the vpn's route is not in the blocked set:\n%s", set)
-	}
+	waitFor(t, "198.51.100.0/24 in the blocked set", func() bool {
+		return strings.Contains(host.exec(t, "nft", "list", "set", "inet", "banger", "blocked"), "198.51.100.0/24")
+	})
 
 	// Controls: the host reaches every site, the guests the internet and
 	// banger's DNS port on the gateway.

@@ -75,6 +75,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -124,9 +125,12 @@ type Options struct {
 	// the guard blocks them by default (private, link-local and routed
 	// networks of the host; see guard.go). The host's own addresses stay
 	// closed whatever Allow says.
-	Allow  []netip.Prefix
-	Store  *store.Store // required
-	Logger *slog.Logger // default: discard
+	Allow []netip.Prefix
+	// CheckInterval is how often the rules are compared with the
+	// kernel's besides on nftables and route events; default 30 s.
+	CheckInterval time.Duration
+	Store         *store.Store // required
+	Logger        *slog.Logger // default: discard
 	// NetNS, when > 0, is the network namespace every kernel operation
 	// runs in. 0 (the default) is the daemon's own namespace.
 	NetNS netns.NsHandle
@@ -185,7 +189,9 @@ func (o *Options) setDefaults() error {
 	if o.PoolSize == 0 {
 		o.PoolSize = 2
 	}
-
+	if o.CheckInterval <= 0 {
+		o.CheckInterval = 30 * time.Second
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -361,8 +367,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.started = true
 		bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		m.cancel = cancel
-		m.wg.Add(1)
+		m.wg.Add(2)
 		go m.refillLoop(bg)
+		go m.watchLoop(bg)
 	}
 	m.mu.Unlock()
 	m.kickRefill()
