@@ -36,13 +36,19 @@
 //     not forwarded at all; "shared" VMs are masqueraded out as nat ones
 //     and also reach the other shared VMs (and only them) directly on the
 //     bridge, at layer 2.
+//   - The guard chain keeps nat and shared guests from the host's own
+//     addresses (before DNAT), link-local, private and reserved ranges and
+//     every network the host routes; Options.Allow opens listed networks
+//     (guard.go). A watcher restores the tables when someone else flushes
+//     or edits them, and follows the host's routes (watch.go).
 //   - A bridge-family table of the same name pins each tap to its VM's MAC
 //     and IPv4 address (anti-spoofing): a "none" guest cannot borrow a "nat"
 //     guest's address, nor poison the host's ARP cache.
 //   - DNS answers NAME.DOMAIN (A; AAAA and other types: empty NOERROR), PTR
 //     for the subnet, NXDOMAIN for unknown names in the domain; other names
 //     are forwarded to /etc/resolv.conf's nameservers for the host and for
-//     nat and shared guests, and REFUSED for none guests.
+//     nat and shared guests, and REFUSED for none guests. Forwarding is
+//     bounded per client (dnsforward.go).
 //   - Port forwards are a userspace TCP proxy (no route_localnet, works on
 //     127.0.0.1 and survives any firewall the host has).
 //
