@@ -266,6 +266,7 @@ type Manager struct {
 	// appliedNets the host routes of the blocked set (nil: no table).
 	applied     map[string]Lease
 	appliedNets []netip.Prefix
+	restores    []time.Time // restores after outside changes, for backing off
 
 	refill chan struct{}
 	cancel context.CancelFunc

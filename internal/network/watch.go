@@ -34,6 +34,11 @@ import (
 // routes rebuild them too, with the new blocked set. Restoring takes well
 // under a second after the change.
 
+const (
+	restoreBurst = 5                // restores a minute on events, before backing off
+	periodic     = "periodic check" // the by of a check the ticker made
+)
+
 // ruleCounter is a ruleSink that counts rules per chain.
 type ruleCounter map[string]int
 
@@ -141,6 +146,26 @@ func (m *Manager) checkRules(by string) error {
 		return nil
 	}
 	if diff != "" {
+		// Someone who keeps changing the table (a second bangerd with the
+		// same nft_table?) is not fought in a loop: past restoreBurst
+		// restores a minute, only the periodic check restores.
+		now := time.Now()
+		recent := m.restores[:0]
+		for _, t := range m.restores {
+			if now.Sub(t) < time.Minute {
+				recent = append(recent, t)
+			}
+		}
+		m.restores = recent
+		if len(recent) >= restoreBurst && by != periodic {
+			if len(recent) == restoreBurst {
+				m.o.Logger.Error("nftables: banger's rules keep being changed outside banger; restoring them only every check interval from now (is another bangerd using the same network.nft_table?)",
+					"table", m.o.Table, "by", by, "interval", m.o.CheckInterval)
+				m.restores = append(m.restores, now) // log once per burst
+			}
+			return nil
+		}
+		m.restores = append(m.restores, now)
 		m.o.Logger.Warn("nftables: banger's rules were changed outside banger (nft flush ruleset?); restoring them",
 			"table", m.o.Table, "by", by, "found", diff)
 	} else {
@@ -172,7 +197,7 @@ func (m *Manager) watchLoop(ctx context.Context) {
 	tick := time.NewTicker(m.o.CheckInterval)
 	defer tick.Stop()
 	for {
-		by := "periodic check"
+		by := periodic
 		select {
 		case <-ctx.Done():
 			return

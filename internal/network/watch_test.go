@@ -44,7 +44,7 @@ func TestRulesRestoredAfterFlush(t *testing.T) {
 	defer st.Close()
 	logs := &logBuffer{t: t}
 	m, err := New(Options{
-		Subnet: netip.MustParsePrefix("172.30.0.0/24"), Store: st, NetNS: host.H, PoolSize: -1,
+		Subnet: netip.MustParsePrefix("172.30.0.0/24"), Store: st, NetNS: host.H, PoolSize: -1, CheckInterval: 3 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -115,5 +115,24 @@ func TestRulesRestoredAfterFlush(t *testing.T) {
 	}
 	if !regexp.MustCompile(`changed outside banger.*by="nft \(pid \d+\)"`).MatchString(logs.String()) {
 		t.Errorf("the warning does not name nft and its pid:\n%s", logs.String())
+	}
+
+	// Past restoreBurst restores a minute, someone who keeps changing the
+	// table is not fought in a loop: the periodic check restores it.
+	for strings.Count(logs.String(), "rules restored") < restoreBurst {
+		before := strings.Count(logs.String(), "rules restored")
+		host.exec(t, "nft", "flush", "ruleset")
+		waitFor(t, "rules restored", func() bool { return strings.Count(logs.String(), "rules restored") > before })
+	}
+	before := strings.Count(logs.String(), "rules restored")
+	t0 := time.Now()
+	host.exec(t, "nft", "flush", "ruleset")
+	waitFor(t, "the backing-off error", func() bool { return strings.Contains(logs.String(), "keep being changed outside banger") })
+	waitFor(t, "the periodic restore", func() bool { return strings.Count(logs.String(), "rules restored") > before })
+	if d := time.Since(t0); d < 200*time.Millisecond {
+		t.Errorf("restored after %v: not backed off", d)
+	}
+	if got := dump(); got != want {
+		t.Fatalf("after the periodic restore the table differs:\n%s", got)
 	}
 }
