@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -170,6 +171,11 @@ func (m *Manager) checkRules(by string) error {
 			"table", m.o.Table, "by", by, "found", diff)
 	} else {
 		m.o.Logger.Info("host routes changed: updating the networks guests are kept from", "routes", fmt.Sprint(nets))
+		if err := m.setBlockedLocked(nets); err == nil {
+			return nil
+		} else {
+			m.o.Logger.Warn("nftables: update of the blocked set failed, rebuilding the table", "err", err)
+		}
 	}
 	if err := m.syncRulesLocked(); err != nil {
 		return err
@@ -178,6 +184,32 @@ func (m *Manager) checkRules(by string) error {
 		m.o.Logger.Warn("nftables: rules restored", "table", m.o.Table)
 	}
 	return nil
+}
+
+// setBlockedLocked replaces the blocked set's elements with those for the
+// host routes nets, in one transaction (the caller holds rulesMu): cheaper
+// than a rebuild, and the rules stay as they are.
+func (m *Manager) setBlockedLocked(nets []netip.Prefix) error {
+	err := m.do(func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
+		set, err := c.GetSetByName(t, "blocked")
+		if err != nil {
+			return err
+		}
+		c.FlushSet(set)
+		if err := c.SetAddElements(set, intervalElements(mergeRanges(append(slices.Clone(defaultBlocked), nets...)))); err != nil {
+			return err
+		}
+		return c.Flush()
+	})
+	if err == nil {
+		m.appliedNets = nets
+	}
+	return err
 }
 
 // watchLoop runs the watchers and the checks until ctx ends.
