@@ -4,12 +4,20 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"banger/internal/system"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -147,5 +155,90 @@ func TestCompletionScripts(t *testing.T) {
 		if code != 0 || len(out) < 100 {
 			t.Errorf("completion %s: exit %d, %d bytes", sh, code, len(out))
 		}
+	}
+}
+
+// TestSquattedRuntimeDirRefused: a runtime directory that another user
+// made (or left open, or that is a symbolic link) may hold anyone's fake
+// bangerd: banger refuses to talk to it, or to signal the pid in its
+// lock file, instead of sending it the repository and taking its
+// answers.
+func TestSquattedRuntimeDirRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name, reason string
+		root         bool                                  // needs root (chown)
+		setup        func(t *testing.T, run string) string // returns where the fake daemon listens
+	}{
+		{"other owner", "belongs to uid 65534", true, func(t *testing.T, run string) string {
+			os.Mkdir(run, 0o777)
+			os.Chmod(run, 0o777)
+			os.Chown(run, 65534, 65534)
+			return run
+		}},
+		{"open mode", "mode is 0777", false, func(t *testing.T, run string) string {
+			os.Mkdir(run, 0o777)
+			os.Chmod(run, 0o777)
+			return run
+		}},
+		{"symlink", "symbolic link", false, func(t *testing.T, run string) string {
+			dir := run + "-elsewhere"
+			os.Mkdir(dir, 0o700)
+			os.Symlink(dir, run)
+			return dir
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.root && os.Geteuid() != 0 {
+				t.Skip("needs root to make a directory of another user")
+			}
+			home := isolate(t)
+			dir := tc.setup(t, filepath.Join(home, "run"))
+			var hits atomic.Int64
+			ln, err := net.Listen("unix", filepath.Join(dir, "bangerd.sock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				hits.Add(1)
+				if r.URL.Path == "/v1/vms" {
+					w.Write([]byte("[]"))
+					return
+				}
+				w.Write([]byte(`{"host":"x","user":"-oProxyCommand=evil","key":"k","known_hosts":"k"}`))
+			})}
+			go srv.Serve(ln)
+			defer srv.Close()
+			// The squatter's lock file names a victim for 'daemon stop'.
+			victim, err := system.Start(system.Opts{}, "sleep", "30")
+			if err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { victim.Wait(); close(exited) }()
+			defer func() { victim.Signal(syscall.SIGKILL); <-exited }()
+			lock, err := os.Create(filepath.Join(dir, "bangerd.lock"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lock.Close()
+			fmt.Fprintf(lock, "%d\n", victim.Pid())
+			if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+				t.Fatal(err)
+			}
+			for _, args := range [][]string{{"vm", "ls"}, {"vm", "ssh", "dev", "--print"}, {"daemon", "status"}, {"daemon", "stop"}} {
+				out, stderr, code := runCLI(t, args...)
+				if args[0] == "vm" && (code == 0 || !strings.Contains(stderr, "refusing to use") || !strings.Contains(stderr, tc.reason)) {
+					t.Errorf("%v: exit %d\n%s%s", args, code, out, stderr)
+				}
+			}
+			if n := hits.Load(); n != 0 {
+				t.Errorf("the fake daemon got %d requests", n)
+			}
+			select {
+			case <-exited:
+				t.Errorf("'daemon stop' signalled the pid in the squatter's lock file")
+			case <-time.After(100 * time.Millisecond):
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package cli
 import (
 	"fmt"
 	"runtime"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -89,8 +91,8 @@ func newConfigCmd(e *env) *cobra.Command {
 				return printJSON(e.stdout, out)
 			}
 			fmt.Fprintf(e.stdout, "config file: %s\nstate:       %s\ncache:       %s\nruntime:     %s\n\n", e.layout.ConfigFile(), e.layout.State, e.layout.Cache, e.layout.Runtime)
-			fmt.Fprintf(e.stdout, "backend = %q\n[vm]\nimage = %q\nvcpus = %d\nmemory_mib = %d\ndisk = %q\n[network]\nsubnet = %q\ndns_port = %d\ndns_domain = %q\negress = %q\n[daemon]\nlog_max_mib = %d\n",
-				cfg.Backend, cfg.VM.Image, cfg.VM.VCPUs, cfg.VM.MemoryMiB, cfg.VM.Disk, cfg.Network.Subnet, cfg.Network.DNSPort, cfg.Network.DNSDomain, cfg.Network.Egress, cfg.Daemon.LogMaxMiB)
+			fmt.Fprintf(e.stdout, "backend = %q\n[vm]\nimage = %q\nvcpus = %d\nmemory_mib = %d\ndisk = %q\n[network]\nsubnet = %q\ndns_port = %d\ndns_domain = %q\negress = %q\nallow = [%s]\n[daemon]\nlog_max_mib = %d\n",
+				cfg.Backend, cfg.VM.Image, cfg.VM.VCPUs, cfg.VM.MemoryMiB, cfg.VM.Disk, cfg.Network.Subnet, cfg.Network.DNSPort, cfg.Network.DNSDomain, cfg.Network.Egress, quotedList(cfg.Network.Allow), cfg.Daemon.LogMaxMiB)
 			return nil
 		},
 	}
@@ -104,4 +106,13 @@ func newConfigCmd(e *env) *cobra.Command {
 	}
 	cmd.AddCommand(show, example)
 	return cmd
+}
+
+// quotedList is a TOML array's inside: "a", "b".
+func quotedList(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return strings.Join(q, ", ")
 }

@@ -2,10 +2,15 @@ package cli
 
 import (
 	"fmt"
+	"net/netip"
+	"path/filepath"
+	"regexp"
 	"strings"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
+	"banger/internal/api"
 	"banger/internal/system"
 )
 
@@ -21,22 +26,62 @@ func shellQuote(s string) string {
 // shell-quoted and joined into ONE trailing argument, so that the remote
 // shell sees exactly the words the user typed (the seed's bug: ssh joins
 // its trailing arguments with spaces, re-tokenising `sh -c 'exit 42'`).
+//
+// The guest is untrusted, so ssh gets nothing of the user's beyond the
+// connection: -F /dev/null reads neither ~/.ssh/config nor
+// /etc/ssh/ssh_config (a `Host *` there could forward the user's agent,
+// X11 or ports to the guest, send environment variables, run a local
+// command, proxy, or multiplex over a control socket). Explicit -o
+// overrides alone could not do it: for SendEnv, IdentityFile and the
+// forwardings, options add up across the command line and the config
+// files. The options that matter are also set explicitly, so the intent
+// reads here and holds even if a future ssh grew compiled-in defaults.
+// "--" ends ssh's options before the destination, so no field the daemon
+// returns can be read as one (and user and host are validated first).
 func sshArgv(key, knownHosts, user, host string, tty bool, remote []string) []string {
-	argv := []string{"ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "UserKnownHostsFile=" + knownHosts,
-		"-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-		"-o", "ConnectTimeout=30"}
+	argv := []string{"ssh", "-F", "/dev/null",
+		"-i", key, "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+		"-o", "UserKnownHostsFile=" + knownHosts, "-o", "StrictHostKeyChecking=yes",
+		"-o", "GlobalKnownHostsFile=/dev/null", "-o", "UpdateHostKeys=no",
+		"-o", "ForwardAgent=no", "-o", "ForwardX11=no", "-o", "ForwardX11Trusted=no",
+		"-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no",
+		"-o", "ControlMaster=no", "-o", "ControlPath=none",
+		"-o", "ProxyCommand=none", "-o", "ProxyJump=none",
+		"-o", "GSSAPIAuthentication=no", "-o", "GSSAPIDelegateCredentials=no",
+		"-o", "LogLevel=ERROR", "-o", "ConnectTimeout=30"}
 	if tty {
 		argv = append(argv, "-t")
 	}
-	argv = append(argv, user+"@"+host)
+	argv = append(argv, "--", user+"@"+host)
 	if len(remote) > 0 {
 		q := make([]string, len(remote))
 		for i, a := range remote {
 			q[i] = shellQuote(a)
 		}
-		argv = append(argv, "--", strings.Join(q, " "))
+		argv = append(argv, strings.Join(q, " "))
 	}
 	return argv
+}
+
+var sshUser = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+
+// checkSSHInfo validates what the daemon says to connect to before any of
+// it reaches ssh's command line: a user name, an IP address, and absolute
+// paths without whitespace or control characters (ssh splits -o values on
+// whitespace).
+func checkSSHInfo(info api.SSHInfo) error {
+	if !sshUser.MatchString(info.User) {
+		return fmt.Errorf("bangerd returned an invalid ssh user %q", info.User)
+	}
+	if _, err := netip.ParseAddr(info.Host); err != nil {
+		return fmt.Errorf("bangerd returned an invalid ssh host %q (want an IP address)", info.Host)
+	}
+	for what, p := range map[string]string{"key": info.Key, "known_hosts": info.KnownHosts} {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.IndexFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0 {
+			return fmt.Errorf("bangerd returned an invalid ssh %s path %q", what, p)
+		}
+	}
+	return nil
 }
 
 func newVMSSHCmd(e *env) *cobra.Command {
@@ -49,7 +94,12 @@ func newVMSSHCmd(e *env) *cobra.Command {
 known_hosts entry for the VM's own host key. sshd in the guest starts on
 first use. Remote arguments are shell-quoted one by one, so
 'banger vm ssh dev -- sh -c "exit 42"' exits 42. Under software emulation
-an ssh connection costs ~2 s of crypto: 'banger vm exec' is faster.`,
+an ssh connection costs ~2 s of crypto: 'banger vm exec' is faster.
+
+The guest is untrusted: ssh runs with -F /dev/null (your ~/.ssh/config and
+/etc/ssh/ssh_config are not read) and with agent, X11 and port forwarding,
+local commands, proxies and connection sharing off. Use --print to get the
+command line and adapt it when you mean to forward something.`,
 		Args:              args(cobra.MinimumNArgs(1)),
 		ValidArgsFunction: e.completeVMs,
 		RunE: func(c *cobra.Command, a []string) error {
@@ -62,6 +112,9 @@ an ssh connection costs ~2 s of crypto: 'banger vm exec' is faster.`,
 			}
 			info, err := cl.PrepareSSH(c.Context(), a[0])
 			if err != nil {
+				return err
+			}
+			if err := checkSSHInfo(info); err != nil {
 				return err
 			}
 			argv := sshArgv(info.Key, info.KnownHosts, info.User, info.Host, tty, a[1:])

@@ -63,7 +63,7 @@ func (f *createFlags) add(cmd *cobra.Command) {
 	cmd.Flags().IntVar(&f.mem, "mem", 0, "memory in MiB (default: vm.memory_mib from the config, 512)")
 	cmd.Flags().StringVar(&f.disk, "disk", "", "root disk size, e.g. 8G (default: vm.disk from the config, 4G)")
 	cmd.Flags().BoolVar(&f.cold, "cold", false, "boot cold even when a warm-start template exists")
-	cmd.Flags().StringVar(&f.net, "net", "", "network: nat (reach out through the host), none (no egress), shared (nat, and reach the other shared VMs) or off (no NIC) (default: network.egress from the config, nat)")
+	cmd.Flags().StringVar(&f.net, "net", "", "network: nat (the internet through the host, not the host's own or private networks: see network.allow), none (no egress), shared (nat, and reach the other shared VMs) or off (no NIC) (default: network.egress from the config, nat)")
 }
 
 func (f *createFlags) request(name string, cmd *cobra.Command) (api.CreateVMRequest, error) {

@@ -11,14 +11,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
+	"banger/internal/paths"
 )
 
 // maxResponse bounds a non-streamed response body.
@@ -30,10 +34,16 @@ type Client struct {
 	hc     *http.Client
 }
 
-// New returns a client of the daemon listening on socket.
+// New returns a client of the daemon listening on socket. Before every
+// connection it checks that the socket's directory is this user's own
+// (paths.CheckPrivateDir): a socket in a directory someone else controls
+// may be anyone's fake daemon, and is refused with a *paths.UnsafeDirError.
 func New(socket string) *Client {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			if err := paths.CheckPrivateDir(filepath.Dir(socket), os.Geteuid()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", socket)
 		},
@@ -84,6 +94,10 @@ func (c *Client) send(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		if ctxErr := req.Context().Err(); ctxErr != nil {
 			return nil, ctxErr
+		}
+		var unsafe *paths.UnsafeDirError
+		if errors.As(err, &unsafe) {
+			return nil, unsafe // not unavailable: starting a daemon would not help
 		}
 		var ue *url.Error
 		if errors.As(err, &ue) {

@@ -50,6 +50,11 @@ type Network struct {
 	Bridge    string `toml:"bridge"`     // name of banger's bridge
 	TapPrefix string `toml:"tap_prefix"` // taps are TapPrefix + N
 	NFTable   string `toml:"nft_table"`  // banger's nftables table
+	// Allow lists IPv4 networks (CIDR) or addresses that nat and shared
+	// guests may reach although banger blocks them by default: the
+	// host's private, link-local (cloud metadata) and routed networks.
+	// The host's own addresses stay closed whatever it says.
+	Allow []string `toml:"allow"`
 }
 
 // Daemon holds bangerd's own settings.
@@ -62,7 +67,7 @@ func Defaults() Config {
 	return Config{
 		Backend: "auto",
 		VM:      VM{Image: "default", VCPUs: 1, MemoryMiB: 512, Disk: "4G", Spares: 1},
-		Network: Network{Subnet: "172.30.0.0/24", DNSPort: 42069, DNSDomain: "vm", Egress: "nat", Bridge: "bgr0", TapPrefix: "bgt", NFTable: "banger"},
+		Network: Network{Subnet: "172.30.0.0/24", DNSPort: 42069, DNSDomain: "vm", Egress: "nat", Bridge: "bgr0", TapPrefix: "bgt", NFTable: "banger", Allow: []string{}},
 		Daemon:  Daemon{LogMaxMiB: 10},
 	}
 }
@@ -187,6 +192,18 @@ func (c Config) validate() (key, msg string) {
 	if !nftName.MatchString(c.Network.NFTable) || len(c.Network.NFTable) > 64 {
 		return "network.nft_table", fmt.Sprintf("%q is not an nftables table name", c.Network.NFTable)
 	}
+	for _, a := range c.Network.Allow {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			var addr netip.Addr
+			if addr, err = netip.ParseAddr(a); err == nil {
+				p = netip.PrefixFrom(addr, addr.BitLen())
+			}
+		}
+		if err != nil || !p.Addr().Is4() {
+			return "network.allow", fmt.Sprintf("%q is not an IPv4 address or CIDR", a)
+		}
+	}
 	if c.Daemon.LogMaxMiB < 1 {
 		return "daemon.log_max_mib", "must be at least 1"
 	}
@@ -219,6 +236,8 @@ func fieldTypes(t reflect.Type, prefix string) map[string]string {
 			out[key] = "String"
 		case reflect.Bool:
 			out[key] = "Bool"
+		case reflect.Slice:
+			out[key] = "Array"
 		}
 	}
 	return out
@@ -303,6 +322,9 @@ egress = "nat"           # default for --net: nat | none | shared
 bridge = "bgr0"          # banger's bridge (created and owned by bangerd)
 tap_prefix = "bgt"       # VM taps are named tap_prefix + N
 nft_table = "banger"     # banger's nftables table (inet and bridge)
+allow = []               # networks nat/shared guests may reach although blocked
+                         # by default (private, link-local, the host's routes),
+                         # e.g. ["192.168.1.0/24", "169.254.169.254"]
 
 [daemon]
 log_max_mib = 10         # bangerd.log is rotated past this size

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -13,7 +14,7 @@ func TestMissingFileIsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c != Defaults() {
+	if !reflect.DeepEqual(c, Defaults()) {
 		t.Fatalf("got %+v", c)
 	}
 }
@@ -23,7 +24,7 @@ func TestExampleParsesToDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c != Defaults() {
+	if !reflect.DeepEqual(c, Defaults()) {
 		t.Fatalf("Example differs from Defaults: %+v", c)
 	}
 }
@@ -35,6 +36,9 @@ func TestOverrides(t *testing.T) {
 	}
 	if c.Backend != "qemu" || c.VM.VCPUs != 4 || c.VM.Disk != "10G" || c.VM.MemoryMiB != 512 {
 		t.Fatalf("got %+v", c)
+	}
+	if c, err := Parse("c.toml", []byte("[network]\nallow = [\"192.168.1.0/24\", \"169.254.169.254\"]\n")); err != nil || !reflect.DeepEqual(c.Network.Allow, []string{"192.168.1.0/24", "169.254.169.254"}) {
+		t.Errorf("allow: %+v %v", c.Network.Allow, err)
 	}
 	for _, e := range []string{"nat", "none", "shared"} {
 		c, err := Parse("c.toml", []byte("[network]\negress = \""+e+"\"\n"))
@@ -62,6 +66,9 @@ func TestErrorsNameFileLineKey(t *testing.T) {
 		{"[vm]\nvcpus = \"two\"\n", 2, "vm.vcpus", "must be of type integer, not string"},
 		{"vm = 3\n", 1, "vm", "must be of type hash"},
 		{"[vm\nvcpus = 2\n", 2, "", "to end table name"},
+		{"[network]\nallow = [\"10.0.0.0/8\", \"nope\"]\n", 2, "network.allow", "not an IPv4 address or CIDR"},
+		{"[network]\nallow = [\"fd00::/8\"]\n", 2, "network.allow", "not an IPv4 address or CIDR"},
+		{"[network]\nallow = \"10.0.0.0/8\"\n", 2, "network.allow", "must be of type array, not string"},
 	} {
 		_, err := Parse("/etc/c.toml", []byte(tc.src))
 		var ce *Error

@@ -16,10 +16,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/user"
-	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"banger/internal/config"
 	"banger/internal/paths"
@@ -116,7 +116,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 
-	ln, err := listen(l.Socket())
+	ln, err := listen(l.Socket(), log)
 	if err != nil {
 		d.closeServices()
 		return err
@@ -162,9 +162,18 @@ func (d *Daemon) closeServices() {
 	}
 }
 
-// listen binds the API socket. The caller holds the pid lock, so a socket
-// file left by a crashed daemon is stale and can be removed.
-func listen(path string) (net.Listener, error) {
+// listen binds the API socket: mode 0600 in the private runtime
+// directory, and a peer-credential check on every connection
+// (peerListener).
+//
+// There is no group mode. The API takes host paths that the root daemon
+// opens on the caller's behalf — an image's kernel, rootfs and modules
+// (work disks come as file descriptors, see uploads.go) — so a caller can
+// have any root-readable file copied into a guest; access to the socket
+// is root. A group with access
+// would need every path-bearing request checked against the caller's own
+// permissions first; until then, use sudo.
+func listen(path string, log *slog.Logger) (net.Listener, error) {
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
@@ -172,15 +181,53 @@ func listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	mode := os.FileMode(0o600)
-	if g, err := user.LookupGroup("banger"); err == nil {
-		if gid, err := strconv.Atoi(g.Gid); err == nil && os.Chown(path, -1, gid) == nil {
-			mode = 0o660
-		}
-	}
-	if err := os.Chmod(path, mode); err != nil {
+	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return nil, err
 	}
-	return ln, nil
+	return &peerListener{Listener: ln, uid: uint32(os.Geteuid()), log: log}, nil
+}
+
+// peerListener accepts connections from root and from the daemon's own
+// user only (SO_PEERCRED), whatever the socket's mode has become.
+type peerListener struct {
+	net.Listener
+	uid uint32
+	log *slog.Logger
+}
+
+func (l *peerListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		cred, err := peerCred(c)
+		if err == nil && (cred.Uid == 0 || cred.Uid == l.uid) {
+			return c, nil
+		}
+		if err != nil {
+			l.log.Warn("api: connection refused: no peer credentials", "err", err)
+		} else {
+			l.log.Warn("api: connection refused: not root nor the daemon's user", "uid", cred.Uid, "pid", cred.Pid)
+		}
+		c.Close()
+	}
+}
+
+func peerCred(c net.Conn) (*unix.Ucred, error) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil, fmt.Errorf("not a unix socket connection: %T", c)
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return nil, err
+	}
+	return cred, cerr
 }

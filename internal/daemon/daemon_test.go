@@ -18,6 +18,7 @@ import (
 	"banger/internal/config"
 	"banger/internal/errdefs"
 	"banger/internal/paths"
+	"banger/internal/system"
 )
 
 // testLayout is an isolated BANGER_HOME with a short path (unix sockets
@@ -101,8 +102,47 @@ func TestVersionHealthAndSocketMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := st.Mode().Perm(); m != 0o600 && m != 0o660 {
+	if m := st.Mode().Perm(); m != 0o600 {
 		t.Fatalf("socket mode %o", m)
+	}
+}
+
+// TestSocketRefusesOtherUsers: the API is root's (it opens host paths
+// for its callers), so a connection from another user is closed unheard
+// even when the socket and its directory have been opened up to everyone.
+func TestSocketRefusesOtherUsers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (to connect as another user)")
+	}
+	for _, tool := range []string{"setpriv", "curl"} {
+		if _, err := system.LookPath(tool); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l := testLayout(t)
+	_, logs := startDaemon(t, l)
+	// Everyone may reach the socket now, as a careless chmod would allow.
+	for d := l.Runtime; d != "/" && d != filepath.Dir(d); d = filepath.Dir(d) {
+		if strings.HasPrefix(d, os.TempDir()+"/") {
+			os.Chmod(d, 0o755)
+		}
+	}
+	os.Chmod(l.Socket(), 0o666)
+	curl := []string{"curl", "-sS", "--max-time", "5", "--unix-socket", l.Socket(), "http://x/v1/health"}
+	if out, err := system.Run(context.Background(), curl...); err != nil || !strings.Contains(string(out), `"ok"`) {
+		t.Fatalf("control: root's curl: %q %v", out, err)
+	}
+	out, err := system.Run(context.Background(), append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"}, curl...)...)
+	if err == nil || strings.Contains(string(out), `"ok"`) {
+		t.Fatalf("uid 65534 was answered: %q %v", out, err)
+	}
+	t.Logf("uid 65534: %v", err)
+	waitLog := time.Now().Add(2 * time.Second)
+	for !strings.Contains(logs.String(), "not root nor the daemon's user") && time.Now().Before(waitLog) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), `"uid":65534`) {
+		t.Errorf("the refusal is not logged with the uid:\n%s", logs.String())
 	}
 }
 

@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"banger/internal/errdefs"
+	"banger/internal/paths"
 )
 
 // pidLock is an flock(2)-held file holding the daemon's pid. The kernel
@@ -49,8 +51,13 @@ func (l *pidLock) release() {
 }
 
 // LockHolder returns the pid recorded in the lock file if a live process
-// holds the lock, or 0.
+// holds the lock, or 0. A lock file in a directory that is not this
+// user's own (paths.CheckPrivateDir) is nobody's: its pid could be any
+// process another user wants signalled.
 func LockHolder(path string) int {
+	if paths.CheckPrivateDir(filepath.Dir(path), os.Geteuid()) != nil {
+		return 0
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return 0

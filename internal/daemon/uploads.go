@@ -69,14 +69,8 @@ type peer struct {
 
 func connContext(ctx context.Context, c net.Conn) context.Context {
 	var p peer
-	if uc, ok := c.(*net.UnixConn); ok {
-		if raw, err := uc.SyscallConn(); err == nil {
-			raw.Control(func(fd uintptr) {
-				if cr, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
-					p = peer{uid: int(cr.Uid), pid: int(cr.Pid), ok: true}
-				}
-			})
-		}
+	if cr, err := peerCred(c); err == nil {
+		p = peer{uid: int(cr.Uid), pid: int(cr.Pid), ok: true}
 	}
 	return context.WithValue(ctx, peerKey{}, p)
 }

@@ -2,6 +2,7 @@ package network
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,8 +36,12 @@ type DNSOptions struct {
 	// nameservers of /etc/resolv.conf.
 	Upstreams []string
 	TTL       uint32 // of answers, default 5 s (VMs come and go)
-	Logger    *slog.Logger
-	NetNS     netns.NsHandle // listen (and forward) in this namespace; 0: own
+	// Limits of forwarding (dnsforward.go); 0: the defaults, 16, 256, 8
+	// and 64.
+	MaxForwardsPerClient, MaxForwards int // forwarded queries in flight
+	MaxTCPPerClient, MaxTCP           int // open TCP connections
+	Logger                            *slog.Logger
+	NetNS                             netns.NsHandle // listen (and forward) in this namespace; 0: own
 }
 
 // DNSServer answers NAME.DOMAIN for VMs, PTR for their addresses, and
@@ -48,6 +53,13 @@ type DNSServer struct {
 	servers []*dns.Server
 	addrs   []net.Addr
 	wg      sync.WaitGroup
+
+	pcs               []net.PacketConn // UDP, served by serveUDP
+	fwdWG             sync.WaitGroup   // forwards of UDP queries in flight
+	ups               []*upstream
+	fwd               *limiter // forwarded queries in flight
+	tcp               *limiter // open TCP connections
+	warned, warnedTCP warnLimiter
 }
 
 // StartDNS starts a DNS server with m's subnet, domain, namespace and
@@ -107,6 +119,15 @@ func StartDNS(ctx context.Context, o DNSOptions) (*DNSServer, error) {
 	if o.Upstreams == nil {
 		o.Upstreams = ResolvConfServers("/etc/resolv.conf")
 	}
+	for _, p := range []*int{&o.MaxForwardsPerClient, &o.MaxForwards, &o.MaxTCPPerClient, &o.MaxTCP} {
+		if *p < 0 {
+			return nil, fmt.Errorf("dns: negative limit")
+		}
+	}
+	o.MaxForwardsPerClient = cmp.Or(o.MaxForwardsPerClient, defaultMaxForwardsPerClient)
+	o.MaxForwards = cmp.Or(o.MaxForwards, defaultMaxForwards)
+	o.MaxTCPPerClient = cmp.Or(o.MaxTCPPerClient, defaultMaxTCPPerClient)
+	o.MaxTCP = cmp.Or(o.MaxTCP, defaultMaxTCP)
 	zone := dns.Fqdn(strings.ToLower(o.Domain))
 	s := &DNSServer{o: o, zone: zone, soa: &dns.SOA{
 		Hdr:     dns.RR_Header{Name: zone, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: o.TTL},
@@ -115,6 +136,11 @@ func StartDNS(ctx context.Context, o DNSOptions) (*DNSServer, error) {
 		Serial:  1,
 		Refresh: 3600, Retry: 600, Expire: 86400, Minttl: o.TTL,
 	}}
+	s.fwd = newLimiter(o.MaxForwardsPerClient, o.MaxForwards)
+	s.tcp = newLimiter(o.MaxTCPPerClient, o.MaxTCP)
+	for _, up := range o.Upstreams {
+		s.ups = append(s.ups, &upstream{addr: up, ns: o.NetNS, log: o.Logger})
+	}
 	err := inNS(o.NetNS, func() error {
 		for _, ap := range o.Listen {
 			pc, err := net.ListenPacket("udp", ap.String())
@@ -122,12 +148,17 @@ func StartDNS(ctx context.Context, o DNSOptions) (*DNSServer, error) {
 				return fmt.Errorf("dns: listen udp %s: %w", ap, err)
 			}
 			s.addrs = append(s.addrs, pc.LocalAddr())
-			s.servers = append(s.servers, &dns.Server{PacketConn: pc, Handler: s})
+			s.pcs = append(s.pcs, pc)
 			ln, err := net.Listen("tcp", ap.String())
 			if err != nil {
 				return fmt.Errorf("dns: listen tcp %s: %w", ap, err)
 			}
 			s.addrs = append(s.addrs, ln.Addr())
+			ln = &limitedListener{Listener: ln, lim: s.tcp, over: func(c netip.Addr) {
+				if s.warnedTCP.allow(c) {
+					o.Logger.Warn("dns: client over its limit of TCP connections: closing new ones", "client", c, "limit", o.MaxTCPPerClient)
+				}
+			}}
 			s.servers = append(s.servers, &dns.Server{Listener: ln, Handler: s,
 				ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
 		}
@@ -136,6 +167,13 @@ func StartDNS(ctx context.Context, o DNSOptions) (*DNSServer, error) {
 	if err != nil {
 		s.close()
 		return nil, err
+	}
+	for _, pc := range s.pcs {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.serveUDP(pc)
+		}()
 	}
 	for _, srv := range s.servers {
 		s.wg.Add(1)
@@ -157,10 +195,17 @@ func (s *DNSServer) Addrs() []net.Addr { return s.addrs }
 func (s *DNSServer) Close() error {
 	s.close()
 	s.wg.Wait()
+	s.fwdWG.Wait()
 	return nil
 }
 
 func (s *DNSServer) close() {
+	for _, u := range s.ups {
+		u.close()
+	}
+	for _, pc := range s.pcs {
+		pc.Close()
+	}
 	for _, srv := range s.servers {
 		if err := srv.Shutdown(); err != nil {
 			// Not started: close the sockets ourselves.
@@ -186,41 +231,49 @@ func clientAddr(w dns.ResponseWriter) netip.Addr {
 	return netip.Addr{}
 }
 
-// ServeDNS implements dns.Handler.
+// ServeDNS implements dns.Handler (TCP; UDP is served by serveUDP). A
+// connection carries one query at a time, so a forward waits here.
 func (s *DNSServer) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	resp := s.answer(w, r)
-	if resp == nil {
-		return
+	client := clientAddr(w)
+	resp, fwd := s.answer(client, r)
+	if fwd {
+		if !s.fwd.acquire(client) {
+			resp = s.overLimit(client, r)
+		} else {
+			resp = s.forward(r, true)
+			s.fwd.release(client)
+		}
 	}
 	if err := w.WriteMsg(resp); err != nil {
 		s.o.Logger.Debug("dns: write answer", "err", err)
 	}
 }
 
-func (s *DNSServer) answer(w dns.ResponseWriter, r *dns.Msg) *dns.Msg {
+// answer answers r from the zone, or says it is to be forwarded (fwd,
+// with resp nil).
+func (s *DNSServer) answer(client netip.Addr, r *dns.Msg) (resp *dns.Msg, fwd bool) {
 	m := new(dns.Msg)
 	if r.Opcode != dns.OpcodeQuery || len(r.Question) != 1 {
-		return m.SetRcode(r, dns.RcodeNotImplemented)
+		return m.SetRcode(r, dns.RcodeNotImplemented), false
 	}
 	q := r.Question[0]
 	name := strings.ToLower(q.Name)
-	client := clientAddr(w)
 	recursion := s.o.Recursion(client)
 	m.SetReply(r)
 	m.RecursionAvailable = recursion
 	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
-		return m.SetRcode(r, dns.RcodeRefused)
+		return m.SetRcode(r, dns.RcodeRefused), false
 	}
 	if dns.IsSubDomain(s.zone, name) {
-		return s.zoneAnswer(m, q, name)
+		return s.zoneAnswer(m, q, name), false
 	}
 	if a, ok := ptrAddr(name); ok && s.o.Subnet.Contains(a) {
-		return s.ptrAnswer(m, q, a)
+		return s.ptrAnswer(m, q, a), false
 	}
 	if !recursion || len(s.o.Upstreams) == 0 {
-		return m.SetRcode(r, dns.RcodeRefused)
+		return m.SetRcode(r, dns.RcodeRefused), false
 	}
-	return s.forward(w, r)
+	return nil, true
 }
 
 func (s *DNSServer) zoneAnswer(m *dns.Msg, q dns.Question, name string) *dns.Msg {
@@ -279,40 +332,6 @@ func ptrAddr(name string) (netip.Addr, bool) {
 	}
 	a, err := netip.ParseAddr(p[3] + "." + p[2] + "." + p[1] + "." + p[0])
 	return a, err == nil
-}
-
-// forward asks each upstream in turn, over the client's transport.
-func (s *DNSServer) forward(w dns.ResponseWriter, r *dns.Msg) *dns.Msg {
-	netw := "udp"
-	if _, ok := w.RemoteAddr().(*net.TCPAddr); ok {
-		netw = "tcp"
-	}
-	c := &dns.Client{Net: netw, Timeout: 2 * time.Second}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
-	defer cancel()
-	var lastErr error
-	for _, up := range s.o.Upstreams {
-		var conn net.Conn
-		err := inNS(s.o.NetNS, func() error {
-			var err error
-			conn, err = (&net.Dialer{Timeout: 2 * time.Second}).DialContext(ctx, netw, up)
-			return err
-		})
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		resp, _, err := c.ExchangeWithConnContext(ctx, r, &dns.Conn{Conn: conn})
-		conn.Close()
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		resp.Id = r.Id
-		return resp
-	}
-	s.o.Logger.Debug("dns: forward failed", "name", r.Question[0].Name, "err", lastErr)
-	return new(dns.Msg).SetRcode(r, dns.RcodeServerFailure)
 }
 
 // ResolvConfServers lists the nameservers of a resolv.conf as "ip:53".

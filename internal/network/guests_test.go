@@ -167,9 +167,14 @@ func allowed(t *testing.T, what string, ns *testNS, addr, want string) {
 	}
 }
 
+// wanAddr is the stand-in internet's server (TEST-NET-3: neither private
+// nor routed by the host but through its default route).
+const wanAddr = "203.0.113.10:8080"
+
 // newWAN makes a stand-in for the internet: a namespace behind a veth
-// (host 10.99.0.1, wan 10.99.0.2), the default route of the host
-// namespace, with a TCP server on 10.99.0.2:8080.
+// (host 10.99.0.1, wan 10.99.0.2) that is the default route of the host
+// namespace, with a TCP server on wanAddr and on 10.99.0.2:8080 (a
+// neighbour on the host's LAN, which guests must not reach).
 func newWAN(t *testing.T, host *testNS) *testNS {
 	t.Helper()
 	wan := newNS(t)
@@ -188,12 +193,13 @@ func newWAN(t *testing.T, host *testNS) *testNS {
 	defer wh.Close()
 	u0, _ := wh.LinkByName("up0")
 	wh.AddrAdd(u0, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 99, 0, 2), Mask: net.CIDRMask(24, 32)}})
+	wh.AddrAdd(u0, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(203, 0, 113, 10), Mask: net.CIDRMask(32, 32)}})
 	wh.LinkSetUp(u0)
 	// The wan knows the way to the guests (as a LAN neighbour might).
 	if err := wh.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(172, 30, 0, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.IPv4(10, 99, 0, 1)}); err != nil {
 		t.Fatal(err)
 	}
-	serveTCP(t, wan, "10.99.0.2:8080")
+	serveTCP(t, wan, ":8080")
 	return wan
 }
 
@@ -237,8 +243,8 @@ func TestIsolationAndEgress(t *testing.T) {
 	blocked(t, "b -> host service", b.ns, m.Gateway().String()+":2222")
 	blocked(t, "a -> host wan address", a.ns, "10.99.0.1:2222")
 	// nat egress is masqueraded; none has no egress.
-	allowed(t, "a -> wan", a.ns, "10.99.0.2:8080", "hello 10.99.0.1\n")
-	blocked(t, "b -> wan", b.ns, "10.99.0.2:8080")
+	allowed(t, "a -> wan", a.ns, wanAddr, "hello 10.99.0.1\n")
+	blocked(t, "b -> wan", b.ns, wanAddr)
 	// The wan side cannot open connections to guests.
 	blocked(t, "wan -> a", wan, a.lease.Addr.String()+":7000")
 
@@ -275,7 +281,7 @@ func TestIsolationAndEgress(t *testing.T) {
 		t.Errorf("b -> dns from its own address: %v", err)
 	}
 	blockedSrc(t, "b -> dns from a free address", b.ns, "172.30.0.77", dnsTCP)
-	blockedSrc(t, "b -> wan from a's address", b.ns, a.lease.Addr.String(), "10.99.0.2:8080")
+	blockedSrc(t, "b -> wan from a's address", b.ns, a.lease.Addr.String(), wanAddr)
 	gh.LinkSetHardwareAddr(eth, net.HardwareAddr{0x52, 0x54, 0, 1, 2, 3})
 	blockedSrc(t, "b -> dns with another MAC", b.ns, b.lease.Addr.String(), dnsTCP)
 }

@@ -95,7 +95,7 @@ func TestForwardDropBlocksEgress(t *testing.T) {
 	if err != nil || fmt.Sprint(got) != "[table ip filter chain FORWARD]" {
 		t.Fatalf("ForwardDrops: %v %v", got, err)
 	}
-	blocked(t, "n -> wan under FORWARD drop", n.ns, "10.99.0.2:8080")
+	blocked(t, "n -> wan under FORWARD drop", n.ns, wanAddr)
 	brnf := false
 	host.do(t, func() error {
 		b, err := os.ReadFile("/proc/sys/net/bridge/bridge-nf-call-iptables")
@@ -109,7 +109,7 @@ func TestForwardDropBlocksEgress(t *testing.T) {
 	// `iptables -I FORWARD -o bgr0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT`.
 	host.exec(t, "nft", `insert rule ip filter FORWARD oifname "bgr0" ct state related,established accept`)
 	host.exec(t, "nft", `insert rule ip filter FORWARD iifname "bgr0" accept`)
-	allowed(t, "n -> wan with the fix", n.ns, "10.99.0.2:8080", "hello 10.99.0.1\n")
+	allowed(t, "n -> wan with the fix", n.ns, wanAddr, "hello 10.99.0.1\n")
 	allowed(t, "s1 -> s2 with the fix", s1.ns, s2addr, "hello "+s1.lease.Addr.String()+"\n")
-	blocked(t, "x -> wan with the fix", x.ns, "10.99.0.2:8080")
+	blocked(t, "x -> wan with the fix", x.ns, wanAddr)
 }

@@ -36,13 +36,19 @@
 //     not forwarded at all; "shared" VMs are masqueraded out as nat ones
 //     and also reach the other shared VMs (and only them) directly on the
 //     bridge, at layer 2.
+//   - The guard chain keeps nat and shared guests from the host's own
+//     addresses (before DNAT), link-local, private and reserved ranges and
+//     every network the host routes; Options.Allow opens listed networks
+//     (guard.go). A watcher restores the tables when someone else flushes
+//     or edits them, and follows the host's routes (watch.go).
 //   - A bridge-family table of the same name pins each tap to its VM's MAC
 //     and IPv4 address (anti-spoofing): a "none" guest cannot borrow a "nat"
 //     guest's address, nor poison the host's ARP cache.
 //   - DNS answers NAME.DOMAIN (A; AAAA and other types: empty NOERROR), PTR
 //     for the subnet, NXDOMAIN for unknown names in the domain; other names
 //     are forwarded to /etc/resolv.conf's nameservers for the host and for
-//     nat and shared guests, and REFUSED for none guests.
+//     nat and shared guests, and REFUSED for none guests. Forwarding is
+//     bounded per client (dnsforward.go).
 //   - Port forwards are a userspace TCP proxy (no route_localnet, works on
 //     127.0.0.1 and survives any firewall the host has).
 //
@@ -75,6 +81,7 @@ import (
 	"net/netip"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netns"
 
@@ -120,8 +127,16 @@ type Options struct {
 	DNSPort    int          // banger's DNS port, allowed from guests; default 42069
 	Domain     string       // DNS domain of VM names, default "vm"
 	PoolSize   int          // spare taps kept ready, default 2; <0: none
-	Store      *store.Store // required
-	Logger     *slog.Logger // default: discard
+	// Allow are destinations nat and shared guests may reach although
+	// the guard blocks them by default (private, link-local and routed
+	// networks of the host; see guard.go). The host's own addresses stay
+	// closed whatever Allow says.
+	Allow []netip.Prefix
+	// CheckInterval is how often the rules are compared with the
+	// kernel's besides on nftables and route events; default 30 s.
+	CheckInterval time.Duration
+	Store         *store.Store // required
+	Logger        *slog.Logger // default: discard
 	// NetNS, when > 0, is the network namespace every kernel operation
 	// runs in. 0 (the default) is the daemon's own namespace.
 	NetNS netns.NsHandle
@@ -133,7 +148,32 @@ func OptionsFromConfig(c config.Network, st *store.Store, log *slog.Logger) (Opt
 	if err != nil {
 		return Options{}, errdefs.InvalidArgument(fmt.Sprintf("network.subnet %q: %v", c.Subnet, err))
 	}
-	return Options{Subnet: p.Masked(), DNSPort: c.DNSPort, Domain: c.DNSDomain, BridgeName: c.Bridge, TapPrefix: c.TapPrefix, Table: c.NFTable, Store: st, Logger: log}, nil
+	allow, err := ParseAllow(c.Allow)
+	if err != nil {
+		return Options{}, err
+	}
+	return Options{Subnet: p.Masked(), DNSPort: c.DNSPort, Domain: c.DNSDomain, BridgeName: c.Bridge, TapPrefix: c.TapPrefix, Table: c.NFTable, Allow: allow, Store: st, Logger: log}, nil
+}
+
+// ParseAllow parses network.allow: IPv4 prefixes ("10.1.0.0/16") or
+// addresses (a /32).
+func ParseAllow(ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, errdefs.InvalidArgument(fmt.Sprintf("network.allow: %q is not an IPv4 address or CIDR", s))
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if !p.Addr().Is4() {
+			return nil, errdefs.InvalidArgument(fmt.Sprintf("network.allow: %q is not IPv4 (guests have no IPv6 egress)", s))
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 func (o *Options) setDefaults() error {
@@ -154,6 +194,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.PoolSize == 0 {
 		o.PoolSize = 2
+	}
+	if o.CheckInterval <= 0 {
+		o.CheckInterval = 30 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -218,7 +261,12 @@ type Manager struct {
 	leases   map[string]*Lease // by VM id: the store's leases, cached
 	started  bool
 
-	rulesMu sync.Mutex // one ruleset rebuild at a time
+	rulesMu sync.Mutex // one ruleset change at a time; guards applied*
+	// applied are the leases the kernel's rules were last written for,
+	// appliedNets the host routes of the blocked set (nil: no table).
+	applied     map[string]Lease
+	appliedNets []netip.Prefix
+	restores    []time.Time // restores after outside changes, for backing off
 
 	refill chan struct{}
 	cancel context.CancelFunc
@@ -326,8 +374,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.started = true
 		bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		m.cancel = cancel
-		m.wg.Add(1)
+		m.wg.Add(2)
 		go m.refillLoop(bg)
+		go m.watchLoop(bg)
 	}
 	m.mu.Unlock()
 	m.kickRefill()

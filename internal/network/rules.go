@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sort"
 
@@ -20,10 +21,12 @@ import (
 //	chain prerouting {   type nat hook prerouting priority dstnat
 //	    iifname "bgr0" ip daddr 172.30.0.1 udp dport 53 redirect to :42069
 //	    iifname "bgr0" ip daddr 172.30.0.1 tcp dport 53 redirect to :42069 }
+//	chain guard {        type filter hook prerouting priority mangle
+//	    ... the host's own addresses, private and routed networks (guard.go) }
 //	chain input {        type filter hook input priority filter; policy accept
 //	    iifname "bgr0" ct state established,related accept
-//	    iifname "bgr0" udp dport 42069 accept
-//	    iifname "bgr0" tcp dport 42069 accept
+//	    iifname "bgr0" ip daddr 172.30.0.1 udp dport 42069 accept
+//	    iifname "bgr0" ip daddr 172.30.0.1 tcp dport 42069 accept
 //	    iifname "bgr0" drop }
 //	chain forward {      type filter hook forward priority filter; policy accept
 //	    iifname "bgr0" oifname "bgr0" ip saddr 172.30.0.4 jump shared comment "vm=ID"
@@ -87,10 +90,15 @@ import (
 
 // syncRules rebuilds the table from the leases in one atomic batch (Start
 // and Reconcile; Attach and Detach change only their VM's rules), and
-// turns IPv4 forwarding on when a nat lease exists.
+// turns IPv4 forwarding on when a nat lease exists. The host's routes are
+// read afresh for the blocked set.
 func (m *Manager) syncRules() error {
 	m.rulesMu.Lock()
 	defer m.rulesMu.Unlock()
+	return m.syncRulesLocked()
+}
+
+func (m *Manager) syncRulesLocked() error {
 	m.mu.Lock()
 	leases := make([]Lease, 0, len(m.leases))
 	nat := false
@@ -100,7 +108,11 @@ func (m *Manager) syncRules() error {
 	}
 	m.mu.Unlock()
 	sort.Slice(leases, func(i, j int) bool { return leases[i].Addr.Less(leases[j].Addr) })
-	err := m.do(func() error {
+	hostNets, err := m.hostRoutes()
+	if err != nil {
+		return fmt.Errorf("nftables table inet %s: %w", m.o.Table, err)
+	}
+	err = m.do(func() error {
 		if nat {
 			if err := enableForwarding(); err != nil {
 				return err
@@ -110,12 +122,19 @@ func (m *Manager) syncRules() error {
 		if err != nil {
 			return err
 		}
-		m.buildTable(c, leases)
+		if err := m.buildTable(c, leases, hostNets); err != nil {
+			return err
+		}
 		return c.Flush()
 	})
 	if err != nil {
 		return fmt.Errorf("nftables table inet %s: %w", m.o.Table, err)
 	}
+	m.applied = map[string]Lease{}
+	for _, l := range leases {
+		m.applied[l.VMID] = l
+	}
+	m.appliedNets = hostNets
 	return nil
 }
 
@@ -135,6 +154,7 @@ func enableForwarding() error {
 func (m *Manager) deleteTable() error {
 	m.rulesMu.Lock()
 	defer m.rulesMu.Unlock()
+	m.applied, m.appliedNets = nil, nil
 	return m.do(func() error {
 		c, err := nftables.New()
 		if err != nil {
@@ -149,79 +169,97 @@ func (m *Manager) deleteTable() error {
 	})
 }
 
+// ruleSink takes rules: an *nftables.Conn, or a ruleCounter.
+type ruleSink interface {
+	AddRule(*nftables.Rule) *nftables.Rule
+	InsertRule(*nftables.Rule) *nftables.Rule
+}
+
 // buildTable queues: the table created if missing, deleted, and created
-// again with every chain and rule — applied atomically by one Flush.
-func (m *Manager) buildTable(c *nftables.Conn, leases []Lease) {
+// again with every set, chain and rule — applied atomically by one Flush.
+func (m *Manager) buildTable(c *nftables.Conn, leases []Lease, hostNets []netip.Prefix) error {
 	t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
 	c.AddTable(t)
 	c.DelTable(t)
 	c.AddTable(t)
+	blocked, allowed, err := m.guardSets(c, t, hostNets)
+	if err != nil {
+		return err
+	}
 	accept := nftables.ChainPolicyAccept
-	pre := c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeNAT,
+	ch := vmChains{}
+	ch.guard = c.AddChain(&nftables.Chain{Name: "guard", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept})
+	ch.pre = c.AddChain(&nftables.Chain{Name: "prerouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityNATDest})
-	in := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+	ch.in = c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
-	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
+	ch.fwd = c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
-	egress := c.AddChain(&nftables.Chain{Name: "egress", Table: t})
-	shared := c.AddChain(&nftables.Chain{Name: "shared", Table: t})
-	post := c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
+	ch.egress = c.AddChain(&nftables.Chain{Name: "egress", Table: t})
+	ch.shared = c.AddChain(&nftables.Chain{Name: "shared", Table: t})
+	ch.post = c.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-
-	br := m.o.BridgeName
-	port := uint16(m.o.DNSPort)
-	add := func(ch *nftables.Chain, comment string, es ...[]expr.Any) {
-		var all []expr.Any
-		for _, e := range es {
-			all = append(all, e...)
-		}
-		r := &nftables.Rule{Table: t, Chain: ch, Exprs: all}
-		if comment != "" {
-			r.UserData = userdata.AppendString(nil, userdata.TypeComment, comment)
-		}
-		c.AddRule(r)
-	}
-
-	// prerouting: the gateway's port 53 is banger's DNS.
-	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-		add(pre, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ip4Addr(16, m.gw.As4()), l4Port(proto, 2, 53),
-			[]expr.Any{
-				&expr.Immediate{Register: 1, Data: be16(port)},
-				&expr.Redir{RegisterProtoMin: 1},
-			})
-	}
-	// input: replies to the host's own connections, DNS, nothing else.
-	add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
-	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
-		add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), l4Port(proto, 2, port), verdict(expr.VerdictAccept))
-	}
-	add(in, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
-	// forward: no guest to guest through the host (nor bridged, with
-	// br_netfilter) but shared to shared; replies in; egress per VM.
-	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
-	add(fwd, "", ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
-	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), jump("egress"))
-	add(fwd, "", ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
-	add(fwd, "", ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
 
 	bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
 	c.AddTable(bt)
 	c.DelTable(bt)
 	c.AddTable(bt)
-	spoof := c.AddChain(&nftables.Chain{Name: "antispoof", Table: bt, Type: nftables.ChainTypeFilter,
+	ch.spoof = c.AddChain(&nftables.Chain{Name: "antispoof", Table: bt, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
-	bfwd := c.AddChain(&nftables.Chain{Name: "forward", Table: bt, Type: nftables.ChainTypeFilter,
+	ch.bfwd = c.AddChain(&nftables.Chain{Name: "forward", Table: bt, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(-200), Policy: &accept})
-	bshared := c.AddChain(&nftables.Chain{Name: "shared", Table: bt})
+	ch.bshared = c.AddChain(&nftables.Chain{Name: "shared", Table: bt})
 
-	ch := vmChains{egress: egress, post: post, fwd: fwd, shared: shared, spoof: spoof, bfwd: bfwd, bshared: bshared}
+	m.guardRules(c, ch.guard, blocked, allowed)
+	m.baseRules(c, ch)
 	for _, l := range leases {
 		m.addVMRules(c, ch, l)
 	}
+	return nil
 }
 
-// vmChains are the chains holding per-VM rules (comment "vm=ID").
+// baseRules queues the rules that do not belong to a VM: DNS on the
+// gateway, the host closed to guests, guests apart from each other.
+func (m *Manager) baseRules(c ruleSink, ch vmChains) {
+	br := m.o.BridgeName
+	port := uint16(m.o.DNSPort)
+	add := func(ch *nftables.Chain, es ...[]expr.Any) {
+		var all []expr.Any
+		for _, e := range es {
+			all = append(all, e...)
+		}
+		c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: all})
+	}
+	gw := ip4Addr(16, m.gw.As4())
+	// prerouting: the gateway's port 53 is banger's DNS.
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		add(ch.pre, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), gw, l4Port(proto, 2, 53),
+			[]expr.Any{
+				&expr.Immediate{Register: 1, Data: be16(port)},
+				&expr.Redir{RegisterProtoMin: 1},
+			})
+	}
+	// input: replies to the host's own connections, DNS on the gateway,
+	// nothing else.
+	add(ch.in, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	for _, proto := range []byte{unix.IPPROTO_UDP, unix.IPPROTO_TCP} {
+		add(ch.in, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), gw, l4Port(proto, 2, port), verdict(expr.VerdictAccept))
+	}
+	add(ch.in, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+	// forward: no guest to guest through the host (nor bridged, with
+	// br_netfilter) but shared to shared; replies in; egress per VM.
+	add(ch.fwd, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+	add(ch.fwd, ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), verdict(expr.VerdictAccept))
+	add(ch.fwd, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), jump("egress"))
+	add(ch.fwd, ifname(expr.MetaKeyIIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+	add(ch.fwd, ifname(expr.MetaKeyOIFNAME, expr.CmpOpEq, br), verdict(expr.VerdictDrop))
+}
+
+// vmChains are the chains of both tables; per-VM rules (comment "vm=ID")
+// live in egress, post, fwd, shared, spoof, bfwd and bshared.
 type vmChains struct {
+	guard, pre, in            *nftables.Chain // table inet, base rules only
 	egress, post, fwd, shared *nftables.Chain // table inet
 	spoof, bfwd, bshared      *nftables.Chain // table bridge
 }
@@ -232,6 +270,8 @@ func (m *Manager) chainsByName() vmChains {
 	t := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyINet}
 	bt := &nftables.Table{Name: m.o.Table, Family: nftables.TableFamilyBridge}
 	return vmChains{
+		guard: &nftables.Chain{Name: "guard", Table: t}, pre: &nftables.Chain{Name: "prerouting", Table: t},
+		in:     &nftables.Chain{Name: "input", Table: t},
 		egress: &nftables.Chain{Name: "egress", Table: t}, post: &nftables.Chain{Name: "postrouting", Table: t},
 		fwd: &nftables.Chain{Name: "forward", Table: t}, shared: &nftables.Chain{Name: "shared", Table: t},
 		spoof: &nftables.Chain{Name: "antispoof", Table: bt}, bfwd: &nftables.Chain{Name: "forward", Table: bt},
@@ -239,13 +279,19 @@ func (m *Manager) chainsByName() vmChains {
 	}
 }
 
+// all are the chains that hold per-VM rules.
 func (ch vmChains) all() []*nftables.Chain {
 	return []*nftables.Chain{ch.egress, ch.post, ch.fwd, ch.shared, ch.spoof, ch.bfwd, ch.bshared}
 }
 
+// every is every chain of both tables.
+func (ch vmChains) every() []*nftables.Chain {
+	return append([]*nftables.Chain{ch.guard, ch.pre, ch.in}, ch.all()...)
+}
+
 // addVMRules queues every rule of one VM: egress, anti-spoofing and, for a
 // shared VM, the rules that let it exchange frames with other shared VMs.
-func (m *Manager) addVMRules(c *nftables.Conn, ch vmChains, l Lease) {
+func (m *Manager) addVMRules(c ruleSink, ch vmChains, l Lease) {
 	m.addEgressRules(c, ch, l)
 	m.addSpoofRules(c, ch.spoof.Table, ch.spoof, l)
 }
@@ -253,7 +299,7 @@ func (m *Manager) addVMRules(c *nftables.Conn, ch vmChains, l Lease) {
 // addSpoofRules queues the bridge-family rules that pin a VM's tap to its
 // MAC and IPv4 address: a guest cannot borrow another VM's address (and
 // its egress) nor poison the host's ARP cache.
-func (m *Manager) addSpoofRules(c *nftables.Conn, t *nftables.Table, ch *nftables.Chain, l Lease) {
+func (m *Manager) addSpoofRules(c ruleSink, t *nftables.Table, ch *nftables.Chain, l Lease) {
 	ud := userdata.AppendString(nil, userdata.TypeComment, "vm="+l.VMID)
 	rule := func(es ...[]expr.Any) {
 		var all []expr.Any
@@ -291,7 +337,7 @@ func etherType(t uint16) []expr.Any {
 // bridged from or to its tap and, for a shared VM, the jumps to the shared
 // chains that accept what goes to another shared VM. The jumps are
 // inserted at the top of the forward chains, before every drop.
-func (m *Manager) addEgressRules(c *nftables.Conn, ch vmChains, l Lease) {
+func (m *Manager) addEgressRules(c ruleSink, ch vmChains, l Lease) {
 	ud := userdata.AppendString(nil, userdata.TypeComment, "vm="+l.VMID)
 	rule := func(ch *nftables.Chain, es ...[]expr.Any) *nftables.Rule {
 		var all []expr.Any
@@ -332,6 +378,7 @@ func jump(chain string) []expr.Any {
 // the caller has updated first.
 func (m *Manager) vmRulesChanged(old, new *Lease) error {
 	m.rulesMu.Lock()
+	defer m.rulesMu.Unlock()
 	err := m.do(func() error {
 		if new != nil && new.Egress.out() {
 			if err := enableForwarding(); err != nil {
@@ -353,7 +400,6 @@ func (m *Manager) vmRulesChanged(old, new *Lease) error {
 		}
 		return c.Flush()
 	})
-	m.rulesMu.Unlock()
 	if err != nil {
 		id := ""
 		if old != nil {
@@ -362,7 +408,15 @@ func (m *Manager) vmRulesChanged(old, new *Lease) error {
 			id = new.VMID
 		}
 		m.o.Logger.Warn("nftables: per-VM update failed, rebuilding the table", "vm", id, "err", err)
-		return m.syncRules()
+		return m.syncRulesLocked()
+	}
+	if m.applied != nil {
+		if old != nil {
+			delete(m.applied, old.VMID)
+		}
+		if new != nil {
+			m.applied[new.VMID] = *new
+		}
 	}
 	return nil
 }

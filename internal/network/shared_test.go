@@ -201,8 +201,8 @@ func TestSharedNetwork(t *testing.T) {
 			allowed(t, "s2 -> s1", s2.ns, addr(s1), said(s2))
 			pings(t, "s1 ping s2", s1, s2)
 			pings(t, "s2 ping s1", s2, s1)
-			allowed(t, "s1 -> wan", s1.ns, "10.99.0.2:8080", "hello 10.99.0.1\n")
-			allowed(t, "n1 -> wan", n1.ns, "10.99.0.2:8080", "hello 10.99.0.1\n")
+			allowed(t, "s1 -> wan", s1.ns, wanAddr, "hello 10.99.0.1\n")
+			allowed(t, "n1 -> wan", n1.ns, wanAddr, "hello 10.99.0.1\n")
 			if out := s1.ns.exec(t, "dig", "+short", "+time=2", "+tries=1", "@"+m.Gateway().String(), "s2.vm", "A"); out != s2.lease.Addr.String()+"\n" {
 				t.Errorf("s1: dig s2.vm: %q", out)
 			}
@@ -219,7 +219,7 @@ func TestSharedNetwork(t *testing.T) {
 				func() { blocked(t, "s1 -> host service", s1.ns, m.Gateway().String()+":2222") },
 				func() { blocked(t, "s1 -> host wan address", s1.ns, "10.99.0.1:2222") },
 				func() { blocked(t, "wan -> s1", wan, addr(s1)) },
-				func() { blocked(t, "x -> wan", x.ns, "10.99.0.2:8080") },
+				func() { blocked(t, "x -> wan", x.ns, wanAddr) },
 				func() { blocked(t, "stray -> s1", stray.ns, addr(s1)) },
 				func() { blocked(t, "s1 -> stray", s1.ns, addr(stray)) },
 				func() { blocked(t, "stray -> n1", stray.ns, addr(n1)) },
@@ -253,7 +253,7 @@ func TestSharedNetwork(t *testing.T) {
 	if ok, master, iso := linkInfo(t, host, l.Tap); !ok || master != "bgr0" || !iso {
 		t.Fatalf("n3's tap: exists %v master %q isolated %v", ok, master, iso)
 	}
-	allowed(t, "s2 -> wan after s1 left", s2.ns, "10.99.0.2:8080", "hello 10.99.0.1\n")
+	allowed(t, "s2 -> wan after s1 left", s2.ns, wanAddr, "hello 10.99.0.1\n")
 }
 
 // TestSharedTapIsolation: Attach makes a shared VM's tap a non-isolated
@@ -344,16 +344,16 @@ func TestSetEgress(t *testing.T) {
 	set(a, EgressShared)
 	allowed(t, "a (shared) -> s", a.ns, addr(s), said(a))
 	allowed(t, "s -> a (shared)", s.ns, addr(a), said(s))
-	allowed(t, "a (shared) -> wan", a.ns, "10.99.0.2:8080", "hello 10.99.0.1\n")
+	allowed(t, "a (shared) -> wan", a.ns, wanAddr, "hello 10.99.0.1\n")
 	set(a, EgressNone)
 	parallel(
-		func() { blocked(t, "a (none) -> wan", a.ns, "10.99.0.2:8080") },
+		func() { blocked(t, "a (none) -> wan", a.ns, wanAddr) },
 		func() { blocked(t, "a (none) -> s", a.ns, addr(s)) },
 		func() { blocked(t, "s -> a (none)", s.ns, addr(a)) },
-		func() { blocked(t, "x (none) -> wan", x.ns, "10.99.0.2:8080") },
+		func() { blocked(t, "x (none) -> wan", x.ns, wanAddr) },
 	)
 	set(x, EgressNAT)
-	allowed(t, "x (nat) -> wan", x.ns, "10.99.0.2:8080", "hello 10.99.0.1\n")
+	allowed(t, "x (nat) -> wan", x.ns, wanAddr, "hello 10.99.0.1\n")
 	if owners, err := m.RuleOwners(); err != nil || strings.Join(owners, ",") != "a,s,x" {
 		t.Fatalf("rule owners: %v %v", owners, err)
 	}

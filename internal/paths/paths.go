@@ -7,12 +7,25 @@
 //  2. XDG: $XDG_CONFIG_HOME/banger, $XDG_STATE_HOME/banger,
 //     $XDG_CACHE_HOME/banger, $XDG_RUNTIME_DIR/banger, each with the XDG
 //     default when unset; root without XDG_RUNTIME_DIR uses /run/banger.
+//
+// The runtime directory holds the API socket and the daemon's pid lock:
+// whoever controls it controls what `banger` talks to. Without
+// XDG_RUNTIME_DIR it is the predictable /tmp/banger-UID, which another
+// local user could create first and serve a fake daemon from (it would
+// receive the repository, pick the --apply target, choose the ssh
+// destination). So it must be a real directory (not a symbolic link),
+// owned by the user, mode 0700: Ensure creates it so and refuses one that
+// is not, and CheckRuntime (the client, before every connection, and the
+// pid-lock reader) refuses to use one that is not.
 package paths
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // Layout is the set of banger's directories.
@@ -74,14 +87,66 @@ func Resolve(getenv func(string) string, uid int) (Layout, error) {
 	return l, nil
 }
 
-// Ensure creates every directory of the layout.
+// Ensure creates every directory of the layout; the runtime directory
+// private (see the package doc), or an *UnsafeDirError.
 func (l Layout) Ensure() error {
-	for _, d := range []string{l.Config, l.State, l.Cache, l.Runtime, l.VMsDir(), l.ImagesDir()} {
+	for _, d := range []string{l.Config, l.State, l.Cache, l.VMsDir(), l.ImagesDir(), filepath.Dir(l.Runtime)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return err
 		}
 	}
-	return os.Chmod(l.Runtime, 0o700)
+	if err := os.Mkdir(l.Runtime, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return err
+	}
+	return CheckPrivateDir(l.Runtime, os.Geteuid())
+}
+
+// CheckRuntime checks that the runtime directory, when it exists, is this
+// user's own (see the package doc). A missing one is fine: nothing runs
+// there yet.
+func (l Layout) CheckRuntime() error {
+	err := CheckPrivateDir(l.Runtime, os.Geteuid())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// UnsafeDirError says a directory that must be private is not.
+type UnsafeDirError struct {
+	Dir    string
+	Reason string
+}
+
+func (e *UnsafeDirError) Error() string {
+	return fmt.Sprintf("refusing to use %s: %s; another local user could serve a fake bangerd there (remove it, or set XDG_RUNTIME_DIR to a directory of yours)", e.Dir, e.Reason)
+}
+
+// CheckPrivateDir checks that dir is a directory (not a symbolic link)
+// owned by uid with no permission for group or others. A missing dir is
+// fs.ErrNotExist; any other failure an *UnsafeDirError.
+func CheckPrivateDir(dir string, uid int) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	switch {
+	case fi.Mode()&fs.ModeSymlink != 0:
+		return &UnsafeDirError{dir, "it is a symbolic link"}
+	case !fi.IsDir():
+		return &UnsafeDirError{dir, "it is not a directory"}
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return &UnsafeDirError{dir, "its owner is unknown"}
+	}
+	if int(st.Uid) != uid {
+		return &UnsafeDirError{dir, fmt.Sprintf("it belongs to uid %d, not to uid %d", st.Uid, uid)}
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return &UnsafeDirError{dir, fmt.Sprintf("its mode is %04o, not 0700 (chmod 700 %s)", perm, dir)}
+	}
+	return nil
 }
 
 // ConfigFile is the user's configuration.
