@@ -34,8 +34,18 @@ type Health struct {
 // Event is one line of a streamed response.
 type Event struct {
 	Progress *Progress `json:"progress,omitempty"`
+	Run      *RunEvent `json:"run,omitempty"` // runs only: a step done
 	Result   any       `json:"result,omitempty"`
 	Error    *Error    `json:"error,omitempty"`
+}
+
+// RunEvent says a step of a run is done: "created" (the VM is ready),
+// "exported" (the workspace's edits are kept: Patch), "deleted" (the VM
+// is gone).
+type RunEvent struct {
+	Type  string    `json:"type"`
+	VM    string    `json:"vm"`
+	Patch *RunPatch `json:"patch,omitempty"`
 }
 
 // Progress reports a phase of a long operation, and where it can, how much
@@ -328,4 +338,33 @@ type RunPatch struct {
 // RunOutcomeRequest is the body of POST /v1/runs/{id}/outcome.
 type RunOutcomeRequest struct {
 	Outcome string `json:"outcome"`
+}
+
+// FileContent answers GET /v1/vms/{name}/file?path=P[&max=N]: a file of
+// the guest (untrusted content, at most max bytes).
+type FileContent struct {
+	Path      string    `json:"path"`
+	Type      string    `json:"type"` // file, symlink
+	Mode      string    `json:"mode"` // octal permission bits, e.g. "0644"
+	Size      int64     `json:"size"` // the file's size (Data may be shorter: Truncated)
+	ModTime   time.Time `json:"mtime"`
+	Link      string    `json:"link,omitempty"` // a symlink's target
+	Data      []byte    `json:"data,omitempty"` // base64 in JSON
+	Truncated bool      `json:"truncated,omitempty"`
+}
+
+// DirListing answers GET /v1/vms/{name}/dir?path=P.
+type DirListing struct {
+	Path      string     `json:"path"`
+	Entries   []DirEntry `json:"entries"`
+	Truncated bool       `json:"truncated,omitempty"`
+}
+
+// DirEntry is one entry of a directory listing.
+type DirEntry struct {
+	Name    string    `json:"name"`
+	Type    string    `json:"type"` // file, dir, symlink, other
+	Size    int64     `json:"size"`
+	Mode    string    `json:"mode"` // octal permission bits
+	ModTime time.Time `json:"mtime"`
 }

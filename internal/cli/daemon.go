@@ -14,7 +14,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
 	"banger/internal/client"
 	"banger/internal/daemon"
 	"banger/internal/errdefs"
@@ -175,15 +174,7 @@ func newDaemonCmd(e *env) *cobra.Command {
 	status := &cobra.Command{
 		Use: "status", Short: "Show whether bangerd runs, its pid, version and socket", Args: args(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			type st struct {
-				Running bool             `json:"running"`
-				PID     int              `json:"pid,omitempty"`
-				Socket  string           `json:"socket"`
-				Log     string           `json:"log"`
-				Version *api.VersionInfo `json:"version,omitempty"`
-				Health  *api.Health      `json:"health,omitempty"`
-			}
-			s := st{Socket: e.layout.Socket(), Log: e.layout.DaemonLog(), PID: daemon.LockHolder(e.layout.DaemonLock())}
+			s := daemonStatus{Socket: e.layout.Socket(), Log: e.layout.DaemonLog(), PID: daemon.LockHolder(e.layout.DaemonLock())}
 			cl := client.New(e.layout.Socket())
 			if h, err := cl.Health(c.Context()); err == nil {
 				s.Running, s.Health = true, &h

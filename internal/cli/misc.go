@@ -8,7 +8,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
 	"banger/internal/client"
 	"banger/internal/config"
 	"banger/internal/daemon"
@@ -21,19 +20,17 @@ func newVersionCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use: "version", Short: "Print banger's version (and the daemon's, when it runs)", Args: args(cobra.NoArgs),
 		RunE: func(c *cobra.Command, _ []string) error {
-			out := map[string]any{
-				"version": version.Version, "commit": version.Commit,
-				"api_version": version.APIVersion, "go_version": runtime.Version(),
-			}
+			out := versionOutput{Version: version.Version, Commit: version.Commit,
+				APIVersion: version.APIVersion, GoVersion: runtime.Version()}
 			// Never start the daemon just to print a version.
 			if v, err := client.New(e.layout.Socket()).Version(c.Context()); err == nil {
-				out["daemon"] = v
+				out.Daemon = &v
 			}
 			if jsonOut {
 				return printJSON(e.stdout, out)
 			}
 			fmt.Fprintf(e.stdout, "banger %s (commit %s, api %s, %s)\n", version.Version, version.Commit, version.APIVersion, runtime.Version())
-			if v, ok := out["daemon"].(api.VersionInfo); ok {
+			if v := out.Daemon; v != nil {
 				fmt.Fprintf(e.stdout, "bangerd %s (commit %s, pid %d)\n", v.Version, v.Commit, v.PID)
 			}
 			return nil
@@ -83,10 +80,8 @@ func newConfigCmd(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			out := map[string]any{
-				"config_file": e.layout.ConfigFile(), "config": cfg,
-				"dirs": map[string]string{"config": e.layout.Config, "state": e.layout.State, "cache": e.layout.Cache, "runtime": e.layout.Runtime},
-			}
+			out := configOutput{ConfigFile: e.layout.ConfigFile(), Config: cfg,
+				Dirs: map[string]string{"config": e.layout.Config, "state": e.layout.State, "cache": e.layout.Cache, "runtime": e.layout.Runtime}}
 			if jsonOut {
 				return printJSON(e.stdout, out)
 			}

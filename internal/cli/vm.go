@@ -24,7 +24,8 @@ import (
 func addVMCommands(root *cobra.Command, e *env) {
 	vm := group(&cobra.Command{Use: "vm", Short: "Create, run, inspect and remove VMs"})
 	vm.AddCommand(newVMCreateCmd(e), newVMListCmd(e), newVMShowCmd(e), newVMExecCmd(e), newVMRunCmd(e),
-		newVMDeleteCmd(e), newVMStopCmd(e), newVMStartCmd(e), newVMRestartCmd(e), newVMSetCmd(e), newVMLogsCmd(e), newVMSSHCmd(e), newVMPortCmd(e))
+		newVMDeleteCmd(e), newVMStopCmd(e), newVMStartCmd(e), newVMRestartCmd(e), newVMSetCmd(e), newVMLogsCmd(e), newVMSSHCmd(e), newVMPortCmd(e),
+		newVMCatCmd(e), newVMPutCmd(e), newVMDirCmd(e))
 	root.AddCommand(vm, newImageCmd(e), newWorkspaceCmd(e), newRunCmd(e))
 }
 
@@ -262,6 +263,8 @@ type execFlags struct {
 	noStdin bool
 	dir     string
 	env     []string
+	json    bool
+	events  *eventWriter // set when json
 }
 
 func (f *execFlags) add(cmd *cobra.Command) {
@@ -269,6 +272,7 @@ func (f *execFlags) add(cmd *cobra.Command) {
 	cmd.Flags().BoolVarP(&f.noStdin, "no-stdin", "n", false, "do not forward stdin (the command reads EOF)")
 	cmd.Flags().StringVar(&f.dir, "cwd", "", "working directory in the guest (default /root)")
 	cmd.Flags().StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the command's environment (repeatable)")
+	cmd.Flags().BoolVar(&f.json, "json", false, "print NDJSON events on stdout (output chunks, exit, ...; see the README) instead of the output itself")
 }
 
 // runExec runs argv in a VM with this process's stdio, forwarding signals
@@ -281,6 +285,12 @@ func (e *env) runExec(ctx context.Context, cl *client.Client, name string, argv 
 	}
 	req := api.ExecRequest{Argv: argv, Env: f.env, Dir: f.dir}
 	stdio := client.ExecIO{Stdout: e.stdout, Stderr: e.stderr}
+	if f.events != nil {
+		if f.tty {
+			return 0, usageError{errors.New("--json and --tty do not go together")}
+		}
+		stdio = client.ExecIO{Stdout: f.events.stream("stdout"), Stderr: f.events.stream("stderr")}
+	}
 	if !f.noStdin {
 		stdio.Stdin = e.stdin
 	}
@@ -321,6 +331,9 @@ func (e *env) runExec(ctx context.Context, cl *client.Client, name string, argv 
 			if err != nil {
 				return 0, err
 			}
+			if f.events != nil {
+				f.events.exit(st.Code, st.Signal)
+			}
 			return st.Code, nil
 		}
 	}
@@ -338,13 +351,22 @@ failures exit 125.`,
 		Args:              args(cobra.MinimumNArgs(2)),
 		ValidArgsFunction: e.completeVMs,
 		RunE: func(c *cobra.Command, a []string) error {
+			if f.json {
+				f.events = &eventWriter{w: e.stdout}
+			}
+			fail := func(err error) error {
+				if f.events != nil {
+					f.events.fail(err)
+				}
+				return runFailure(err)
+			}
 			cl, err := e.client(c.Context())
 			if err != nil {
-				return runFailure(err)
+				return fail(err)
 			}
 			code, err := e.runExec(c.Context(), cl, a[0], a[1:], f)
 			if err != nil {
-				return runFailure(err)
+				return fail(err)
 			}
 			return exitError{code}
 		},
@@ -417,6 +439,15 @@ REPO's git dir, whose path and a diffstat are printed.
 			if err != nil {
 				return err
 			}
+			if f.json {
+				f.events = &eventWriter{w: e.stdout}
+			}
+			runFailure := func(err error) error {
+				if f.events != nil {
+					f.events.fail(err)
+				}
+				return runFailure(err)
+			}
 			if repo == "" && (exportFlag != "" || untracked) {
 				return usageError{errors.New("--export and --include-untracked need a REPO before --")}
 			}
@@ -459,7 +490,7 @@ REPO's git dir, whose path and a diffstat are printed.
 				runErr = api.FromWire(r.Error)
 			}
 			if r.Patch != nil && vmReq.Workspace != nil {
-				if err := e.useRunPatch(post, cl, r, vmReq.Workspace, mode); err != nil {
+				if err := e.useRunPatch(post, cl, r, vmReq.Workspace, mode, f.events); err != nil {
 					fmt.Fprintf(e.stderr, "banger: the edits of vm %s are kept by bangerd (banger run patch %s): %v\n", r.VM, r.ID, err)
 					if runErr == nil {
 						runErr = err
@@ -481,6 +512,12 @@ REPO's git dir, whose path and a diffstat are printed.
 			}
 			if runErr != nil {
 				return runFailure(runErr)
+			}
+			if f.events != nil {
+				if got, err := cl.GetRun(post, r.ID); err == nil {
+					r = got // with the outcome
+				}
+				f.events.emit(Event{Type: "result", Run: &r})
 			}
 			return exitError{r.ExitCode}
 		},
@@ -508,6 +545,15 @@ func (e *env) watchRun(ctx context.Context, cl *client.Client, req api.RunReques
 	req.Exec = api.ExecRequest{Argv: argv, Env: f.env, Dir: f.dir}
 	p, done := e.progressPrinter(false)
 	stdio := client.RunIO{Stdout: e.stdout, Stderr: e.stderr, Progress: p}
+	if ev := f.events; ev != nil {
+		if f.tty {
+			return api.Run{}, usageError{errors.New("--json and --tty do not go together")}
+		}
+		p, done = func(pr api.Progress) { ev.emit(Event{Type: "progress", Progress: &pr}) }, func() {}
+		stdio = client.RunIO{Stdout: ev.stream("stdout"), Stderr: ev.stream("stderr"), Progress: p,
+			Exit: func(x api.ExecExit) { ev.exit(x.Code, x.Signal) },
+			Step: func(s api.RunEvent) { ev.emit(Event{Type: s.Type, VM: s.VM, Patch: s.Patch}) }}
+	}
 	if !f.noStdin {
 		stdio.Stdin = e.stdin
 	}
@@ -564,7 +610,7 @@ func (e *env) watchRun(ctx context.Context, cl *client.Client, req api.RunReques
 
 // useRunPatch fetches the patch a run kept and uses it as mode says, then
 // records the outcome with the run.
-func (e *env) useRunPatch(ctx context.Context, cl *client.Client, r api.Run, ws *api.WorkspaceSpec, mode exportMode) error {
+func (e *env) useRunPatch(ctx context.Context, cl *client.Client, r api.Run, ws *api.WorkspaceSpec, mode exportMode, events *eventWriter) error {
 	rc, err := cl.RunPatch(ctx, r.ID)
 	if err != nil {
 		return err
@@ -574,6 +620,9 @@ func (e *env) useRunPatch(ctx context.Context, cl *client.Client, r api.Run, ws 
 	if err != nil {
 		cl.SetRunOutcome(ctx, r.ID, "not used: "+err.Error())
 		return err
+	}
+	if events != nil && outcome != "" {
+		events.emit(Event{Type: "export", Outcome: outcome})
 	}
 	if outcome != "" {
 		return cl.SetRunOutcome(ctx, r.ID, outcome)

@@ -77,6 +77,9 @@ type RunIO struct {
 	// Exit, if set, is told how the command ended as soon as it has (the
 	// export and delete follow before the result).
 	Exit func(api.ExecExit)
+	// Step, if set, is told each step of the run that is done (created,
+	// exported, deleted).
+	Step func(api.RunEvent)
 }
 
 // RunStream is a run being watched. The run is the daemon's: closing the
@@ -166,8 +169,14 @@ func (s *RunStream) readLoop(stdio RunIO) {
 			}
 		case api.FrameEvent:
 			var ev api.Event
-			if json.Unmarshal(p, &ev) == nil && ev.Progress != nil && stdio.Progress != nil {
+			if json.Unmarshal(p, &ev) != nil {
+				break
+			}
+			if ev.Progress != nil && stdio.Progress != nil {
 				stdio.Progress(*ev.Progress)
+			}
+			if ev.Run != nil && stdio.Step != nil {
+				stdio.Step(*ev.Run)
 			}
 		case api.FrameExit:
 			var x api.ExecExit

@@ -333,3 +333,45 @@ func (c *Client) PruneImages(ctx context.Context) (api.PruneResult, error) {
 	err := c.Do(ctx, "POST", "/v1/images/prune", nil, &r)
 	return r, err
 }
+
+// ReadFile reads a file of a running VM (at most max bytes; 0: the
+// daemon's limit, 16 MiB); Truncated says whether there was more.
+func (c *Client) ReadFile(ctx context.Context, name, path string, max int64) (api.FileContent, error) {
+	q := url.Values{"path": {path}}
+	if max > 0 {
+		q.Set("max", fmt.Sprint(max))
+	}
+	var v api.FileContent
+	err := c.Do(ctx, "GET", "/v1/vms/"+url.PathEscape(name)+"/file?"+q.Encode(), nil, &v)
+	return v, err
+}
+
+// WriteFile writes size bytes of r as a file of a running VM, with the
+// permission bits of mode (0: 0644).
+func (c *Client) WriteFile(ctx context.Context, name, path string, r io.Reader, size int64, mode uint32) error {
+	q := url.Values{"path": {path}}
+	if mode != 0 {
+		q.Set("mode", fmt.Sprintf("%o", mode))
+	}
+	req, err := http.NewRequestWithContext(ctx, "PUT", "http://bangerd/v1/vms/"+url.PathEscape(name)+"/file?"+q.Encode(), io.LimitReader(r, size))
+	if err != nil {
+		return err
+	}
+	req.ContentLength = size
+	if size == 0 {
+		req.Body = http.NoBody
+	}
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// ListDir lists a directory of a running VM.
+func (c *Client) ListDir(ctx context.Context, name, path string) (api.DirListing, error) {
+	var v api.DirListing
+	err := c.Do(ctx, "GET", "/v1/vms/"+url.PathEscape(name)+"/dir?"+url.Values{"path": {path}}.Encode(), nil, &v)
+	return v, err
+}

@@ -224,6 +224,7 @@ func (u unavailableBackend) DialAgent(context.Context, vmm.Handle) (net.Conn, er
 func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 	d.imageRoutes(mux)
 	d.runRoutes(mux)
+	d.fileRoutes(mux)
 	mux.HandleFunc("GET /v1/vms", func(w http.ResponseWriter, r *http.Request) {
 		list, err := d.vms.List(r.Context())
 		if err != nil {

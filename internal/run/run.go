@@ -330,6 +330,11 @@ func (l *Live) fail(err error) {
 	l.mu.Unlock()
 }
 
+// notify tells the client a step is done.
+func (l *Live) notify(typ, vm string, p *api.RunPatch) {
+	l.emit(func(s Sink) error { return s.Event(api.Event{Run: &api.RunEvent{Type: typ, VM: vm, Patch: p}}) })
+}
+
 // run is the whole operation, detached from any request.
 func (l *Live) run() {
 	m := l.m
@@ -389,6 +394,7 @@ func (l *Live) run() {
 	l.mu.Lock()
 	l.rec.Run.VM = v.Name
 	l.mu.Unlock()
+	l.notify("created", v.Name, nil)
 	l.setState(api.RunRunning)
 
 	// Exec.
@@ -424,10 +430,8 @@ func (l *Live) finish(v api.VM, export, del bool, log *slog.Logger) {
 			log.Warn("run export failed: keeping the vm", "vm", v.Name, "err", err)
 			l.fail(fmt.Errorf("export the workspace of vm %s: %w; the vm is kept: export it with 'banger workspace export %s'", v.Name, err, v.Name))
 		}
-		if p != nil && p.Files > 0 {
-			l.emit(func(s Sink) error {
-				return s.Event(api.Event{Progress: &api.Progress{Phase: "export", Detail: fmt.Sprintf("%d changed files kept by the daemon", p.Files)}})
-			})
+		if err == nil {
+			l.notify("exported", v.Name, p)
 		}
 	}
 	if del && exported {
@@ -443,6 +447,7 @@ func (l *Live) finish(v api.VM, export, del bool, log *slog.Logger) {
 			l.mu.Lock()
 			l.rec.Run.VMDeleted = true
 			l.mu.Unlock()
+			l.notify("deleted", v.Name, nil)
 		}
 	}
 	l.mu.Lock()

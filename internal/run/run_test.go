@@ -179,7 +179,12 @@ func (s *recSink) Event(ev api.Event) error {
 	if s.fail {
 		return errors.New("gone")
 	}
-	s.events = append(s.events, ev.Progress.Phase)
+	if ev.Progress != nil {
+		s.events = append(s.events, ev.Progress.Phase)
+	}
+	if ev.Run != nil {
+		s.events = append(s.events, "run:"+ev.Run.Type)
+	}
 	return nil
 }
 func (s *recSink) Stdout(p []byte) error {
@@ -261,6 +266,9 @@ func TestRunExportsThenDeletes(t *testing.T) {
 	}
 	if sink.exit == nil || sink.exit.Code != 3 || sink.out.String() != "out\n" {
 		t.Fatalf("stream: exit %+v out %q", sink.exit, sink.out.String())
+	}
+	if got := strings.Join(sink.events, ","); got != "boot,run:created,run:exported,run:deleted" {
+		t.Fatalf("events %s", got)
 	}
 	// The daemon's copy of the work disk is gone (the VM took it, or not).
 	if _, err := os.Stat(disk); !os.IsNotExist(err) {
