@@ -17,6 +17,7 @@ import (
 )
 
 func main() {
+	daemon.CloseInheritedFDs()
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "--version", "version":

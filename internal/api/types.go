@@ -79,30 +79,31 @@ type CreateVMRequest struct {
 
 // VM describes one VM as the world says it is.
 type VM struct {
-	ID         string         `json:"id"`
-	Name       string         `json:"name"`
-	State      string         `json:"state"` // creating, running, stopped, error, unknown, deleting
-	Image      string         `json:"image"`
-	VCPUs      int            `json:"vcpus"`
-	MemoryMiB  int            `json:"memory_mib"`
-	DiskBytes  int64          `json:"disk_bytes"`
-	DiskUsed   int64          `json:"disk_used_bytes"`
-	Backend    string         `json:"backend"`
-	Accel      string         `json:"accel,omitempty"`
-	PID        int            `json:"pid,omitempty"`
-	Boot       string         `json:"boot,omitempty"` // "cold" or "warm"
-	CreatedAt  time.Time      `json:"created_at"`
-	StartedAt  time.Time      `json:"started_at,omitempty"`
-	Uptime     string         `json:"uptime,omitempty"`
-	ConsoleLog string         `json:"console_log"`
-	RootDisk   string         `json:"root_disk"`
-	LastError  string         `json:"last_error,omitempty"`
-	Net        string         `json:"net"` // nat, none, shared, off (no NIC)
-	IP         string         `json:"ip,omitempty"`
-	MAC        string         `json:"mac,omitempty"`
-	Tap        string         `json:"tap,omitempty"`
-	Forwards   []string       `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
-	Workspace  *WorkspaceInfo `json:"workspace,omitempty"`
+	ID          string         `json:"id"`
+	Name        string         `json:"name"`
+	State       string         `json:"state"` // creating, running, stopped, error, unknown, deleting
+	Image       string         `json:"image"`
+	ImageDigest string         `json:"image_digest,omitempty"`
+	VCPUs       int            `json:"vcpus"`
+	MemoryMiB   int            `json:"memory_mib"`
+	DiskBytes   int64          `json:"disk_bytes"`
+	DiskUsed    int64          `json:"disk_used_bytes"`
+	Backend     string         `json:"backend"`
+	Accel       string         `json:"accel,omitempty"`
+	PID         int            `json:"pid,omitempty"`
+	Boot        string         `json:"boot,omitempty"` // "cold" or "warm"
+	CreatedAt   time.Time      `json:"created_at"`
+	StartedAt   time.Time      `json:"started_at,omitempty"`
+	Uptime      string         `json:"uptime,omitempty"`
+	ConsoleLog  string         `json:"console_log"`
+	RootDisk    string         `json:"root_disk"`
+	LastError   string         `json:"last_error,omitempty"`
+	Net         string         `json:"net"` // nat, none, shared, off (no NIC)
+	IP          string         `json:"ip,omitempty"`
+	MAC         string         `json:"mac,omitempty"`
+	Tap         string         `json:"tap,omitempty"`
+	Forwards    []string       `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
+	Workspace   *WorkspaceInfo `json:"workspace,omitempty"`
 }
 
 // BuildImageRequest is the body of POST /v1/images (answered with a
@@ -321,6 +322,32 @@ type Run struct {
 	// Phases are the durations of create, exec, export and delete, in
 	// milliseconds.
 	Phases map[string]int64 `json:"phases_ms,omitempty"`
+	// Receipt says exactly what ran (banger run replay re-runs it).
+	Receipt *Receipt `json:"receipt,omitempty"`
+}
+
+// Receipt is what a run ran on and with: enough to run it again and tell
+// whether it did the same (banger run replay).
+type Receipt struct {
+	Banger      string   `json:"banger"`       // bangerd's version
+	Agent       string   `json:"agent"`        // sha256 of the guest agent
+	VMM         string   `json:"vmm"`          // backend, accelerator and version
+	Image       string   `json:"image"`        // name
+	ImageDigest string   `json:"image_digest"` // sha256 of the image's files
+	VCPUs       int      `json:"vcpus"`
+	MemoryMiB   int      `json:"memory_mib"`
+	DiskBytes   int64    `json:"disk_bytes"`
+	Boot        string   `json:"boot"` // cold or warm
+	Net         string   `json:"net"`
+	Argv        []string `json:"argv"`
+	EnvKeys     []string `json:"env_keys,omitempty"` // the names, never the values
+	Dir         string   `json:"dir,omitempty"`
+	// Base is what the workspace was shipped from: the host's HEAD, the
+	// tree of the shipped files (uncommitted edits included) and the
+	// commit of that tree the export diffs against.
+	Base        *Base  `json:"base,omitempty"`
+	ExitCode    int    `json:"exit_code"`
+	PatchSHA256 string `json:"patch_sha256,omitempty"` // "" when the workspace was unchanged
 }
 
 // RunPatch is the workspace patch a run exported, kept by the daemon

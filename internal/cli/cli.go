@@ -20,6 +20,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/errdefs"
+	hints "banger/internal/hint"
 	"banger/internal/paths"
 )
 
@@ -118,32 +119,8 @@ func exitCode(err error) int {
 	return ExitError
 }
 
-// hint is the line printed under an error: what to do about it, chosen
-// by the error's class alone (never by its text). Each class has one
-// (TestHintForEveryClass).
-func hint(err error, e *env) string {
-	switch {
-	case errors.Is(err, errdefs.ErrDaemonUnreachable):
-		return fmt.Sprintf("bangerd's log is %s ('banger daemon logs'); 'banger daemon status' says whether it runs", e.layout.DaemonLog())
-	case errors.Is(err, errdefs.ErrMissingDependency):
-		return "install the packages named above (from banger's source tree, scripts/setup-host installs everything); 'banger doctor' lists what this host lacks"
-	case errors.Is(err, errdefs.ErrNotRunning):
-		return "start it with 'banger vm start NAME'"
-	case errors.Is(err, errdefs.ErrNotFound):
-		return "'banger vm ls' lists the VMs, 'banger image ls' the images"
-	case errors.Is(err, errdefs.ErrAlreadyExists):
-		return "choose another name, or remove the existing one first"
-	case errors.Is(err, errdefs.ErrConflict):
-		return "the current state does not allow this (see above); 'banger vm show NAME' shows a VM's state"
-	case errors.Is(err, errdefs.ErrInvalidArgument):
-		return "'banger help COMMAND' says what each argument and flag takes"
-	case errors.Is(err, errdefs.ErrUnavailable):
-		return "'banger doctor' checks what this host can do; 'banger vm logs NAME' shows a VM's console"
-	case errors.Is(err, errdefs.ErrInternal):
-		return fmt.Sprintf("this is a bug in banger; bangerd's log is %s ('banger daemon logs')", e.layout.DaemonLog())
-	}
-	return ""
-}
+// hint is the line printed under an error (see internal/hint).
+func hint(err error, e *env) string { return hints.For(err, e.layout.DaemonLog()) }
 
 func newRoot(e *env) *cobra.Command {
 	root := &cobra.Command{
@@ -163,7 +140,7 @@ is started on first use.`,
 	}
 	group(root)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newVersionCmd(e), newDaemonCmd(e), newDoctorCmd(e), newConfigCmd(e))
+	root.AddCommand(newVersionCmd(e), newDaemonCmd(e), newDoctorCmd(e), newConfigCmd(e), newMCPCmd(e))
 	addVMCommands(root, e)
 	return root
 }

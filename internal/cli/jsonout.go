@@ -68,4 +68,5 @@ var JSONOutputs = map[string]jsonOutput{
 	"image prune":   {v: api.PruneResult{}},
 	"run ls":        {v: []api.Run{}},
 	"run show":      {v: api.Run{}},
+	"run replay":    {v: replayResult{}},
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -10,11 +11,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
+	"banger/internal/errdefs"
+	"banger/internal/workspace"
 )
 
 func newRunCmd(e *env) *cobra.Command {
 	cmd := group(&cobra.Command{Use: "run", Short: "Inspect the runs of 'banger vm run' (kept by bangerd)"})
-	cmd.AddCommand(newRunListCmd(e), newRunShowCmd(e), newRunPatchCmd(e), newRunRmCmd(e))
+	cmd.AddCommand(newRunListCmd(e), newRunShowCmd(e), newRunPatchCmd(e), newRunRmCmd(e), newRunReplayCmd(e))
 	return cmd
 }
 
@@ -236,4 +239,122 @@ func shellJoin(argv []string) string {
 		q[i] = shellQuote(a)
 	}
 	return strings.Join(q, " ")
+}
+
+func newRunReplayCmd(e *env) *cobra.Command {
+	var f execFlags
+	var jsonOut bool
+	cmd := &cobra.Command{
+		Use:   "replay ID",
+		Short: "Run a run's command again on the same image and workspace base; say whether exit code and edits match",
+		Long: `Run the command of an earlier run again, from its receipt: the same image
+(refused if the image of that name has another digest now), the same VM
+shape and network, the same argv and working directory, and the workspace
+as it was shipped (the run's base commit, checked out into a temporary
+worktree of the repository). Environment values are never recorded: give
+them again with --env. Then compare: the exit code, and the sha256 of the
+exported patch. Exits 0 when both match, 1 when they do not.`,
+		Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeRuns,
+		RunE: func(c *cobra.Command, a []string) error {
+			ctx := c.Context()
+			cl, err := e.client(ctx)
+			if err != nil {
+				return err
+			}
+			orig, err := cl.GetRun(ctx, a[0])
+			if err != nil {
+				return err
+			}
+			rc := orig.Receipt
+			if rc == nil {
+				return errdefs.NotFound(fmt.Sprintf("run %s has no receipt (it never made its VM, or an older banger ran it)", orig.ID))
+			}
+			im, err := cl.GetImage(ctx, rc.Image)
+			if err != nil {
+				return fmt.Errorf("run %s ran on image %s: %w", orig.ID, rc.Image, err)
+			}
+			if im.Digest != rc.ImageDigest {
+				return errdefs.Conflict(fmt.Sprintf("image %s is not the one run %s used (digest %.12s then, %.12s now): a replay on another image proves nothing", rc.Image, orig.ID, rc.ImageDigest, im.Digest))
+			}
+			missing := map[string]bool{}
+			for _, k := range rc.EnvKeys {
+				missing[k] = true
+			}
+			for _, kv := range f.env {
+				k, _, _ := strings.Cut(kv, "=")
+				delete(missing, k)
+			}
+			if len(missing) > 0 {
+				var ks []string
+				for k := range missing {
+					ks = append(ks, k)
+				}
+				sort.Strings(ks)
+				fmt.Fprintf(e.stderr, "banger: run %s had environment entries %s; their values are never recorded (give them with --env)\n", orig.ID, strings.Join(ks, ", "))
+			}
+			req := api.RunRequest{VM: api.CreateVMRequest{Image: rc.Image, VCPUs: rc.VCPUs, MemoryMiB: rc.MemoryMiB,
+				Disk: fmt.Sprint(rc.DiskBytes), Net: rc.Net}, Export: true}
+			if rc.Net == "off" {
+				req.VM.Net = ""
+			}
+			if rc.Base != nil && orig.Repo != "" {
+				tree, cleanup, err := workspace.CheckoutCommit(ctx, orig.Repo, rc.Base.Commit, e.layout.TmpDir())
+				if err != nil {
+					return fmt.Errorf("replay run %s: the shipped tree: %w", orig.ID, err)
+				}
+				defer cleanup()
+				if req.VM.Workspace, err = e.buildWorkDisk(ctx, cl, tree, false, workspace.DefaultPath); err != nil {
+					return err
+				}
+			}
+			f.dir = rc.Dir
+			re := *e
+			if jsonOut {
+				// stdout is the comparison's: the command's output goes to stderr.
+				re.stdout, f.noStdin = e.stderr, true
+			}
+			r, err := re.watchRun(ctx, cl, req, rc.Argv, f)
+			if err != nil {
+				return runFailure(err)
+			}
+			res := replayResult{Original: orig.ID, Replay: r.ID, ExitCode: [2]int{rc.ExitCode, r.ExitCode}}
+			if r.Receipt != nil {
+				res.PatchSHA256 = [2]string{rc.PatchSHA256, r.Receipt.PatchSHA256}
+			}
+			res.Match = res.ExitCode[0] == res.ExitCode[1] && res.PatchSHA256[0] == res.PatchSHA256[1] && r.Error == nil
+			if jsonOut {
+				printJSON(e.stdout, res)
+			} else {
+				verdict := "match"
+				if !res.Match {
+					verdict = "differ"
+				}
+				fmt.Fprintf(e.stdout, "replay of run %s (run %s): exit code %d / %d, edits %s / %s: %s\n", orig.ID, r.ID,
+					res.ExitCode[0], res.ExitCode[1], short(res.PatchSHA256[0]), short(res.PatchSHA256[1]), verdict)
+			}
+			if !res.Match {
+				return exitError{ExitError}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVar(&f.env, "env", nil, "KEY=VALUE added to the command's environment (repeatable)")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the comparison as JSON (the command's output goes to stderr)")
+	return cmd
+}
+
+// replayResult compares a run and its replay: [original, replay].
+type replayResult struct {
+	Original    string    `json:"original"`
+	Replay      string    `json:"replay"`
+	ExitCode    [2]int    `json:"exit_code"`
+	PatchSHA256 [2]string `json:"patch_sha256"`
+	Match       bool      `json:"match"`
+}
+
+func short(sha string) string {
+	if sha == "" {
+		return "none"
+	}
+	return sha[:min(12, len(sha))]
 }

@@ -22,48 +22,18 @@ import (
 // The CLI, not the daemon, reads the user's repository: git runs as the
 // repository's owner, and objects it writes stay theirs.
 
-// buildWorkDisk lists the repository's files, builds a work disk for a new
-// VM and uploads it to the daemon as an open file descriptor (the daemon
-// never opens a path the client names); the local file is removed.
+// buildWorkDisk ships dir's repository on a work disk for a new VM,
+// uploaded to the daemon as an open file descriptor (workspace.Ship).
 func (e *env) buildWorkDisk(ctx context.Context, cl *client.Client, dir string, untracked bool, path string) (*api.WorkspaceSpec, error) {
-	set, err := workspace.List(ctx, dir, workspace.ListOptions{IncludeUntracked: untracked})
-	if err != nil {
-		return nil, err
+	ws, subs, err := workspace.Ship(ctx, dir, workspace.ShipOptions{IncludeUntracked: untracked, Path: path, TmpDir: e.layout.TmpDir()},
+		func(f *os.File) (string, error) {
+			up, err := cl.Upload(ctx, f)
+			return up.Token, err
+		})
+	if len(subs) > 0 {
+		fmt.Fprintf(e.stderr, "banger: submodules %s are shipped as plain files; edits in them are not exported\n", strings.Join(subs, ", "))
 	}
-	if len(set.Submodules) > 0 {
-		fmt.Fprintf(e.stderr, "banger: submodules %s are shipped as plain files; edits in them are not exported\n", strings.Join(set.Submodules, ", "))
-	}
-	if err := os.MkdirAll(e.layout.TmpDir(), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.CreateTemp(e.layout.TmpDir(), "work-*.ext4")
-	if err != nil {
-		return nil, err
-	}
-	f.Close()
-	defer os.Remove(f.Name())
-	// A disk of exactly the warm slot's size can go into a warm clone;
-	// a tree too big for it gets its own size (and a cold boot). The
-	// image is sparse: unused space costs nothing.
-	var size int64
-	if set.TotalSize*3/2+(64<<20) <= api.WorkSlotBytes {
-		size = api.WorkSlotBytes
-	}
-	info, err := workspace.BuildDisk(ctx, set.Root, set, workspace.DiskOptions{Dest: f.Name(), Size: size})
-	if err != nil {
-		return nil, err
-	}
-	disk, err := os.Open(info.Path)
-	if err != nil {
-		return nil, err
-	}
-	defer disk.Close()
-	up, err := cl.Upload(ctx, disk)
-	if err != nil {
-		return nil, fmt.Errorf("hand the work disk to bangerd: %w", err)
-	}
-	return &api.WorkspaceSpec{Upload: up.Token, Path: path, Repo: set.Root,
-		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, nil
+	return ws, err
 }
 
 // exportMode is one of: "" (save a rescue patch when there are edits),

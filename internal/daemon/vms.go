@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"banger/internal/agent"
+	"banger/internal/agentbin"
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/image"
@@ -26,6 +27,7 @@ import (
 	"banger/internal/run"
 	"banger/internal/system"
 	"banger/internal/template"
+	"banger/internal/version"
 	"banger/internal/vm"
 	"banger/internal/vmm"
 	"banger/internal/vmm/auto"
@@ -68,7 +70,10 @@ func (d *Daemon) init(ctx context.Context) error {
 	})
 	d.images.vms, d.images.templates = d.vms, d.templates
 	d.uploads = newUploads(d.layout.UploadsDir())
-	d.runs = run.New(run.Options{VMs: runVMs{d.vms}, Store: d.store, Layout: d.layout, Log: d.log.With("component", "run")})
+	d.runs = run.New(run.Options{VMs: runVMs{d.vms}, Store: d.store, Layout: d.layout, Log: d.log.With("component", "run"),
+		Identity: func() (string, string, string) {
+			return version.Version, agentbin.Digest(), d.backendName() + ": " + d.choice.Reason
+		}})
 	if err := image.RemoveStaleTemp(d.layout.TmpDir()); err != nil {
 		d.log.Warn("remove stale image build dirs", "err", err)
 	}

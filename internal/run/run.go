@@ -83,6 +83,9 @@ type Options struct {
 	Store  *store.Store
 	Layout paths.Layout
 	Log    *slog.Logger
+	// Identity names what runs run on: bangerd's version, the agent's
+	// digest, the VMM (for receipts).
+	Identity func() (banger, agent, vmm string)
 }
 
 // Manager runs and remembers runs.
@@ -330,6 +333,22 @@ func (l *Live) fail(err error) {
 	l.mu.Unlock()
 }
 
+// receipt describes what the run runs on (the exit code and patch come
+// at the end).
+func (l *Live) receipt(v api.VM) *api.Receipt {
+	r := &api.Receipt{Image: v.Image, ImageDigest: v.ImageDigest, VCPUs: v.VCPUs, MemoryMiB: v.MemoryMiB,
+		DiskBytes: v.DiskBytes, Boot: v.Boot, Net: v.Net, Argv: l.req.Exec.Argv, EnvKeys: l.rec.EnvKeys,
+		Dir: l.req.Exec.Dir, ExitCode: -1}
+	if l.m.o.Identity != nil {
+		r.Banger, r.Agent, r.VMM = l.m.o.Identity()
+	}
+	if ws := l.req.VM.Workspace; ws != nil {
+		b := ws.Base
+		r.Base = &b
+	}
+	return r
+}
+
 // notify tells the client a step is done.
 func (l *Live) notify(typ, vm string, p *api.RunPatch) {
 	l.emit(func(s Sink) error { return s.Event(api.Event{Run: &api.RunEvent{Type: typ, VM: vm, Patch: p}}) })
@@ -393,6 +412,7 @@ func (l *Live) run() {
 	}
 	l.mu.Lock()
 	l.rec.Run.VM = v.Name
+	l.rec.Run.Receipt = l.receipt(v)
 	l.mu.Unlock()
 	l.notify("created", v.Name, nil)
 	l.setState(api.RunRunning)
@@ -451,6 +471,12 @@ func (l *Live) finish(v api.VM, export, del bool, log *slog.Logger) {
 		}
 	}
 	l.mu.Lock()
+	if rc := l.rec.Run.Receipt; rc != nil {
+		rc.ExitCode = l.rec.Run.ExitCode
+		if p := l.rec.Run.Patch; p != nil {
+			rc.PatchSHA256 = p.SHA256
+		}
+	}
 	switch {
 	case l.rec.Run.State == api.RunInterrupted:
 	case l.rec.Run.ExitCode < 0 && l.rec.Run.Error != nil:

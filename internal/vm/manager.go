@@ -267,7 +267,7 @@ func (m *Manager) derive(ctx context.Context, r *record) string {
 
 func (m *Manager) toAPI(ctx context.Context, r *record) api.VM {
 	v := api.VM{
-		ID: r.row.ID, Name: r.row.Name, State: m.derive(ctx, r), Image: r.spec.ImageName,
+		ID: r.row.ID, Name: r.row.Name, State: m.derive(ctx, r), Image: r.spec.ImageName, ImageDigest: r.spec.ImageDigest,
 		VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB, DiskBytes: r.spec.DiskBytes,
 		Backend: r.spec.Backend, CreatedAt: r.row.CreatedAt, Boot: r.spec.Boot,
 		ConsoleLog: m.layout.VMConsoleLog(r.row.ID), RootDisk: m.layout.VMRootDisk(r.row.ID),

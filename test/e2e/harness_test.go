@@ -123,11 +123,15 @@ func env(t *testing.T) *harness {
 		if h.home, setupErr = os.MkdirTemp("", "bge2e"); setupErr != nil {
 			return
 		}
+		// Who owns this home: a later run reaps it if this process dies
+		// without its teardown (a panicking test ends the binary at once).
+		os.WriteFile(filepath.Join(h.home, "owner.pid"), []byte(fmt.Sprint(os.Getpid())), 0o644)
 		shared = h
 		if setupErr = h.isolate(); setupErr != nil {
 			return
 		}
 		h.bin = os.Getenv("BANGER_TEST_BIN")
+		defer reapStale(h)
 		if h.bin == "" {
 			h.bin = filepath.Join(h.home, "bin")
 			root, _ := filepath.Abs("../..")
@@ -344,6 +348,30 @@ func (h *harness) teardown() error {
 }
 
 var _ = errors.New
+
+// reapStale tears down the homes of earlier e2e runs whose process died
+// without a teardown (their daemon, VMs, bridge), as teardown would.
+func reapStale(h *harness) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "bge2e*"))
+	for _, d := range dirs {
+		if d == h.home {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(d, "owner.pid"))
+		if err != nil {
+			continue // not ours to judge (an older harness, or being set up)
+		}
+		var pid int
+		fmt.Sscan(string(b), &pid)
+		if pid > 0 && syscall.Kill(pid, 0) == nil {
+			continue // alive
+		}
+		old := &harness{home: d, bin: h.bin}
+		if err := old.teardown(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: reaped the home of a dead run %s: %v\n", d, err)
+		}
+	}
+}
 
 func exitCodeOf(err error) int {
 	if err == nil {

@@ -151,3 +151,46 @@ func TestRunTimeout(t *testing.T) {
 	}
 	h.assertNoLeftovers(t)
 }
+
+// TestRunReceiptAndReplay: a run's receipt names what it ran on; replaying
+// a deterministic command reports a match, a nondeterministic one a
+// difference.
+func TestRunReceiptAndReplay(t *testing.T) {
+	h := env(t)
+	repo := fixtureRepo(t)
+	r, code := h.run(t, nil, "vm", "run", "--rm", "--name", "rcpt", "--env", "TOKEN=secret", repo, "--", "sh", "-c", "echo replayed > out.txt; rm run.sh; exit 5")
+	if code != 5 {
+		t.Fatalf("exit %d\n%s", code, r.stderr)
+	}
+	run, _ := runOfVM(t, h, "rcpt")
+	full := h.must(t, "run", "show", "--json", run.ID)
+	var got api.Run
+	if err := json.Unmarshal([]byte(full), &got); err != nil {
+		t.Fatal(err)
+	}
+	rc := got.Receipt
+	if rc == nil || rc.ImageDigest == "" || rc.Agent == "" || rc.VMM == "" || rc.VCPUs != 1 || rc.ExitCode != 5 ||
+		rc.PatchSHA256 != got.Patch.SHA256 || rc.Base == nil || rc.Base.Commit == "" || rc.Base.Tree == "" ||
+		len(rc.EnvKeys) != 1 || rc.EnvKeys[0] != "TOKEN" || strings.Contains(full, "secret") {
+		t.Fatalf("receipt %+v\n%s", rc, full)
+	}
+	out, code := h.run(t, nil, "run", "replay", "--env", "TOKEN=secret", run.ID)
+	if code != 0 || !strings.Contains(out.stdout, "exit code 5 / 5") || !strings.Contains(out.stdout, ": match") {
+		t.Fatalf("replay: exit %d\n%s\n%s", code, out.stdout, out.stderr)
+	}
+	// The repository is as it was: no worktree left, no rescue file.
+	if wt := git(t, repo, "worktree", "list"); strings.Count(wt, "\n") != 1 {
+		t.Errorf("worktrees left: %s", wt)
+	}
+
+	h.must(t, "vm", "run", "--rm", "--name", "rcpt2", repo, "--", "sh", "-c", "date +%N > out.txt")
+	run2, _ := runOfVM(t, h, "rcpt2")
+	out, code = h.run(t, nil, "run", "replay", "--json", run2.ID)
+	var res struct {
+		Match bool `json:"match"`
+	}
+	if code != 1 || json.Unmarshal([]byte(out.stdout), &res) != nil || res.Match {
+		t.Fatalf("replay of a nondeterministic run: exit %d\n%s", code, out.stdout)
+	}
+	h.assertNoLeftovers(t)
+}

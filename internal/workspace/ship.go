@@ -1,0 +1,93 @@
+package workspace
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"banger/internal/api"
+)
+
+// ShipOptions describe a workspace shipped to a new VM.
+type ShipOptions struct {
+	IncludeUntracked bool
+	Path             string // in the guest; default DefaultPath
+	TmpDir           string // where the work disk is built (removed after the upload)
+}
+
+// Ship lists repo's files, builds a work disk of them (as the caller, the
+// repository's owner) and hands it to upload as an open file — the daemon
+// copies it from the descriptor and never opens a path a client names.
+// It returns the workspace of a create or run request, and the submodules
+// that were shipped as plain files.
+func Ship(ctx context.Context, repo string, o ShipOptions, upload func(*os.File) (string, error)) (*api.WorkspaceSpec, []string, error) {
+	set, err := List(ctx, repo, ListOptions{IncludeUntracked: o.IncludeUntracked})
+	if err != nil {
+		return nil, nil, err
+	}
+	if o.Path == "" {
+		o.Path = DefaultPath
+	}
+	if err := os.MkdirAll(o.TmpDir, 0o755); err != nil {
+		return nil, set.Submodules, err
+	}
+	f, err := os.CreateTemp(o.TmpDir, "work-*.ext4")
+	if err != nil {
+		return nil, set.Submodules, err
+	}
+	f.Close()
+	defer os.Remove(f.Name())
+	// A disk of exactly the warm slot's size can go into a warm clone; a
+	// tree too big for it gets its own size (and a cold boot). The image
+	// is sparse: unused space costs nothing.
+	var size int64
+	if set.TotalSize*3/2+(64<<20) <= api.WorkSlotBytes {
+		size = api.WorkSlotBytes
+	}
+	info, err := BuildDisk(ctx, set.Root, set, DiskOptions{Dest: f.Name(), Size: size})
+	if err != nil {
+		return nil, set.Submodules, err
+	}
+	disk, err := os.Open(info.Path)
+	if err != nil {
+		return nil, set.Submodules, err
+	}
+	defer disk.Close()
+	tok, err := upload(disk)
+	if err != nil {
+		return nil, set.Submodules, fmt.Errorf("hand the work disk to bangerd: %w", err)
+	}
+	return &api.WorkspaceSpec{Upload: tok, Path: o.Path, Repo: set.Root,
+		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, set.Submodules, nil
+}
+
+// CheckoutCommit checks commit out of repo into a temporary worktree under
+// tmpDir (detached, the repository's objects shared) and returns its path
+// and how to remove it.
+func CheckoutCommit(ctx context.Context, repo, commit, tmpDir string) (string, func(), error) {
+	root, err := Root(ctx, repo)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
+		return "", nil, err
+	}
+	dir, err := os.MkdirTemp(tmpDir, "replay-")
+	if err != nil {
+		return "", nil, err
+	}
+	os.Remove(dir) // git worktree add makes it
+	g := gitCmd{dir: root}
+	if _, err := g.run(ctx, "worktree", "add", "--quiet", "--detach", dir, commit+"^{commit}"); err != nil {
+		return "", nil, fmt.Errorf("check out %.12s: %w", commit, err)
+	}
+	return dir, func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := g.run(ctx, "worktree", "remove", "--force", dir); err != nil {
+			os.RemoveAll(dir)
+			g.run(ctx, "worktree", "prune")
+		}
+	}, nil
+}
