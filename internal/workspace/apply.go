@@ -23,8 +23,7 @@ func WritePatch(p *Patch, w io.Writer) error {
 	if p.Empty() {
 		return nil
 	}
-	_, err := w.Write(p.raw)
-	return err
+	return p.raw.writeTo(w)
 }
 
 // applyConfig pins the options user config could change in git apply.
@@ -66,7 +65,7 @@ func Apply(ctx context.Context, repo string, p *Patch) error {
 		return err
 	}
 	var stderr bytes.Buffer
-	g := gitCmd{dir: root, stdin: bytes.NewReader(p.raw), errw: &limitedBuffer{b: &stderr, max: 1 << 20}}
+	g := gitCmd{dir: root, stdin: p.reader(), errw: &limitedBuffer{b: &stderr, max: 1 << 20}}
 	if _, err := g.run(ctx, append(applyConfig, "apply", "--whitespace=nowarn", "-")...); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -249,7 +248,7 @@ func Branch(ctx context.Context, repo string, p *Patch, name string, base Base) 
 	if !p.Empty() {
 		var stderr bytes.Buffer
 		ga := gi
-		ga.stdin, ga.errw = bytes.NewReader(p.raw), &limitedBuffer{b: &stderr, max: 1 << 20}
+		ga.stdin, ga.errw = p.reader(), &limitedBuffer{b: &stderr, max: 1 << 20}
 		if _, err := ga.run(ctx, append(applyConfig, "apply", "--cached", "--whitespace=nowarn", "-")...); err != nil {
 			return "", conflict(p, stderr.String(), err)
 		}
@@ -393,7 +392,7 @@ func Diffstat(ctx context.Context, p *Patch) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(dir)
-	g := gitCmd{dir: dir, stdin: bytes.NewReader(p.raw), env: []string{"GIT_CEILING_DIRECTORIES=" + filepath.Dir(dir)}}
+	g := gitCmd{dir: dir, stdin: p.reader(), env: []string{"GIT_CEILING_DIRECTORIES=" + filepath.Dir(dir)}}
 	out, err := g.run(ctx, "apply", "--stat", "-")
 	if err != nil {
 		return "", fmt.Errorf("workspace: diffstat: %w", err)
