@@ -20,6 +20,7 @@ import (
 
 	"banger/internal/agent"
 	"banger/internal/api"
+	"banger/internal/consolelog"
 	"banger/internal/errdefs"
 	"banger/internal/image"
 	"banger/internal/network"
@@ -77,7 +78,7 @@ func (d *Daemon) init(ctx context.Context) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	d.pruneTemplates(ctx)
-	d.services = append(d.services, d.vms, d.uploads)
+	d.services = append(d.services, d.vms, d.uploads, d.watchConsoles())
 	// Runs go after the VMs: they are closed first (their commands ended,
 	// exports finished) while the VM manager still works. Runs a stopped
 	// or crashed daemon left are finished in the background.
@@ -185,6 +186,29 @@ func (d *Daemon) pruneTemplates(ctx context.Context) {
 		d.log.Info("removed stale templates", "n", len(removed))
 	}
 }
+
+// watchConsoles bounds every VM's console log (see consolelog) from now
+// until the service is closed: first what grew while no daemon ran, then
+// once a second.
+func (d *Daemon) watchConsoles() service {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	log := d.log.With("component", "console")
+	go func() {
+		defer close(done)
+		consolelog.Watch(ctx, d.layout.VMConsoleLog("*"), time.Second, log)
+	}()
+	return funcService(func(context.Context) error {
+		cancel()
+		<-done
+		return nil
+	})
+}
+
+// funcService is a daemon service that is only a Close.
+type funcService func(context.Context) error
+
+func (f funcService) Close(ctx context.Context) error { return f(ctx) }
 
 // closerService adapts an io.Closer to a daemon service.
 type closerService struct{ c interface{ Close() error } }
@@ -394,6 +418,17 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 				}
 				if err != nil || n == 0 {
 					break
+				}
+			}
+			// Shorter than what was read: the log was trimmed (see
+			// consolelog). Go on from its end, saying so.
+			if pos, err := f.Seek(0, io.SeekCurrent); err == nil {
+				if st, err := f.Stat(); err == nil && st.Size() < pos {
+					f.Seek(0, io.SeekEnd)
+					if _, err := io.WriteString(w, "\n[banger: console log trimmed; some output was dropped]\n"); err != nil {
+						f.Close()
+						return
+					}
 				}
 			}
 			rc.Flush()

@@ -337,6 +337,9 @@ func (m *Manager) stopWatch(id string) {
 // unknown: then only the last boot's part of each log is read): "" for a
 // clean guest power-off, else a short reason.
 func exitReason(consoleLog, vmmLog string, conOff, vmmOff int64) string {
+	if conOff > fileSize(consoleLog) {
+		conOff = -1 // trimmed since (see consolelog): the last boot's part
+	}
 	con := readFrom(consoleLog, conOff, 4096)
 	if conOff < 0 {
 		con = lastBoot(con)
