@@ -2,6 +2,7 @@ package vm
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -17,10 +19,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/errdefs"
 	"banger/internal/paths"
 	"banger/internal/store"
+	"banger/internal/system"
 	"banger/internal/vmm"
 )
 
@@ -33,6 +37,10 @@ const (
 	// muteGuest answers the handshake, then reads everything and answers
 	// nothing.
 	muteGuest
+	// agentGuest is the real guest agent (agent.Serve), running its
+	// commands on this host: a guest whose output is what the test makes
+	// it.
+	agentGuest
 )
 
 // hostileBackend is a vmm.Backend whose one VM is "running" and whose
@@ -118,8 +126,11 @@ func (b *hostileBackend) DialAgent(ctx context.Context, _ vmm.Handle) (net.Conn,
 	}
 	host, guest := conn(fds[0]), conn(fds[1])
 	b.guests = append(b.guests, guest)
-	if b.mode == muteGuest {
+	switch b.mode {
+	case muteGuest:
 		go muteAgent(guest)
+	case agentGuest:
+		go agent.Serve(context.Background(), guest, agent.ServeOptions{Reaper: agent.ChildWaiter{}})
 	}
 	b.dials <- struct{}{}
 	return host, nil
@@ -336,4 +347,80 @@ func TestDialAgentDeadline(t *testing.T) {
 		t.Errorf("exec: %v, want unavailable", err)
 	}
 	t.Logf("gave up after %v: %v", time.Since(start).Round(time.Millisecond), err)
+}
+
+// TestDeleteChecksBigPatchInBoundedMemory: to refuse deleting a VM with
+// unexported edits, the daemon parsed the guest's whole patch (up to 512
+// MiB, ~11-16x that in memory: issue 16, item 4). It now scans at most
+// unexportedScanLimit of it, keeping none of its text, and a bigger patch
+// means edits all the same.
+func TestDeleteChecksBigPatchInBoundedMemory(t *testing.T) {
+	b := newHostileBackend(agentGuest)
+	m := hostileManager(t, b)
+	ctx := context.Background()
+	// The "guest's" workspace: a banger workspace (refs/banger/base) with
+	// a 24 MiB file added.
+	repo := t.TempDir()
+	git := func(args ...string) {
+		t.Helper()
+		if _, err := system.RunOpts(ctx, system.Opts{Dir: repo}, append([]string{"git", "-c", "user.name=t", "-c", "user.email=t@t"}, args...)...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	git("init", "-q")
+	os.WriteFile(filepath.Join(repo, "a.txt"), []byte("a\n"), 0o644)
+	git("add", "a.txt")
+	git("commit", "-qm", "base")
+	git("update-ref", "refs/banger/base", "HEAD")
+	os.WriteFile(filepath.Join(repo, "big.txt"), bytes.Repeat([]byte("x\n"), 12<<20), 0o644)
+	r, err := m.get(ctx, "hostile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.spec.Workspace = &api.WorkspaceInfo{Path: repo}
+	if err := r.save(ctx, m.store); err != nil {
+		t.Fatal(err)
+	}
+
+	var derr error
+	peak := peakHeap(func() { derr = m.Delete(ctx, "hostile", DeleteOptions{}) })
+	t.Logf("delete refused: %v; peak heap +%.1f MiB", derr, float64(peak)/(1<<20))
+	if !errors.Is(derr, errdefs.ErrConflict) || !strings.Contains(derr.Error(), "not listed") {
+		t.Fatalf("delete of a VM with a 24 MiB unexported patch: %v", derr)
+	}
+	if peak > 32<<20 {
+		t.Errorf("the daemon's heap grew by %.1f MiB to check a 24 MiB patch", float64(peak)/(1<<20))
+	}
+	if _, err := m.Get(ctx, "hostile"); err != nil {
+		t.Errorf("the refused delete removed the VM: %v", err)
+	}
+}
+
+// peakHeap runs f and returns the peak growth of the heap in use
+// (sampled every millisecond).
+func peakHeap(f func()) uint64 {
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var peak uint64
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > before.HeapInuse {
+				peak = max(peak, ms.HeapInuse-before.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	f()
+	close(stop)
+	<-done
+	return peak
 }
