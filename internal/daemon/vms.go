@@ -48,6 +48,7 @@ func (d *Daemon) init(ctx context.Context) error {
 		backend = unavailableBackend{why: ch.Reason}
 	}
 	d.log.Info("backend", "backend", ch.Backend, "accel", ch.Accel, "why", ch.Reason)
+	d.removeStaleSpools()
 	d.images = &images{store: d.store, layout: d.layout, cfg: d.cfg, log: d.log, building: map[string]*sync.Mutex{}}
 	netm := d.startNetwork(ctx)
 	var keys []string
@@ -450,11 +451,36 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// exportSpoolPattern names the spool files of handleExport.
+const exportSpoolPattern = "export-*.patch"
+
+// removeStaleSpools removes export spools a daemon that died mid-export
+// left behind: in the spool dir, and in the runtime dir where earlier
+// versions spooled. The caller holds the pid lock (no export runs).
+func (d *Daemon) removeStaleSpools() {
+	for _, dir := range []string{d.layout.SpoolDir(), d.layout.Runtime} {
+		stale, _ := filepath.Glob(filepath.Join(dir, exportSpoolPattern))
+		for _, p := range stale {
+			if err := os.Remove(p); err != nil {
+				d.log.Warn("remove stale export spool", "path", p, "err", err)
+			} else {
+				d.log.Info("removed stale export spool", "path", p)
+			}
+		}
+	}
+}
+
 // handleExport streams a VM's workspace patch (untrusted guest output: the
 // client validates it). The patch is spooled to a file first so that a
-// failure half-way is an error response, never a truncated patch.
+// failure half-way is an error response, never a truncated patch. The
+// spool is on disk, in the state dir (not the runtime dir, which may be
+// RAM), and removed when the request ends or, after a crash, at start.
 func (d *Daemon) handleExport(w http.ResponseWriter, r *http.Request) {
-	f, err := os.CreateTemp(d.layout.Runtime, "export-*.patch")
+	if err := os.MkdirAll(d.layout.SpoolDir(), 0o700); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	f, err := os.CreateTemp(d.layout.SpoolDir(), exportSpoolPattern)
 	if err != nil {
 		writeError(w, r, err)
 		return

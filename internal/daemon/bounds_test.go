@@ -101,3 +101,33 @@ func TestConsoleLogBounded(t *testing.T) {
 		t.Errorf("the daemon did not log the trim")
 	}
 }
+
+// TestStaleExportSpoolsRemovedAtStart: export spools a crashed daemon left
+// (in the spool dir, or in the runtime dir where they used to be) are
+// removed at start; other files stay.
+func TestStaleExportSpoolsRemovedAtStart(t *testing.T) {
+	l := testLayout(t)
+	if err := l.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(l.SpoolDir(), 0o700)
+	stale := []string{filepath.Join(l.SpoolDir(), "export-123.patch"), filepath.Join(l.Runtime, "export-456.patch")}
+	keep := filepath.Join(l.SpoolDir(), "notes.txt")
+	for _, p := range append(stale, keep) {
+		if err := os.WriteFile(p, []byte("diff --git a/x b/x\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startDaemon(t, l)
+	for _, p := range stale {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("stale spool %s still there (%v)", p, err)
+		}
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Errorf("an unrelated file was removed: %v", err)
+	}
+	if strings.HasPrefix(l.SpoolDir(), l.Runtime) {
+		t.Errorf("the spool dir %s is in the runtime dir %s", l.SpoolDir(), l.Runtime)
+	}
+}
