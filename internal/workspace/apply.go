@@ -52,8 +52,15 @@ func (e *ConflictError) Is(target error) bool { return target == errdefs.ErrConf
 // Apply applies p to the work tree of repo (not its index). git apply is
 // all-or-nothing: on any conflict nothing is written and the error (a
 // *ConflictError) names the conflicting files. Paths that go through a
-// symlink of the work tree are refused before anything runs.
+// symlink of the work tree are refused before anything runs, and so is a
+// patch that changes files that make the host run code (a *HookError;
+// see HookFiles and ApplyWith).
 func Apply(ctx context.Context, repo string, p *Patch) error {
+	return ApplyWith(ctx, repo, p, ApplyOptions{})
+}
+
+// ApplyWith is Apply with options.
+func ApplyWith(ctx context.Context, repo string, p *Patch, o ApplyOptions) error {
 	root, err := Root(ctx, repo)
 	if err != nil {
 		return err
@@ -62,6 +69,9 @@ func Apply(ctx context.Context, repo string, p *Patch) error {
 		return nil
 	}
 	if err := checkPlacement(p, worktreeLinks(root), "the work tree"); err != nil {
+		return err
+	}
+	if err := checkHooks(ctx, root, p, o); err != nil {
 		return err
 	}
 	var stderr bytes.Buffer

@@ -163,3 +163,47 @@ func waitExit(t *testing.T, p interface{ Wait() error }, d time.Duration, what s
 		t.Errorf("%s still runs after %v", what, d)
 	}
 }
+
+// TestExportApplyRefusesHooks: `--export apply` applied whatever the guest
+// wrote, so a guest could plant a hook the host runs at the next commit
+// (issue 16, item 8). It now refuses, lists the files, keeps the edits as
+// a rescue patch (the --rm VM goes), and applies them with --allow-hooks.
+func TestExportApplyRefusesHooks(t *testing.T) {
+	h := env(t)
+	repo := fixtureRepo(t)
+	before := hostTreeDigest(t, repo)
+	plant := `set -e; cd /root/repo; mkdir -p .husky; printf '#!/bin/sh\necho pwned\n' > .husky/pre-commit; chmod +x .husky/pre-commit; echo 'repos: []' > .pre-commit-config.yaml; echo edited >> README.md`
+	r, code := h.run(t, nil, "vm", "run", "--rm", "--name", "hooks", "--export", "apply", repo, "--", "sh", "-c", plant)
+	t.Logf("refused: exit %d\n%s", code, r.stderr)
+	if code != 125 {
+		t.Errorf("vm run --export apply with hook edits: exit %d, want 125", code)
+	}
+	for _, want := range []string{"WARNING", ".husky/pre-commit", ".pre-commit-config.yaml", "nothing was applied", "--allow-hooks"} {
+		if !strings.Contains(r.stderr, want) {
+			t.Errorf("stderr lacks %q", want)
+		}
+	}
+	if after := hostTreeDigest(t, repo); after != before {
+		t.Errorf("the host tree changed:\n%s\nvs\n%s", before, after)
+	}
+	matches, _ := filepath.Glob(filepath.Join(repo, ".git", "banger", "rescue-hooks-*.patch"))
+	if len(matches) != 1 || !strings.Contains(r.stderr, matches[0]) {
+		t.Fatalf("rescue patch %v not reported", matches)
+	}
+	if b, _ := os.ReadFile(matches[0]); !bytes.Contains(b, []byte("echo pwned")) {
+		t.Errorf("the rescue patch lacks the edits")
+	}
+	h.assertNoLeftovers(t, "shared")
+
+	r, code = h.run(t, nil, "vm", "run", "--rm", "--name", "hooks2", "--export", "apply", "--allow-hooks", repo, "--", "sh", "-c", plant)
+	if code != 0 {
+		t.Fatalf("--allow-hooks: exit %d: %s", code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "WARNING") || !strings.Contains(r.stderr, ".husky/pre-commit") {
+		t.Errorf("--allow-hooks applied without listing the hook files:\n%s", r.stderr)
+	}
+	if b, err := os.ReadFile(filepath.Join(repo, ".husky", "pre-commit")); err != nil || !bytes.Contains(b, []byte("pwned")) {
+		t.Errorf("--allow-hooks: hook not applied: %v", err)
+	}
+	h.assertNoLeftovers(t, "shared")
+}
