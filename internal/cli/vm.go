@@ -785,6 +785,8 @@ func newVMLogsCmd(e *env) *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
 		Use: "logs NAME", Short: "Print a VM's console log", Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
+		Long: `Print a VM's serial console log (every boot's). The log is bounded: past
+4 MiB bangerd drops its oldest output, keeping about the newest 2 MiB.`,
 		RunE: func(c *cobra.Command, a []string) error {
 			cl, err := e.client(c.Context())
 			if err != nil {
