@@ -31,6 +31,7 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 	killed := false
 	if o.Force {
 		if r, err := m.get(ctx, name); err == nil && r.handle.PID != 0 {
+			m.stopWatch(r.row.ID) // its exit is this delete's, not news
 			m.dropAgent(r.row.ID)
 			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			if err := m.backend.Kill(kctx, r.handle); err != nil {
