@@ -30,38 +30,59 @@ func yamuxConfig() *yamux.Config {
 // Client is the host side of one agent session.
 type Client struct {
 	sess   *yamux.Session
+	guard  *frameGuard
 	nextID atomic.Uint64
 }
 
+// HandshakeTimeout bounds Dial's handshake whatever its ctx says: an agent
+// that is up answers in milliseconds, so a guest silent for this long is
+// not going to answer (callers that wait for a booting guest retry).
+const HandshakeTimeout = 15 * time.Second
+
 // Dial runs the handshake on conn (from the VMM backend) and starts a
-// session. ctx bounds the handshake only. The Client owns conn from then on.
+// session. ctx bounds the handshake only, and HandshakeTimeout bounds it
+// too. The Client owns conn from then on.
+//
+// What the guest sends is policed before yamux reads it (see frameGuard):
+// a guest that opens a stream or sends a ping ends its session, and the
+// operations in flight fail with an error matching ErrProtocol.
 func Dial(ctx context.Context, conn net.Conn) (*Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, HandshakeTimeout)
+	defer cancel()
 	rest, err := hostHandshake(ctx, conn)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	sess, err := yamux.Client(&prefixConn{Conn: conn, pre: rest}, yamuxConfig())
+	g := newFrameGuard(&prefixConn{Conn: conn, pre: rest})
+	sess, err := yamux.Client(&guardedConn{Conn: conn, r: g}, yamuxConfig())
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("agent session: %w", err)
 	}
-	c := &Client{sess: sess}
-	go c.refuseStreams()
-	return c, nil
+	return &Client{sess: sess, guard: g}, nil
 }
 
-// refuseStreams closes every stream the guest opens: the protocol has none,
-// and an unread stream would hold host memory.
-func (c *Client) refuseStreams() {
-	for {
-		st, err := c.sess.AcceptStream()
-		if err != nil {
-			return
-		}
-		st.Close()
-	}
+// guardedConn is conn whose reads go through a frameGuard.
+type guardedConn struct {
+	net.Conn
+	r io.Reader
 }
+
+func (c *guardedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// closedErr is the error of an operation on a session that ended: why the
+// host ended it when the guest broke the protocol, else ErrClosed.
+func (c *Client) closedErr(op string) error {
+	if v := c.guard.violation(); v != nil {
+		return fmt.Errorf("agent %s: %w (session ended)", op, v)
+	}
+	return fmt.Errorf("agent %s: %w", op, ErrClosed)
+}
+
+// Err is why the session ended, when the host ended it because the guest
+// broke the protocol (it matches ErrProtocol); nil otherwise.
+func (c *Client) Err() error { return c.guard.violation() }
 
 // Close ends the session and closes the connection.
 func (c *Client) Close() error { return c.sess.Close() }
@@ -76,7 +97,7 @@ func (c *Client) open(ctx context.Context, req request) (*yamux.Stream, error) {
 	st, err := c.sess.OpenStream()
 	if err != nil {
 		if c.sess.IsClosed() {
-			return nil, fmt.Errorf("agent %s: %w", req.Op, ErrClosed)
+			return nil, c.closedErr(req.Op)
 		}
 		return nil, fmt.Errorf("agent %s: %w", req.Op, err)
 	}
@@ -110,10 +131,8 @@ func (c *Client) opErr(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("agent %s: %w", op, ctx.Err())
 	}
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || c.sess.IsClosed() {
-		if c.sess.IsClosed() {
-			return fmt.Errorf("agent %s: %w", op, ErrClosed)
-		}
+	if c.sess.IsClosed() {
+		return c.closedErr(op)
 	}
 	return fmt.Errorf("agent %s: %w", op, err)
 }
@@ -355,7 +374,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest) (*Process, error) {
 		switch {
 		case err != nil:
 			if c.sess.IsClosed() {
-				err = ErrClosed
+				err = c.closedErr("exec")
 			}
 			p.err = fmt.Errorf("agent exec %s: no exit status: %w", req.Argv[0], err)
 		case rep.Exit == nil:

@@ -6,8 +6,11 @@
 // the initramfs (see init_linux.go). The host side (Dial, Client) runs in
 // the daemon. The host is trusted by the guest; nothing the guest sends is
 // trusted by the host: every control frame the host reads is size-bounded,
-// the handshake scan is bounded, GetTar output is bounded by the caller's
-// limit, and streams the guest opens are refused.
+// the handshake scan and time are bounded (HandshakeTimeout), GetTar output
+// is bounded by the caller's limit, and the yamux frames the guest sends are
+// policed before yamux reads them: a guest that opens a stream or sends a
+// ping (frames that would make yamux hold memory or start a goroutine per
+// frame) ends its session (ErrProtocol; see guard.go).
 //
 // # Wire protocol
 //

@@ -391,7 +391,7 @@ func (r *runError) Unwrap() error { return r.error }
 func newVMRunCmd(e *env) *cobra.Command {
 	var cf createFlags
 	var f execFlags
-	var rm, untracked, detach bool
+	var rm, untracked, detach, allowHooks bool
 	var name, exportFlag, path string
 	var timeout time.Duration
 	cmd := &cobra.Command{
@@ -414,7 +414,11 @@ work disk and CMD runs there. Edits CMD makes come back:
   --export patch:FILE    as a patch file
 and with no --export, nothing is lost: before --rm removes the VM, bangerd
 keeps the edits (banger run patch ID), and they are saved as a patch in
-REPO's git dir, whose path and a diffstat are printed.
+REPO's git dir, whose path and a diffstat are printed. --export apply
+refuses edits to files that make the host run code (git hooks, .husky/,
+.pre-commit-config.yaml, lefthook.yml, the repository's core.hooksPath,
+included git config): it lists them and saves the edits as that patch
+instead, unless --allow-hooks.
 
   banger vm run --rm -- uname -a
   banger vm run --rm . -- make test
@@ -454,6 +458,9 @@ REPO's git dir, whose path and a diffstat are printed.
 			if timeout < 0 {
 				return usageError{fmt.Errorf("--timeout %s: must not be negative", timeout)}
 			}
+			if allowHooks && mode != "apply" {
+				return usageError{errors.New("--allow-hooks goes with --export apply")}
+			}
 			vmReq, err := cf.request(name, c)
 			if err != nil {
 				return runFailure(err)
@@ -490,7 +497,7 @@ REPO's git dir, whose path and a diffstat are printed.
 				runErr = api.FromWire(r.Error)
 			}
 			if r.Patch != nil && vmReq.Workspace != nil {
-				if err := e.useRunPatch(post, cl, r, vmReq.Workspace, mode, f.events); err != nil {
+				if err := e.useRunPatch(post, cl, r, vmReq.Workspace, mode, allowHooks, f.events); err != nil {
 					fmt.Fprintf(e.stderr, "banger: the edits of vm %s are kept by bangerd (banger run patch %s): %v\n", r.VM, r.ID, err)
 					if runErr == nil {
 						runErr = err
@@ -528,6 +535,7 @@ REPO's git dir, whose path and a diffstat are printed.
 	cmd.Flags().StringVar(&name, "name", "", "name of the VM (default: vm-<random>)")
 	cmd.Flags().BoolVar(&untracked, "include-untracked", false, "also ship untracked files that are not ignored")
 	cmd.Flags().StringVar(&exportFlag, "export", "", "bring workspace edits back: apply, branch:NAME or patch:FILE")
+	cmd.Flags().BoolVar(&allowHooks, "allow-hooks", false, "with --export apply: also apply edits to files that make the host run code (git hooks and their configuration)")
 	cmd.Flags().StringVar(&path, "path", workspace.DefaultPath, "where REPO goes in the guest")
 	cmd.Flags().BoolVar(&detach, "detach", false, "keep the command running if this client goes away (the run's result stays in banger run show)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "end the command after this long (SIGTERM, SIGKILL 10 s later); 0: no limit")
@@ -610,15 +618,18 @@ func (e *env) watchRun(ctx context.Context, cl *client.Client, req api.RunReques
 
 // useRunPatch fetches the patch a run kept and uses it as mode says, then
 // records the outcome with the run.
-func (e *env) useRunPatch(ctx context.Context, cl *client.Client, r api.Run, ws *api.WorkspaceSpec, mode exportMode, events *eventWriter) error {
+func (e *env) useRunPatch(ctx context.Context, cl *client.Client, r api.Run, ws *api.WorkspaceSpec, mode exportMode, allowHooks bool, events *eventWriter) error {
 	rc, err := cl.RunPatch(ctx, r.ID)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	_, _, outcome, err := e.usePatch(ctx, rc, r.VM, ws.Repo, ws.Base, mode)
+	_, _, outcome, err := e.usePatch(ctx, rc, r.VM, ws.Repo, ws.Base, mode, allowHooks)
 	if err != nil {
-		cl.SetRunOutcome(ctx, r.ID, "not used: "+err.Error())
+		if outcome == "" {
+			outcome = "not used: " + err.Error()
+		}
+		cl.SetRunOutcome(ctx, r.ID, outcome)
 		return err
 	}
 	if events != nil && outcome != "" {
@@ -774,6 +785,8 @@ func newVMLogsCmd(e *env) *cobra.Command {
 	var follow bool
 	cmd := &cobra.Command{
 		Use: "logs NAME", Short: "Print a VM's console log", Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeVMs,
+		Long: `Print a VM's serial console log (every boot's). The log is bounded: past
+4 MiB bangerd drops its oldest output, keeping about the newest 2 MiB.`,
 		RunE: func(c *cobra.Command, a []string) error {
 			cl, err := e.client(c.Context())
 			if err != nil {

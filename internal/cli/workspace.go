@@ -52,15 +52,30 @@ func parseExportMode(s string) (exportMode, error) {
 	return "", usageError{fmt.Errorf("--export %q: want apply, branch:NAME or patch:FILE", s)}
 }
 
+// rescuedError is an export that did not do what was asked but saved the
+// edits as a rescue patch (nothing is lost).
+type rescuedError struct{ error }
+
+func (r *rescuedError) Unwrap() error { return r.error }
+
 // export fetches a VM's workspace patch, validates it and uses it as mode
-// says; then tells the daemon it was saved. It returns the patch.
-func (e *env) export(ctx context.Context, cl *client.Client, vm string, ws *api.WorkspaceInfo, mode exportMode) (*workspace.Patch, error) {
+// says; then tells the daemon it was saved. It returns the patch. Applying
+// a patch that changes hook files needs allowHooks (see usePatch).
+func (e *env) export(ctx context.Context, cl *client.Client, vm string, ws *api.WorkspaceInfo, mode exportMode, allowHooks bool) (*workspace.Patch, error) {
 	rc, err := cl.ExportWorkspace(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	p, sum, _, err := e.usePatch(ctx, rc, vm, ws.Repo, ws.Base, mode)
+	p, sum, _, err := e.usePatch(ctx, rc, vm, ws.Repo, ws.Base, mode, allowHooks)
+	var rescued *rescuedError
+	if errors.As(err, &rescued) {
+		// Refused, but saved: the VM holds nothing that would be lost.
+		if merr := cl.MarkExported(ctx, vm, sum); merr != nil {
+			return p, merr
+		}
+		return p, err
+	}
 	if err != nil {
 		return p, err
 	}
@@ -75,7 +90,10 @@ func (e *env) export(ctx context.Context, cl *client.Client, vm string, ws *api.
 // to repo ("apply"), a branch ("branch:NAME"), stdout ("-") or a file. It
 // returns the patch, its sha256 and what was done, for people. Output that
 // ParsePatch refuses is still kept, raw, as a rescue file when mode is "".
-func (e *env) usePatch(ctx context.Context, r io.Reader, label, repo string, base api.Base, mode exportMode) (*workspace.Patch, string, string, error) {
+// A patch that changes hook files (workspace.HookFiles) is applied only
+// with allowHooks; without it the files are listed, the edits saved as a
+// rescue file and the error is a *rescuedError.
+func (e *env) usePatch(ctx context.Context, r io.Reader, label, repo string, base api.Base, mode exportMode, allowHooks bool) (*workspace.Patch, string, string, error) {
 	// Spool the guest's output: if it is refused, the rescue path still
 	// keeps it (nothing is lost on --rm).
 	spool, err := os.CreateTemp("", "banger-export-*.patch")
@@ -114,7 +132,24 @@ func (e *env) usePatch(ctx context.Context, r io.Reader, label, repo string, bas
 		fmt.Fprintf(e.stderr, "banger: vm %s changed the workspace; the edits are saved in\n  %s\n%s  (apply them with: git apply %s)\n", label, path, indent(stat), shellQuote(path))
 		outcome = "rescue saved in " + path
 	case mode == "apply":
-		if err := workspace.Apply(ctx, repo, p); err != nil {
+		hooks, err := workspace.HookFiles(ctx, repo, p)
+		if err != nil {
+			return p, sum, "", err
+		}
+		if len(hooks) > 0 && !allowHooks {
+			refused := &workspace.HookError{Files: hooks}
+			path, _, serr := workspace.SaveRescue(ctx, repo, label, p)
+			if serr != nil {
+				e.warnHooks(hooks, false, "")
+				return p, sum, "", fmt.Errorf("%w (and saving the edits failed: %v)", refused, serr)
+			}
+			e.warnHooks(hooks, false, path)
+			return p, sum, "hook files refused (--allow-hooks); rescue saved in " + path, &rescuedError{refused}
+		}
+		if len(hooks) > 0 {
+			e.warnHooks(hooks, true, "")
+		}
+		if err := workspace.ApplyWith(ctx, repo, p, workspace.ApplyOptions{AllowHooks: allowHooks}); err != nil {
 			return p, sum, "", err
 		}
 		if !p.Empty() {
@@ -149,6 +184,30 @@ func (e *env) usePatch(ctx context.Context, r io.Reader, label, repo string, bas
 		outcome = "written to " + string(mode)
 	}
 	return p, sum, outcome, nil
+}
+
+// warnHooks lists, prominently, the files of a patch that make the host
+// run code: being applied (allowed), or refused with the edits saved in
+// rescue.
+func (e *env) warnHooks(hooks []string, allowed bool, rescue string) {
+	w := e.stderr
+	if allowed {
+		fmt.Fprintf(w, "banger: WARNING: applying (--allow-hooks) edits to files that make this host run code\n")
+	} else {
+		fmt.Fprintf(w, "banger: WARNING: the guest's edits change files that make this host run code\n")
+	}
+	fmt.Fprintf(w, "banger: (git hooks or their configuration: they run at your next commit, checkout or push):\n")
+	for _, h := range hooks {
+		fmt.Fprintf(w, "    %s\n", workspace.QuoteName(h))
+	}
+	if allowed {
+		return
+	}
+	if rescue != "" {
+		fmt.Fprintf(w, "banger: nothing was applied; the edits are saved in\n  %s\n  review them, then apply them with: git apply %s (or export again with --allow-hooks)\n", rescue, shellQuote(rescue))
+	} else {
+		fmt.Fprintf(w, "banger: nothing was applied\n")
+	}
 }
 
 func indent(s string) string {
@@ -218,16 +277,20 @@ REPO defaults to the current directory's repository.`,
 
 func newWorkspaceExportCmd(e *env) *cobra.Command {
 	var out, branch string
-	var apply bool
+	var apply, allowHooks bool
 	cmd := &cobra.Command{
-		Use:   "export VM [--out FILE | --apply | --branch NAME]",
+		Use:   "export VM [--out FILE | --apply [--allow-hooks] | --branch NAME]",
 		Short: "Bring every edit made in a VM's workspace back as a git patch",
 		Long: `Bring back every change made in the VM's workspace since it was shipped
 (modified, added, deleted, renamed, binary, mode changes, symlinks) as a
 patch that 'git apply' takes. By default the patch goes to stdout.
   --out FILE     write it to FILE
   --apply        apply it to the repository's working tree; on a conflict
-                 the tree is left untouched and the conflicting files named
+                 the tree is left untouched and the conflicting files named;
+                 edits to files that make the host run code (git hooks,
+                 .husky/, .pre-commit-config.yaml, lefthook.yml, the
+                 repository's core.hooksPath, included git config) are
+                 refused and saved as a patch unless --allow-hooks
   --branch NAME  record the guest's tree as a commit on a new branch whose
                  parent is the shipped HEAD (working tree, index and current
                  branch untouched)
@@ -245,6 +308,9 @@ export and stopped again.`,
 			}
 			if n > 1 {
 				return usageError{errors.New("give at most one of --out, --apply, --branch")}
+			}
+			if allowHooks && !apply {
+				return usageError{errors.New("--allow-hooks goes with --apply")}
 			}
 			mode := exportMode("-")
 			switch {
@@ -271,12 +337,13 @@ export and stopped again.`,
 					return fmt.Errorf("the workspace's repository %s: %w", v.Workspace.Repo, err)
 				}
 			}
-			_, err = e.export(c.Context(), cl, v.Name, v.Workspace, mode)
+			_, err = e.export(c.Context(), cl, v.Name, v.Workspace, mode, allowHooks)
 			return err
 		},
 	}
 	cmd.Flags().StringVarP(&out, "out", "o", "", "write the patch to FILE")
 	cmd.Flags().BoolVar(&apply, "apply", false, "apply the patch to the host working tree")
+	cmd.Flags().BoolVar(&allowHooks, "allow-hooks", false, "with --apply: also apply edits to files that make the host run code (git hooks and their configuration)")
 	cmd.Flags().StringVar(&branch, "branch", "", "record the guest's tree as a commit on a new branch NAME")
 	return cmd
 }

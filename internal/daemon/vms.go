@@ -21,6 +21,7 @@ import (
 	"banger/internal/agent"
 	"banger/internal/agentbin"
 	"banger/internal/api"
+	"banger/internal/consolelog"
 	"banger/internal/errdefs"
 	"banger/internal/image"
 	"banger/internal/network"
@@ -49,6 +50,7 @@ func (d *Daemon) init(ctx context.Context) error {
 		backend = unavailableBackend{why: ch.Reason}
 	}
 	d.log.Info("backend", "backend", ch.Backend, "accel", ch.Accel, "why", ch.Reason)
+	d.removeStaleSpools()
 	d.images = &images{store: d.store, layout: d.layout, cfg: d.cfg, log: d.log, building: map[string]*sync.Mutex{}}
 	netm := d.startNetwork(ctx)
 	var keys []string
@@ -82,7 +84,7 @@ func (d *Daemon) init(ctx context.Context) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	d.pruneTemplates(ctx)
-	d.services = append(d.services, d.vms, d.uploads)
+	d.services = append(d.services, d.vms, d.uploads, d.watchConsoles())
 	// Runs go after the VMs: they are closed first (their commands ended,
 	// exports finished) while the VM manager still works. Runs a stopped
 	// or crashed daemon left are finished in the background.
@@ -190,6 +192,29 @@ func (d *Daemon) pruneTemplates(ctx context.Context) {
 		d.log.Info("removed stale templates", "n", len(removed))
 	}
 }
+
+// watchConsoles bounds every VM's console log (see consolelog) from now
+// until the service is closed: first what grew while no daemon ran, then
+// once a second.
+func (d *Daemon) watchConsoles() service {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	log := d.log.With("component", "console")
+	go func() {
+		defer close(done)
+		consolelog.Watch(ctx, d.layout.VMConsoleLog("*"), time.Second, log)
+	}()
+	return funcService(func(context.Context) error {
+		cancel()
+		<-done
+		return nil
+	})
+}
+
+// funcService is a daemon service that is only a Close.
+type funcService func(context.Context) error
+
+func (f funcService) Close(ctx context.Context) error { return f(ctx) }
 
 // closerService adapts an io.Closer to a daemon service.
 type closerService struct{ c interface{ Close() error } }
@@ -401,6 +426,17 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 					break
 				}
 			}
+			// Shorter than what was read: the log was trimmed (see
+			// consolelog). Go on from its end, saying so.
+			if pos, err := f.Seek(0, io.SeekCurrent); err == nil {
+				if st, err := f.Stat(); err == nil && st.Size() < pos {
+					f.Seek(0, io.SeekEnd)
+					if _, err := io.WriteString(w, "\n[banger: console log trimmed; some output was dropped]\n"); err != nil {
+						f.Close()
+						return
+					}
+				}
+			}
 			rc.Flush()
 		}
 		if !follow {
@@ -420,11 +456,36 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// exportSpoolPattern names the spool files of handleExport.
+const exportSpoolPattern = "export-*.patch"
+
+// removeStaleSpools removes export spools a daemon that died mid-export
+// left behind: in the spool dir, and in the runtime dir where earlier
+// versions spooled. The caller holds the pid lock (no export runs).
+func (d *Daemon) removeStaleSpools() {
+	for _, dir := range []string{d.layout.SpoolDir(), d.layout.Runtime} {
+		stale, _ := filepath.Glob(filepath.Join(dir, exportSpoolPattern))
+		for _, p := range stale {
+			if err := os.Remove(p); err != nil {
+				d.log.Warn("remove stale export spool", "path", p, "err", err)
+			} else {
+				d.log.Info("removed stale export spool", "path", p)
+			}
+		}
+	}
+}
+
 // handleExport streams a VM's workspace patch (untrusted guest output: the
 // client validates it). The patch is spooled to a file first so that a
-// failure half-way is an error response, never a truncated patch.
+// failure half-way is an error response, never a truncated patch. The
+// spool is on disk, in the state dir (not the runtime dir, which may be
+// RAM), and removed when the request ends or, after a crash, at start.
 func (d *Daemon) handleExport(w http.ResponseWriter, r *http.Request) {
-	f, err := os.CreateTemp(d.layout.Runtime, "export-*.patch")
+	if err := os.MkdirAll(d.layout.SpoolDir(), 0o700); err != nil {
+		writeError(w, r, err)
+		return
+	}
+	f, err := os.CreateTemp(d.layout.SpoolDir(), exportSpoolPattern)
 	if err != nil {
 		writeError(w, r, err)
 		return

@@ -197,6 +197,10 @@ func (l Layout) BuildCacheDir() string { return filepath.Join(l.Cache, "build") 
 // build's agent.
 func (l Layout) InitrdCacheDir() string { return filepath.Join(l.Cache, "initrd") }
 
+// SpoolDir holds patches being exported, on disk (the runtime dir may be
+// RAM: /run is a tmpfs, and a patch may be 512 MiB).
+func (l Layout) SpoolDir() string { return filepath.Join(l.State, "spool") }
+
 // TmpDir is scratch space on the cache's filesystem (so renames are atomic).
 func (l Layout) TmpDir() string { return filepath.Join(l.Cache, "tmp") }
 

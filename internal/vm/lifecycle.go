@@ -3,6 +3,7 @@ package vm
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,9 +23,29 @@ type DeleteOptions struct {
 	Force bool // delete a running VM (killing it)
 }
 
-// Delete removes a VM and everything it owns.
+// Delete removes a VM and everything it owns. With Force the VMM is
+// killed first, before the VM's lock is taken: an operation holding the
+// lock may be waiting on a guest that never answers, and the kill ends
+// that wait (the guest's session breaks), so the lock comes free.
 func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) error {
+	killed := false
+	if o.Force {
+		if r, err := m.get(ctx, name); err == nil && r.handle.PID != 0 {
+			m.stopWatch(r.row.ID) // its exit is this delete's, not news
+			m.dropAgent(r.row.ID)
+			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			if err := m.backend.Kill(kctx, r.handle); err != nil {
+				m.log.Warn("delete: kill before taking the lock", "vm", r.row.Name, "err", err)
+			} else {
+				killed = true
+			}
+			cancel()
+		}
+	}
 	r, unlock, err := m.acquire(ctx, name)
+	if killed && errors.Is(err, errdefs.ErrNotFound) {
+		return nil // its create failed once the VMM was gone: deleted all the same
+	}
 	if err != nil {
 		return err
 	}
@@ -45,15 +66,15 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	m.stopWatch(r.row.ID)
-	m.dropAgent(r.row.ID)
-	m.closeForwards(r.row.ID)
-	if r.handle.PID != 0 {
+	if r.handle.PID != 0 { // first: nothing waits on the guest
 		if err := m.backend.Kill(dctx, r.handle); err != nil {
 			r.row.State, r.row.LastError = StateError, "delete: "+err.Error()
 			r.save(dctx, m.store)
 			return fmt.Errorf("delete vm %s: stop VMM: %w", r.row.Name, err)
 		}
 	}
+	m.dropAgent(r.row.ID)
+	m.closeForwards(r.row.ID)
 	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
 	if err := os.RemoveAll(m.layout.VMDir(r.row.ID)); err != nil {
 		return fmt.Errorf("delete vm %s: %w", r.row.Name, err)
@@ -317,6 +338,9 @@ func (m *Manager) stopWatch(id string) {
 // unknown: then only the last boot's part of each log is read): "" for a
 // clean guest power-off, else a short reason.
 func exitReason(consoleLog, vmmLog string, conOff, vmmOff int64) string {
+	if conOff > fileSize(consoleLog) {
+		conOff = -1 // trimmed since (see consolelog): the last boot's part
+	}
 	con := readFrom(consoleLog, conOff, 4096)
 	if conOff < 0 {
 		con = lastBoot(con)

@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"regexp"
 	"sync"
@@ -336,20 +337,33 @@ func (m *Manager) ImageInUse(ctx context.Context, imageID string) ([]string, err
 }
 
 // agentConn is the one connection to a VM's agent; virtio-serial carries
-// one host client at a time, so every caller shares it.
+// one host client at a time, so every caller shares it. Its lock is never
+// held across a dial (a silent guest must not wedge dropAgent, Delete or
+// Close): one caller dials, the others wait for that dial or their ctx.
 type agentConn struct {
-	mu     sync.Mutex
-	client *agent.Client
+	mu      sync.Mutex
+	client  *agent.Client
+	dialing chan struct{} // closed when the dial in flight ends
+	conn    net.Conn      // the dial in flight's connection (closed by close)
+	closed  bool          // dropped: a dial that ends now is thrown away
 }
 
 func (a *agentConn) close() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.closed = true
 	if a.client != nil {
 		a.client.Close()
 		a.client = nil
 	}
+	if a.conn != nil {
+		a.conn.Close() // aborts the handshake in flight
+	}
 }
+
+// agentDialTimeout bounds one connection to an agent (connect and
+// handshake), whatever the caller's ctx says.
+const agentDialTimeout = 15 * time.Second
 
 // agent returns a live client of the VM's agent, dialling when needed.
 func (m *Manager) agent(ctx context.Context, r *record) (*agent.Client, error) {
@@ -360,26 +374,72 @@ func (m *Manager) agent(ctx context.Context, r *record) (*agent.Client, error) {
 		m.agents[r.row.ID] = a
 	}
 	m.mu.Unlock()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.client != nil {
-		select {
-		case <-a.client.Done():
-			a.client = nil
-		default:
-			return a.client, nil
+	for {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			return nil, errdefs.Unavailable(fmt.Sprintf("vm %s: its agent connection was closed", r.row.Name))
 		}
+		if a.client != nil {
+			select {
+			case <-a.client.Done():
+				a.client = nil
+			default:
+				c := a.client
+				a.mu.Unlock()
+				return c, nil
+			}
+		}
+		if wait := a.dialing; wait != nil {
+			a.mu.Unlock()
+			select {
+			case <-wait:
+				continue
+			case <-ctx.Done():
+				return nil, errdefs.Unavailable(fmt.Sprintf("vm %s: connect to agent: %v", r.row.Name, ctx.Err()))
+			}
+		}
+		done := make(chan struct{})
+		a.dialing = done
+		a.mu.Unlock()
+		c, err := m.dialAgent(ctx, r, a)
+		a.mu.Lock()
+		a.dialing, a.conn = nil, nil
+		close(done)
+		if err == nil && a.closed {
+			c.Close()
+			err = errdefs.Unavailable(fmt.Sprintf("vm %s: its agent connection was closed", r.row.Name))
+		}
+		if err == nil {
+			a.client = c
+		}
+		a.mu.Unlock()
+		return c, err
 	}
+}
+
+// dialAgent connects and runs the handshake, bounded by agentDialTimeout;
+// a.close aborts it.
+func (m *Manager) dialAgent(ctx context.Context, r *record, a *agentConn) (*agent.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, agentDialTimeout)
+	defer cancel()
 	conn, err := m.backend.DialAgent(ctx, r.handle)
 	if err != nil {
 		return nil, errdefs.Unavailable(fmt.Sprintf("vm %s: connect to agent: %v", r.row.Name, err))
+	}
+	a.mu.Lock()
+	closed := a.closed
+	a.conn = conn
+	a.mu.Unlock()
+	if closed {
+		conn.Close()
+		return nil, errdefs.Unavailable(fmt.Sprintf("vm %s: its agent connection was closed", r.row.Name))
 	}
 	c, err := agent.Dial(ctx, conn)
 	if err != nil {
 		conn.Close()
 		return nil, errdefs.Unavailable(fmt.Sprintf("vm %s: agent handshake: %v", r.row.Name, err))
 	}
-	a.client = c
 	return c, nil
 }
 

@@ -189,21 +189,30 @@ func (m *Manager) MarkExported(ctx context.Context, name, digest string) error {
 	return r.save(ctx, m.store)
 }
 
+// unexportedScanLimit bounds how much of a workspace patch the daemon (root)
+// reads to tell whether a VM may be deleted: the patch is untrusted guest
+// output, and this check only needs to know that there are edits. Past it,
+// the VM has edits (unless the whole patch is the one last exported) that
+// are not listed.
+const unexportedScanLimit = 16 << 20
+
 // unexported lists the files of a running VM's workspace changed since the
-// last export ("" digest: nothing changed, or nothing new).
+// last export (none: nothing changed, or nothing new), names quoted for
+// people. The patch is validated (workspace.ScanPatch, which keeps none of
+// its text) but not kept.
 func (m *Manager) unexported(ctx context.Context, r *record) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	pr, pw := io.Pipe()
 	type res struct {
-		p   *workspace.Patch
+		cs  []workspace.Change
 		err error
 	}
 	ch := make(chan res, 1)
 	go func() {
-		p, err := workspace.ParsePatch(pr, 0)
-		io.Copy(io.Discard, pr)
-		ch <- res{p, err}
+		cs, err := workspace.ScanPatch(pr, unexportedScanLimit)
+		io.Copy(io.Discard, pr) // the digest covers the whole patch
+		ch <- res{cs, err}
 	}()
 	digest, err := m.exportTo(ctx, r, pw)
 	pw.CloseWithError(err)
@@ -211,15 +220,18 @@ func (m *Manager) unexported(ctx context.Context, r *record) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	if digest == r.spec.Workspace.Exported {
+		return nil, nil
+	}
+	if errors.Is(got.err, workspace.ErrTooLarge) {
+		return []string{fmt.Sprintf("(a patch of more than %d MiB, not listed)", unexportedScanLimit>>20)}, nil
+	}
 	if got.err != nil {
 		return nil, got.err
 	}
-	if len(got.p.Changes) == 0 || digest == r.spec.Workspace.Exported {
-		return nil, nil
-	}
 	var files []string
-	for _, c := range got.p.Changes {
-		files = append(files, c.Path)
+	for _, c := range got.cs {
+		files = append(files, workspace.QuoteName(c.Path))
 	}
 	return files, nil
 }

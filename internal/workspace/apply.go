@@ -23,8 +23,7 @@ func WritePatch(p *Patch, w io.Writer) error {
 	if p.Empty() {
 		return nil
 	}
-	_, err := w.Write(p.raw)
-	return err
+	return p.raw.writeTo(w)
 }
 
 // applyConfig pins the options user config could change in git apply.
@@ -53,8 +52,15 @@ func (e *ConflictError) Is(target error) bool { return target == errdefs.ErrConf
 // Apply applies p to the work tree of repo (not its index). git apply is
 // all-or-nothing: on any conflict nothing is written and the error (a
 // *ConflictError) names the conflicting files. Paths that go through a
-// symlink of the work tree are refused before anything runs.
+// symlink of the work tree are refused before anything runs, and so is a
+// patch that changes files that make the host run code (a *HookError;
+// see HookFiles and ApplyWith).
 func Apply(ctx context.Context, repo string, p *Patch) error {
+	return ApplyWith(ctx, repo, p, ApplyOptions{})
+}
+
+// ApplyWith is Apply with options.
+func ApplyWith(ctx context.Context, repo string, p *Patch, o ApplyOptions) error {
 	root, err := Root(ctx, repo)
 	if err != nil {
 		return err
@@ -65,8 +71,11 @@ func Apply(ctx context.Context, repo string, p *Patch) error {
 	if err := checkPlacement(p, worktreeLinks(root), "the work tree"); err != nil {
 		return err
 	}
+	if err := checkHooks(ctx, root, p, o); err != nil {
+		return err
+	}
 	var stderr bytes.Buffer
-	g := gitCmd{dir: root, stdin: bytes.NewReader(p.raw), errw: &limitedBuffer{b: &stderr, max: 1 << 20}}
+	g := gitCmd{dir: root, stdin: p.reader(), errw: &limitedBuffer{b: &stderr, max: 1 << 20}}
 	if _, err := g.run(ctx, append(applyConfig, "apply", "--whitespace=nowarn", "-")...); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -249,7 +258,7 @@ func Branch(ctx context.Context, repo string, p *Patch, name string, base Base) 
 	if !p.Empty() {
 		var stderr bytes.Buffer
 		ga := gi
-		ga.stdin, ga.errw = bytes.NewReader(p.raw), &limitedBuffer{b: &stderr, max: 1 << 20}
+		ga.stdin, ga.errw = p.reader(), &limitedBuffer{b: &stderr, max: 1 << 20}
 		if _, err := ga.run(ctx, append(applyConfig, "apply", "--cached", "--whitespace=nowarn", "-")...); err != nil {
 			return "", conflict(p, stderr.String(), err)
 		}
@@ -393,7 +402,7 @@ func Diffstat(ctx context.Context, p *Patch) (string, error) {
 		return "", err
 	}
 	defer os.RemoveAll(dir)
-	g := gitCmd{dir: dir, stdin: bytes.NewReader(p.raw), env: []string{"GIT_CEILING_DIRECTORIES=" + filepath.Dir(dir)}}
+	g := gitCmd{dir: dir, stdin: p.reader(), env: []string{"GIT_CEILING_DIRECTORIES=" + filepath.Dir(dir)}}
 	out, err := g.run(ctx, "apply", "--stat", "-")
 	if err != nil {
 		return "", fmt.Errorf("workspace: diffstat: %w", err)

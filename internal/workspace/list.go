@@ -283,6 +283,11 @@ func DryRun(set *FileSet) string {
 // quoteName quotes a name like git's core.quotePath when it holds control
 // characters, a backslash or a double quote; other bytes (UTF-8 included)
 // are printed as they are.
+// QuoteName returns a path as git would show it to people: as is, or
+// C-quoted when it holds a control character, a quote or a backslash (a
+// name from a guest may hold terminal escapes).
+func QuoteName(s string) string { return quoteName(s) }
+
 func quoteName(s string) string {
 	need := false
 	for i := 0; i < len(s); i++ {

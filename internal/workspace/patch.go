@@ -1,6 +1,7 @@
 package workspace
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,8 +17,9 @@ import (
 	"banger/internal/errdefs"
 )
 
-// DefaultPatchLimit bounds a patch when ParsePatch is given no limit (the
-// patch is held in memory).
+// DefaultPatchLimit bounds a patch when ParsePatch is given no limit. The
+// patch is held in memory once (parsing keeps at most a line of it), plus
+// about 150 bytes per changed file.
 const DefaultPatchLimit = 512 << 20
 
 // ErrRejected is matched (errors.Is) by every error about a patch that is
@@ -25,10 +28,15 @@ const DefaultPatchLimit = 512 << 20
 // errdefs.ErrInvalidArgument.
 var ErrRejected = errors.New("patch rejected")
 
+// ErrTooLarge is matched (errors.Is), besides ErrRejected, by the error
+// about a patch larger than the limit it was read with.
+var ErrTooLarge = errors.New("patch too large")
+
 // RejectError says why a patch was refused.
 type RejectError struct {
-	Path   string // the offending path, when there is one
-	Reason string
+	Path     string // the offending path, when there is one
+	Reason   string
+	tooLarge bool
 }
 
 func (e *RejectError) Error() string {
@@ -38,9 +46,10 @@ func (e *RejectError) Error() string {
 	return "export patch rejected: " + e.Reason
 }
 
-// Is makes a RejectError match ErrRejected and errdefs.ErrInvalidArgument.
+// Is makes a RejectError match ErrRejected and errdefs.ErrInvalidArgument
+// (and ErrTooLarge for one about the size).
 func (e *RejectError) Is(target error) bool {
-	return target == ErrRejected || target == errdefs.ErrInvalidArgument
+	return target == ErrRejected || target == errdefs.ErrInvalidArgument || (e.tooLarge && target == ErrTooLarge)
 }
 
 func reject(path, format string, a ...any) error {
@@ -75,15 +84,67 @@ type Change struct {
 
 // Patch is a validated export patch.
 type Patch struct {
-	raw     []byte
+	raw     chunks // the patch text, as read
 	Changes []Change
 }
 
 // Empty reports whether the patch changes nothing.
 func (p *Patch) Empty() bool { return p == nil || len(p.Changes) == 0 }
 
-// Bytes is the patch text (do not modify).
-func (p *Patch) Bytes() []byte { return p.raw }
+// Size is the length of the patch text.
+func (p *Patch) Size() int64 {
+	if p == nil {
+		return 0
+	}
+	return p.raw.size
+}
+
+// reader reads the patch text.
+func (p *Patch) reader() io.Reader { return p.raw.reader() }
+
+// chunks holds bytes in blocks that double up to 4 MiB: reading a patch
+// of unknown length costs its length, not twice it as a growing slice
+// would, and no block is ever copied.
+type chunks struct {
+	blocks [][]byte
+	size   int64
+}
+
+func (c *chunks) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		if len(c.blocks) == 0 || len(c.blocks[len(c.blocks)-1]) == cap(c.blocks[len(c.blocks)-1]) {
+			next := 64 << 10
+			if k := len(c.blocks); k > 0 {
+				next = min(2*cap(c.blocks[k-1]), 4<<20)
+			}
+			c.blocks = append(c.blocks, make([]byte, 0, next))
+		}
+		last := &c.blocks[len(c.blocks)-1]
+		k := min(len(p), cap(*last)-len(*last))
+		*last = append(*last, p[:k]...)
+		p = p[k:]
+	}
+	c.size += int64(n)
+	return n, nil
+}
+
+func (c *chunks) reader() io.Reader {
+	rs := make([]io.Reader, len(c.blocks))
+	for i, b := range c.blocks {
+		rs[i] = bytes.NewReader(b)
+	}
+	return io.MultiReader(rs...)
+}
+
+func (c *chunks) writeTo(w io.Writer) error {
+	for _, b := range c.blocks {
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
 // Paths lists every path the patch touches (sources of renames included),
 // sorted.
@@ -130,292 +191,142 @@ func (p *Patch) Summary() string {
 // ParsePatch reads the output of ExportCommand (untrusted: it comes from
 // the guest), at most limit bytes (DefaultPatchLimit when limit <= 0), and
 // returns it validated: every path is relative, free of "..", outside .git
-// (in any case), and not below a symlink the patch itself creates. git's
-// own reading of the patch (git apply --numstat) must name exactly the
-// same paths. Trees the patch is later applied to are checked again by
-// Apply and Branch.
+// (in any case), and not below a symlink the patch itself creates; a name
+// git writes unquoted holds no control character (git quotes those, and
+// would read such a name differently: it ends a name at a tab or CR). git's
+// own reading of the patch (git apply --numstat, fed as the patch is read)
+// must name exactly the same paths in the same order. Trees the patch is
+// later applied to are checked again by Apply and Branch.
+//
+// The patch is parsed as it is read: memory is the patch text once, plus
+// about 150 bytes per changed file (see ScanPatch to keep no text).
 func ParsePatch(r io.Reader, limit int64) (*Patch, error) {
 	if limit <= 0 {
 		limit = DefaultPatchLimit
 	}
-	raw, err := io.ReadAll(io.LimitReader(r, limit+1))
+	p := &Patch{}
+	lim := &limitReader{r: r, n: limit}
+	git := startCrossCheck()
+	defer git.abort()
+	in := io.TeeReader(lim, io.MultiWriter(&p.raw, git.in()))
+	var cl changeList
+	empty, err := parseStream(in, cl.add)
+	p.Changes = cl.slice()
+	if lim.over {
+		return nil, tooLarge(limit)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("read export patch: %w", err)
+		return nil, readErr(err)
 	}
-	if int64(len(raw)) > limit {
-		return nil, reject("", "larger than the limit of %d bytes", limit)
-	}
-	p := &Patch{raw: raw}
-	if len(bytes.TrimSpace(raw)) == 0 {
-		p.raw = nil
-		return p, nil
-	}
-	if p.Changes, err = parseChanges(raw); err != nil {
-		return nil, err
+	if empty {
+		return &Patch{}, nil
 	}
 	if err := validateChanges(p.Changes); err != nil {
 		return nil, err
 	}
-	if err := crossCheck(p); err != nil {
+	if err := git.finish(p.Changes); err != nil {
 		return nil, err
 	}
 	return p, nil
 }
 
-// parseChanges parses a git diff (as written by git diff --binary).
-func parseChanges(raw []byte) ([]Change, error) {
-	lines := strings.SplitAfter(string(raw), "\n")
-	if lines[len(lines)-1] == "" {
-		lines = lines[:len(lines)-1]
+// ScanPatch validates a patch as ParsePatch does, except git's cross-check,
+// and keeps none of its text: it is for a caller that only needs the list
+// of changes (nothing can be applied from it). Memory is a line of the
+// patch plus about 150 bytes per changed file.
+func ScanPatch(r io.Reader, limit int64) ([]Change, error) {
+	if limit <= 0 {
+		limit = DefaultPatchLimit
 	}
-	var out []Change
-	i := 0
-	for i < len(lines) {
-		l := strings.TrimSuffix(lines[i], "\n")
-		if !strings.HasPrefix(l, "diff --git ") {
-			return nil, reject("", "line %d: expected \"diff --git\", got %.60q", i+1, l)
-		}
-		c, next, err := parseSection(lines, i)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, c)
-		i = next
+	lim := &limitReader{r: r, n: limit}
+	var cl changeList
+	empty, err := parseStream(lim, cl.add)
+	out := cl.slice()
+	if lim.over {
+		return nil, tooLarge(limit)
+	}
+	if err != nil {
+		return nil, readErr(err)
+	}
+	if empty {
+		return nil, nil
+	}
+	if err := validateChanges(out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
-func parseSection(lines []string, start int) (Change, int, error) {
-	var c Change
-	gitLine := strings.TrimPrefix(strings.TrimSuffix(lines[start], "\n"), "diff --git ")
-	var minus, plus, renFrom, renTo, cpFrom, cpTo string
-	var haveMinus, havePlus, newFile, deleted, rename, cp bool
-	var oldMode, newMode, idxMode string
-	hasBody := false
-	i := start + 1
-	bad := func(format string, a ...any) error {
-		return reject("", "line %d: %s", i+1, fmt.Sprintf(format, a...))
-	}
-	name := func(s string) (string, error) {
-		n, err := unquotePath(s)
-		if err != nil {
-			return "", bad("%v", err)
-		}
-		return n, nil
-	}
-	prefixed := func(s, prefix string) (string, bool, error) {
-		s = strings.TrimSuffix(s, "\t") // git adds a tab after names with spaces
-		if s == "/dev/null" {
-			return "", false, nil
-		}
-		n, err := name(s)
-		if err != nil {
-			return "", false, err
-		}
-		if !strings.HasPrefix(n, prefix) {
-			return "", false, bad("name %q lacks the %q prefix", n, prefix)
-		}
-		return n[len(prefix):], true, nil
-	}
-	var err error
-header:
-	for ; i < len(lines); i++ {
-		l := strings.TrimSuffix(lines[i], "\n")
-		switch {
-		case strings.HasPrefix(l, "diff --git "), strings.HasPrefix(l, "@@ "),
-			l == "GIT binary patch", strings.HasPrefix(l, "Binary files "):
-			break header
-		case strings.HasPrefix(l, "old mode "):
-			oldMode = strings.TrimPrefix(l, "old mode ")
-		case strings.HasPrefix(l, "new mode "):
-			newMode = strings.TrimPrefix(l, "new mode ")
-		case strings.HasPrefix(l, "deleted file mode "):
-			deleted, oldMode = true, strings.TrimPrefix(l, "deleted file mode ")
-		case strings.HasPrefix(l, "new file mode "):
-			newFile, newMode = true, strings.TrimPrefix(l, "new file mode ")
-		case strings.HasPrefix(l, "similarity index "), strings.HasPrefix(l, "dissimilarity index "):
-		case strings.HasPrefix(l, "rename from "):
-			rename = true
-			if renFrom, err = name(strings.TrimPrefix(l, "rename from ")); err != nil {
-				return c, 0, err
-			}
-		case strings.HasPrefix(l, "rename to "):
-			rename = true
-			if renTo, err = name(strings.TrimPrefix(l, "rename to ")); err != nil {
-				return c, 0, err
-			}
-		case strings.HasPrefix(l, "copy from "):
-			cp = true
-			if cpFrom, err = name(strings.TrimPrefix(l, "copy from ")); err != nil {
-				return c, 0, err
-			}
-		case strings.HasPrefix(l, "copy to "):
-			cp = true
-			if cpTo, err = name(strings.TrimPrefix(l, "copy to ")); err != nil {
-				return c, 0, err
-			}
-		case strings.HasPrefix(l, "index "):
-			if f := strings.Fields(l); len(f) == 3 {
-				idxMode = f[2]
-			}
-		case strings.HasPrefix(l, "--- "):
-			if minus, haveMinus, err = prefixed(strings.TrimPrefix(l, "--- "), "a/"); err != nil {
-				return c, 0, err
-			}
-		case strings.HasPrefix(l, "+++ "):
-			if plus, havePlus, err = prefixed(strings.TrimPrefix(l, "+++ "), "b/"); err != nil {
-				return c, 0, err
-			}
-		default:
-			return c, 0, bad("unexpected header line %.60q", l)
-		}
-	}
-	// Body: text hunks, or a binary patch, or nothing (mode, rename, empty).
-	for i < len(lines) {
-		l := strings.TrimSuffix(lines[i], "\n")
-		switch {
-		case strings.HasPrefix(l, "diff --git "):
-			goto done
-		case strings.HasPrefix(l, "@@ "):
-			hasBody = true
-			n, err := skipHunk(lines, i)
-			if err != nil {
-				return c, 0, err
-			}
-			i = n
-		case l == "GIT binary patch":
-			c.Binary, hasBody = true, true
-			n, err := skipBinary(lines, i+1)
-			if err != nil {
-				return c, 0, err
-			}
-			i = n
-		case strings.HasPrefix(l, "Binary files "):
-			return c, 0, bad("binary change without its data (not made with --binary)")
-		default:
-			return c, 0, bad("unexpected line %.60q", l)
-		}
-	}
-done:
-	// The names, from the most to the least explicit header.
-	var oldName, newName string
-	switch {
-	case rename:
-		c.Kind, oldName, newName = Renamed, renFrom, renTo
-	case cp:
-		c.Kind, oldName, newName = Copied, cpFrom, cpTo
-	default:
-		if haveMinus {
-			oldName = minus
-		}
-		if havePlus {
-			newName = plus
-		}
-		if oldName == "" && newName == "" {
-			n, ok := gitLineName(gitLine)
-			if !ok {
-				return c, 0, reject("", "line %d: cannot tell the file name from %.80q", start+1, gitLine)
-			}
-			oldName, newName = n, n
-		}
-	}
-	switch {
-	case (rename || cp) && (oldName == "" || newName == ""):
-		return c, 0, reject("", "line %d: rename or copy without both names", start+1)
-	case rename || cp:
-	case newFile && deleted:
-		return c, 0, reject("", "line %d: a file both created and deleted", start+1)
-	case newFile:
-		c.Kind = Added
-	case deleted:
-		c.Kind = Deleted
-	case oldMode != "" && newMode != "" && !hasBody:
-		c.Kind = ModeChanged
-	default:
-		c.Kind = Modified
-	}
-	if c.Kind == Deleted {
-		c.Path = oldName
-		if c.Path == "" {
-			c.Path = newName
-		}
-	} else {
-		c.Path = newName
-		if c.Path == "" {
-			c.Path = oldName
-		}
-	}
-	if (rename || cp) || (oldName != "" && newName != "" && oldName != newName) {
-		c.OldPath = oldName
-		if !rename && !cp {
-			return c, 0, reject(newName, "names differ (%q, %q) without a rename", oldName, newName)
-		}
-	}
-	if c.Path == "" {
-		return c, 0, reject("", "line %d: no file name", start+1)
-	}
-	if idxMode != "" && oldMode == "" && newMode == "" {
-		oldMode, newMode = idxMode, idxMode
-	}
-	c.OldMode, c.NewMode = oldMode, newMode
-	c.ModeChange = oldMode != "" && newMode != "" && oldMode != newMode
-	for _, m := range []string{oldMode, newMode} {
-		switch m {
-		case "", "100644", "100755":
-		case "120000":
-			c.Symlink = true
-		case "160000":
-			return c, 0, reject(c.Path, "a submodule (gitlink) change: a nested repository cannot be exported; remove it from the workspace or export its files another way")
-		default:
-			return c, 0, reject(c.Path, "unsupported file mode %q", m)
-		}
-	}
-	return c, i, nil
+// changeList collects Changes in blocks: appending to one slice would
+// allocate about five times the final list (large slices grow by 1.25x).
+type changeList struct {
+	blocks [][]Change
+	n      int
 }
 
-// skipHunk checks a text hunk starting at lines[i] ("@@ -a,b +c,d @@")
-// against its line counts and returns the index after it.
-func skipHunk(lines []string, i int) (int, error) {
-	h := strings.TrimSuffix(lines[i], "\n")
-	var oldN, newN int
-	f := strings.Fields(h)
-	if len(f) < 4 || f[3] != "@@" {
-		return 0, reject("", "line %d: bad hunk header %.60q", i+1, h)
-	}
-	var err error
-	if oldN, err = hunkCount(f[1], "-"); err == nil {
-		newN, err = hunkCount(f[2], "+")
-	}
-	if err != nil {
-		return 0, reject("", "line %d: bad hunk header %.60q", i+1, h)
-	}
-	i++
-	for oldN > 0 || newN > 0 {
-		if i >= len(lines) {
-			return 0, reject("", "truncated hunk")
+func (l *changeList) add(c Change) error {
+	if k := len(l.blocks); k == 0 || len(l.blocks[k-1]) == cap(l.blocks[k-1]) {
+		next := 16
+		if k > 0 {
+			next = min(2*cap(l.blocks[k-1]), 4096)
 		}
-		l := lines[i]
-		switch {
-		case strings.HasPrefix(l, " ") || l == "\n":
-			oldN--
-			newN--
-		case strings.HasPrefix(l, "-"):
-			oldN--
-		case strings.HasPrefix(l, "+"):
-			newN--
-		case strings.HasPrefix(l, `\`):
-		default:
-			return 0, reject("", "line %d: unexpected line in a hunk", i+1)
-		}
-		if oldN < 0 || newN < 0 {
-			return 0, reject("", "line %d: hunk longer than its header says", i+1)
-		}
-		i++
+		l.blocks = append(l.blocks, make([]Change, 0, next))
 	}
-	if i < len(lines) && strings.HasPrefix(lines[i], `\`) {
-		i++ // "\ No newline at end of file" after the last line
+	last := &l.blocks[len(l.blocks)-1]
+	*last = append(*last, c)
+	l.n++
+	return nil
+}
+
+func (l *changeList) slice() []Change {
+	if l.n == 0 {
+		return nil
 	}
-	return i, nil
+	out := make([]Change, 0, l.n)
+	for _, b := range l.blocks {
+		out = append(out, b...)
+	}
+	l.blocks = nil
+	return out
+}
+
+func tooLarge(limit int64) error {
+	return &RejectError{Reason: fmt.Sprintf("larger than the limit of %d bytes", limit), tooLarge: true}
+}
+
+func readErr(err error) error {
+	var re *RejectError
+	if errors.As(err, &re) {
+		return err
+	}
+	return fmt.Errorf("read export patch: %w", err)
+}
+
+// limitReader reads at most n bytes of r; one byte more sets over and
+// ends the stream.
+type limitReader struct {
+	r    io.Reader
+	n    int64
+	over bool
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.over {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > l.n+1 {
+		p = p[:l.n+1]
+	}
+	k, err := l.r.Read(p)
+	if int64(k) > l.n {
+		l.over = true
+		k = int(l.n)
+	}
+	l.n -= int64(k)
+	if l.over {
+		return k, io.EOF
+	}
+	return k, err
 }
 
 func hunkCount(s, sign string) (int, error) {
@@ -432,38 +343,6 @@ func hunkCount(s, sign string) (int, error) {
 	return 1, nil
 }
 
-// skipBinary skips the one or two "literal N"/"delta N" blocks of a git
-// binary patch, each ended by an empty line.
-func skipBinary(lines []string, i int) (int, error) {
-	for block := 0; block < 2; block++ {
-		if i >= len(lines) {
-			break
-		}
-		l := strings.TrimSuffix(lines[i], "\n")
-		if !strings.HasPrefix(l, "literal ") && !strings.HasPrefix(l, "delta ") {
-			if block == 0 {
-				return 0, reject("", "line %d: expected literal or delta", i+1)
-			}
-			break
-		}
-		i++
-		for ; i < len(lines); i++ {
-			l := strings.TrimSuffix(lines[i], "\n")
-			if l == "" {
-				break
-			}
-			if c := l[0]; !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z') {
-				return 0, reject("", "line %d: bad binary patch line", i+1)
-			}
-		}
-		if i >= len(lines) {
-			return 0, reject("", "truncated binary patch")
-		}
-		i++ // the empty line
-	}
-	return i, nil
-}
-
 // gitLineName extracts the name from "a/NAME b/NAME" (quoted or not) when
 // both sides are the same, as git apply does.
 func gitLineName(s string) (string, bool) {
@@ -478,7 +357,7 @@ func gitLineName(s string) (string, bool) {
 		}
 		return a[2:], true
 	}
-	if len(s) < 7 || (len(s)-5)%2 != 0 {
+	if len(s) < 7 || (len(s)-5)%2 != 0 || controlChar(s) >= 0 {
 		return "", false
 	}
 	n := (len(s) - 5) / 2
@@ -488,9 +367,15 @@ func gitLineName(s string) (string, bool) {
 	return s[2 : 2+n], true
 }
 
-// unquotePath decodes a name as git writes it: as is, or C-quoted.
+// unquotePath decodes a name as git writes it: as is, or C-quoted. git
+// quotes every name with a control character, so an unquoted one with
+// such a character is not git's, and git would read it otherwise (it ends
+// an unquoted name at a tab, CR, VT or FF): it is refused.
 func unquotePath(s string) (string, error) {
 	if !strings.HasPrefix(s, `"`) {
+		if i := controlChar(s); i >= 0 {
+			return "", fmt.Errorf("control character %q in an unquoted name", s[i])
+		}
 		return s, nil
 	}
 	n, rest, err := splitQuoted(s)
@@ -501,6 +386,17 @@ func unquotePath(s string) (string, error) {
 		return "", fmt.Errorf("text after a quoted name: %q", rest)
 	}
 	return n, nil
+}
+
+// controlChar is the index of the first control character (below 0x20,
+// or DEL) of s, or -1.
+func controlChar(s string) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] == 0x7f {
+			return i
+		}
+	}
+	return -1
 }
 
 // splitQuoted decodes the C-quoted string at the start of s and returns it
@@ -566,7 +462,9 @@ func CheckPath(p string) error {
 	if strings.ContainsRune(p, 0) {
 		return reject(p, "NUL in path")
 	}
-	for _, el := range strings.Split(p, "/") {
+	for rest, more := p, true; more; {
+		var el string
+		el, rest, more = strings.Cut(rest, "/")
 		switch el {
 		case "":
 			return reject(p, "empty path component")
@@ -586,7 +484,6 @@ func CheckPath(p string) error {
 // by a symlink is fine as long as nothing is written below it).
 func validateChanges(cs []Change) error {
 	links := map[string]bool{}
-	seen := map[string]bool{}
 	for _, c := range cs {
 		if err := CheckPath(c.Path); err != nil {
 			return err
@@ -596,18 +493,37 @@ func validateChanges(cs []Change) error {
 				return err
 			}
 		}
-		// A path appears twice only for a type change (file <-> symlink):
-		// deleted as one type, added as the other.
-		key := c.Path + "\x00del"
-		if c.Kind != Deleted {
-			key = c.Path + "\x00new"
-		}
-		if seen[key] {
-			return reject(c.Path, "changed twice in one patch")
-		}
-		seen[key] = true
 		if c.Kind != Deleted && c.NewMode == "120000" {
 			links[c.Path] = true
+		}
+	}
+	// A path appears twice only for a type change (file <-> symlink):
+	// deleted as one type, added as the other. (Sorted indices, not a
+	// map: 4 bytes per file.)
+	order := make([]int32, len(cs))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	key := func(i int32) (string, bool) { return cs[i].Path, cs[i].Kind == Deleted }
+	slices.SortFunc(order, func(a, b int32) int {
+		pa, da := key(a)
+		pb, db := key(b)
+		if c := strings.Compare(pa, pb); c != 0 {
+			return c
+		}
+		switch {
+		case da == db:
+			return int(a - b)
+		case da:
+			return -1
+		}
+		return 1
+	})
+	for i := 1; i < len(order); i++ {
+		pa, da := key(order[i-1])
+		pb, db := key(order[i])
+		if pa == pb && da == db {
+			return reject(pb, "changed twice in one patch")
 		}
 	}
 	for _, c := range cs {
@@ -632,43 +548,128 @@ func parentDir(p string) string {
 }
 
 // crossCheck has git parse the patch (git apply --numstat, which applies
-// nothing) and requires it to name exactly the paths we parsed: git is
-// what will apply it, so git's reading is the one that must be safe.
-func crossCheck(p *Patch) error {
+// nothing) while ParsePatch reads it, and requires git to name exactly the
+// paths we parsed, in the same order: git is what will apply the patch, so
+// git's reading is the one that must be safe. The patch is fed to git as
+// it is read and git's answer is read as a stream: nothing is buffered.
+type crossCheck struct {
+	dir    string
+	inW    *io.PipeWriter
+	outR   *io.PipeReader
+	sink   stickyWriter
+	done   chan error
+	waited bool
+	err    error // git's, once waited
+	failed error // could not start: reported by finish
+}
+
+func startCrossCheck() *crossCheck {
+	x := &crossCheck{done: make(chan error, 1)}
 	dir, err := os.MkdirTemp("", "banger-patch-")
 	if err != nil {
-		return err
+		x.failed = err
+		x.sink.err = err
+		return x
 	}
-	defer os.RemoveAll(dir)
-	g := gitCmd{dir: dir, stdin: bytes.NewReader(p.raw), env: []string{
+	x.dir = dir
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	x.inW, x.outR, x.sink.w = inW, outR, inW
+	g := gitCmd{dir: dir, stdin: inR, out: outW, env: []string{
 		"GIT_CEILING_DIRECTORIES=" + filepath.Dir(dir),
 	}}
-	out, err := g.run(context.Background(), "apply", "--numstat", "-z", "-")
-	if err != nil {
-		return &RejectError{Reason: fmt.Sprintf("git cannot read it: %v", err)}
+	go func() {
+		_, err := g.run(context.Background(), "apply", "--numstat", "-z", "-")
+		inR.CloseWithError(errors.New("git apply exited")) // unblocks our writes
+		outW.CloseWithError(err)                           // nil: EOF
+		x.done <- err
+	}()
+	return x
+}
+
+// in is where the patch goes as it is read; git failing does not fail
+// the writes (finish reports it).
+func (x *crossCheck) in() io.Writer { return &x.sink }
+
+// finish ends git's input and compares git's reading with cs.
+func (x *crossCheck) finish(cs []Change) error {
+	if x.failed != nil {
+		return x.failed
 	}
-	// One record per file: "added\tdeleted\tname" (the new name of a
+	x.inW.Close()
+	defer x.outR.Close() // an early return: git's further output fails
+	// One record per file: "added\tdeleted\tname\0" (the new name of a
 	// rename or copy; its source comes from the same "rename from" /
 	// "copy from" lines we parsed).
-	var theirs []string
-	for _, rec := range splitZ(out) {
-		f := strings.SplitN(rec, "\t", 3)
-		if len(f) != 3 {
+	br := bufio.NewReaderSize(x.outR, 4096)
+	i := 0
+	var rec []byte
+	for {
+		frag, err := br.ReadSlice(0)
+		rec = append(rec, frag...)
+		if len(rec) > maxPatchLine {
 			return reject("", "unexpected git apply --numstat output")
 		}
-		if err := CheckPath(f[2]); err != nil {
-			return err
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
 		}
-		theirs = append(theirs, f[2])
+		if errors.Is(err, io.EOF) && len(rec) == 0 {
+			break
+		}
+		if errors.Is(err, io.EOF) {
+			return reject("", "unexpected git apply --numstat output")
+		}
+		if err != nil { // git failed: its error, stderr included
+			return &RejectError{Reason: fmt.Sprintf("git cannot read it: %v", err)}
+		}
+		_, rest, ok1 := bytes.Cut(rec[:len(rec)-1], []byte{'\t'})
+		_, name, ok2 := bytes.Cut(rest, []byte{'\t'})
+		if !ok1 || !ok2 {
+			return reject("", "unexpected git apply --numstat output")
+		}
+		if i >= len(cs) || cs[i].Path != string(name) {
+			return reject("", "git reads other file names than the patch's headers (at file %d)", i+1)
+		}
+		rec = rec[:0]
+		i++
 	}
-	var ours []string
-	for _, c := range p.Changes {
-		ours = append(ours, c.Path)
+	if err := x.wait(); err != nil {
+		return &RejectError{Reason: fmt.Sprintf("git cannot read it: %v", err)}
 	}
-	sort.Strings(theirs)
-	sort.Strings(ours)
-	if strings.Join(theirs, "\x00") != strings.Join(ours, "\x00") {
-		return reject("", "git reads other file names than the patch's headers (%d vs %d names)", len(theirs), len(ours))
+	if i != len(cs) {
+		return reject("", "git reads other file names than the patch's headers (%d vs %d names)", i, len(cs))
 	}
 	return nil
+}
+
+// wait waits for git and returns its error.
+func (x *crossCheck) wait() error {
+	if !x.waited {
+		x.err, x.waited = <-x.done, true
+	}
+	return x.err
+}
+
+// abort stops git if it still runs and removes its directory.
+func (x *crossCheck) abort() {
+	if x.dir == "" {
+		return
+	}
+	x.inW.CloseWithError(errors.New("patch refused"))
+	x.outR.Close()
+	x.wait()
+	os.RemoveAll(x.dir)
+}
+
+// stickyWriter passes writes to w until one fails, then swallows them.
+type stickyWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (s *stickyWriter) Write(p []byte) (int, error) {
+	if s.err == nil {
+		_, s.err = s.w.Write(p)
+	}
+	return len(p), nil
 }

@@ -88,10 +88,13 @@
 //
 // # Trust
 //
-// The guest's export output is untrusted: ParsePatch bounds its size and
-// rejects any path that is absolute, contains "..", enters .git (any case),
-// or goes below a symlink the patch creates, and requires git's own reading
-// of the patch to name the same files; Apply and Branch check again against
+// The guest's export output is untrusted: ParsePatch bounds its size,
+// parses it as a stream (memory: the text once plus ~150 bytes per file;
+// ScanPatch keeps no text), and rejects any path that is absolute, contains
+// "..", enters .git (any case), goes below a symlink the patch creates, or
+// holds a control character git would have quoted, and requires git's own
+// reading of the patch to name the same files in the same order; Apply
+// and Branch check again against
 // the tree they write to (no path below a symlink), and git apply itself is
 // all-or-nothing. Nothing on the host parses the guest's disk.
 package workspace
