@@ -306,11 +306,14 @@ func (s *Server) usePatch(ctx context.Context, r io.Reader, label string, ws *ap
 	}
 	switch export {
 	case "patch":
-		text := string(p.Bytes())
-		if len(text) > maxPatch {
-			return used{outcome: "too large to return"}, errdefs.InvalidArgument(fmt.Sprintf("the patch is %d bytes, more than the %d a tool result carries: use export=rescue or branch", len(text), maxPatch))
+		if p.Size() > maxPatch {
+			return used{outcome: "too large to return"}, errdefs.InvalidArgument(fmt.Sprintf("the patch is %d bytes, more than the %d a tool result carries: use export=rescue or branch", p.Size(), maxPatch))
 		}
-		return used{patch: text, outcome: "returned as a patch"}, nil
+		var b bytes.Buffer
+		if err := workspace.WritePatch(p, &b); err != nil {
+			return used{}, err
+		}
+		return used{patch: b.String(), outcome: "returned as a patch"}, nil
 	case "branch":
 		commit, err := workspace.Branch(ctx, ws.Repo, p, branch, workspace.Base{Head: ws.Base.Head, Tree: ws.Base.Tree, Commit: ws.Base.Commit})
 		if err != nil {

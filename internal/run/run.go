@@ -630,11 +630,14 @@ func (m *Manager) export(id, vmName string) (*api.RunPatch, error) {
 	}
 	rp := &api.RunPatch{SHA256: sum, Bytes: n}
 	f.Seek(0, io.SeekStart)
-	if p, perr := workspace.ParsePatch(f, 0); perr != nil {
+	// Checked without keeping its text (the daemon is root; the client
+	// parses it again to use it).
+	if cs, perr := workspace.ScanPatch(f, 0); perr != nil {
 		rp.Refused = perr.Error()
 	} else {
-		rp.Files = len(p.Changes)
-		if stat, err := workspace.Diffstat(ctx, p); err == nil {
+		rp.Files = len(cs)
+		f.Seek(0, io.SeekStart)
+		if stat, err := workspace.DiffstatOf(ctx, f); err == nil {
 			rp.Diffstat = stat
 		}
 	}

@@ -397,12 +397,20 @@ func Diffstat(ctx context.Context, p *Patch) (string, error) {
 	if p.Empty() {
 		return "", nil
 	}
+	return diffstat(ctx, p.reader())
+}
+
+// DiffstatOf is git apply --stat of a patch read from r (a checked one:
+// ScanPatch), without holding it in memory.
+func DiffstatOf(ctx context.Context, r io.Reader) (string, error) { return diffstat(ctx, r) }
+
+func diffstat(ctx context.Context, r io.Reader) (string, error) {
 	dir, err := os.MkdirTemp("", "banger-patch-")
 	if err != nil {
 		return "", err
 	}
 	defer os.RemoveAll(dir)
-	g := gitCmd{dir: dir, stdin: p.reader(), env: []string{"GIT_CEILING_DIRECTORIES=" + filepath.Dir(dir)}}
+	g := gitCmd{dir: dir, stdin: r, env: []string{"GIT_CEILING_DIRECTORIES=" + filepath.Dir(dir)}}
 	out, err := g.run(ctx, "apply", "--stat", "-")
 	if err != nil {
 		return "", fmt.Errorf("workspace: diffstat: %w", err)
