@@ -2,18 +2,14 @@ package client
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -85,79 +81,23 @@ type RunIO struct {
 // RunStream is a run being watched. The run is the daemon's: closing the
 // stream (or this process dying) does not stop it.
 type RunStream struct {
+	*frames
 	ID     string
-	conn   io.ReadWriteCloser
-	wmu    sync.Mutex
-	done   chan struct{}
 	result api.Run
 	err    error
-	closed sync.Once
 }
 
-// StartRun starts a run and streams it.
+// StartRun starts a run and streams it. Signal and Resize act on the
+// command (a signal before it runs cancels the run); Wait returns the
+// run's record once it has ended.
 func (c *Client) StartRun(ctx context.Context, req api.RunRequest, stdio RunIO) (*RunStream, error) {
 	req.Exec.Stdin = stdio.Stdin != nil
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, "POST", "http://bangerd/v1/runs", bytes.NewReader(body))
+	f, resp, err := c.upgrade(ctx, "/v1/runs", api.RunUpgrade, req)
 	if err != nil {
 		return nil, err
 	}
-	hreq.Header.Set("Content-Type", "application/json")
-	hreq.Header.Set("Connection", "Upgrade")
-	hreq.Header.Set("Upgrade", api.RunUpgrade)
-	resp, err := c.send(hreq)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		resp.Body.Close()
-		return nil, errdefs.New(errdefs.ErrInternal, "run: bangerd did not switch protocols: "+resp.Status)
-	}
-	rwc, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		resp.Body.Close()
-		return nil, errors.New("run: upgraded body is not writable")
-	}
-	s := &RunStream{ID: resp.Header.Get("X-Banger-Run"), conn: rwc, done: make(chan struct{})}
-	go s.readLoop(stdio)
-	if stdio.Stdin != nil {
-		go s.stdinLoop(stdio.Stdin)
-	}
-	return s, nil
-}
-
-func (s *RunStream) send(typ byte, p []byte) error {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return api.WriteFrame(s.conn, typ, p)
-}
-
-func (s *RunStream) stdinLoop(r io.Reader) {
-	buf := make([]byte, 256<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if s.send(api.FrameStdin, buf[:n]) != nil {
-				return
-			}
-		}
-		if err != nil {
-			s.send(api.FrameStdinEOF, nil)
-			return
-		}
-	}
-}
-
-func (s *RunStream) readLoop(stdio RunIO) {
-	defer close(s.done)
-	rd := bufio.NewReaderSize(s.conn, 256<<10)
-	buf := make([]byte, 0, 256<<10)
-	for {
-		typ, p, err := api.ReadFrame(rd, buf)
-		if err != nil {
-			s.err = errdefs.DaemonUnreachable(fmt.Sprintf("run %s: connection to bangerd lost before the run ended (it goes on: banger run show %s): %v", s.ID, s.ID, err))
-			return
-		}
+	s := &RunStream{frames: f, ID: resp.Header.Get("X-Banger-Run")}
+	go f.readLoop(func(typ byte, p []byte) bool {
 		switch typ {
 		case api.FrameStdout:
 			if stdio.Stdout != nil {
@@ -187,36 +127,23 @@ func (s *RunStream) readLoop(stdio RunIO) {
 			if err := json.Unmarshal(p, &s.result); err != nil {
 				s.err = fmt.Errorf("run: bad result frame: %w", err)
 			}
-			return
+			return true
 		}
+		return false
+	}, func(err error) {
+		s.err = errdefs.DaemonUnreachable(fmt.Sprintf("run %s: connection to bangerd lost before the run ended (it goes on: banger run show %s): %v", s.ID, s.ID, err))
+	})
+	if stdio.Stdin != nil {
+		go f.stdinLoop(stdio.Stdin)
 	}
+	return s, nil
 }
-
-// Signal delivers a signal to the command (before it runs: cancels the run).
-func (s *RunStream) Signal(sig int) error { return s.send(api.FrameSignal, []byte{byte(sig)}) }
-
-// Resize changes the command's terminal size.
-func (s *RunStream) Resize(rows, cols uint16) error {
-	var b [4]byte
-	binary.BigEndian.PutUint16(b[:], rows)
-	binary.BigEndian.PutUint16(b[2:], cols)
-	return s.send(api.FrameResize, b[:])
-}
-
-// Done is closed when the result has arrived (or the connection is lost).
-func (s *RunStream) Done() <-chan struct{} { return s.done }
 
 // Wait returns the run's record once it has ended.
 func (s *RunStream) Wait() (api.Run, error) {
 	<-s.done
-	s.closed.Do(func() { s.conn.Close() })
+	s.Close()
 	return s.result, s.err
-}
-
-// Close stops watching (the run goes on; by default its command is hung up).
-func (s *RunStream) Close() error {
-	s.closed.Do(func() { s.conn.Close() })
-	return nil
 }
 
 // ListRuns lists runs, newest first (limit 0: all).

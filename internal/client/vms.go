@@ -1,17 +1,13 @@
 package client
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"sync"
 
 	"banger/internal/api"
 	"banger/internal/errdefs"
@@ -121,12 +117,9 @@ func (c *Client) RemoveImage(ctx context.Context, name string) error {
 
 // Exec is a command running in a VM.
 type Exec struct {
-	conn   io.ReadWriteCloser
-	wmu    sync.Mutex
-	done   chan struct{}
-	exit   api.ExecExit
-	err    error
-	closed sync.Once
+	*frames
+	exit api.ExecExit
+	err  error
 }
 
 // ExecIO is where an exec's streams go. Stdin nil: the command gets an
@@ -137,77 +130,23 @@ type ExecIO struct {
 }
 
 // StartExec starts a command in a VM and streams its I/O until it ends.
+// Signal, Resize and Close act on the command; Wait returns how it ended.
 func (c *Client) StartExec(ctx context.Context, name string, req api.ExecRequest, stdio ExecIO) (*Exec, error) {
 	req.Stdin = stdio.Stdin != nil
-	body, _ := json.Marshal(req)
-	hreq, err := http.NewRequestWithContext(ctx, "POST", "http://bangerd/v1/vms/"+url.PathEscape(name)+"/exec", bytes.NewReader(body))
+	f, _, err := c.upgrade(ctx, "/v1/vms/"+url.PathEscape(name)+"/exec", api.ExecUpgrade, req)
 	if err != nil {
 		return nil, err
 	}
-	hreq.Header.Set("Content-Type", "application/json")
-	hreq.Header.Set("Connection", "Upgrade")
-	hreq.Header.Set("Upgrade", api.ExecUpgrade)
-	resp, err := c.send(hreq)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		resp.Body.Close()
-		return nil, errdefs.New(errdefs.ErrInternal, "exec: bangerd did not switch protocols: "+resp.Status)
-	}
-	rwc, ok := resp.Body.(io.ReadWriteCloser)
-	if !ok {
-		resp.Body.Close()
-		return nil, errors.New("exec: upgraded body is not writable")
-	}
-	x := &Exec{conn: rwc, done: make(chan struct{})}
-	go x.readLoop(stdio.Stdout, stdio.Stderr)
-	if stdio.Stdin != nil {
-		go x.stdinLoop(stdio.Stdin)
-	}
-	return x, nil
-}
-
-func (x *Exec) send(typ byte, p []byte) error {
-	x.wmu.Lock()
-	defer x.wmu.Unlock()
-	return api.WriteFrame(x.conn, typ, p)
-}
-
-func (x *Exec) stdinLoop(r io.Reader) {
-	buf := make([]byte, 256<<10)
-	for {
-		n, err := r.Read(buf)
-		if n > 0 {
-			if x.send(api.FrameStdin, buf[:n]) != nil {
-				return
-			}
-		}
-		if err != nil {
-			x.send(api.FrameStdinEOF, nil)
-			return
-		}
-	}
-}
-
-func (x *Exec) readLoop(stdout, stderr io.Writer) {
-	defer close(x.done)
-	rd := bufio.NewReaderSize(x.conn, 256<<10)
-	buf := make([]byte, 0, 256<<10)
-	for {
-		typ, p, err := api.ReadFrame(rd, buf)
-		if err != nil {
-			x.err = errdefs.DaemonUnreachable(fmt.Sprintf("exec: connection to bangerd lost before the command ended: %v", err))
-			return
-		}
+	x := &Exec{frames: f}
+	go f.readLoop(func(typ byte, p []byte) bool {
 		switch typ {
 		case api.FrameStdout:
-			if stdout != nil {
-				stdout.Write(p)
+			if stdio.Stdout != nil {
+				stdio.Stdout.Write(p)
 			}
 		case api.FrameStderr:
-			if stderr != nil {
-				stderr.Write(p)
+			if stdio.Stderr != nil {
+				stdio.Stderr.Write(p)
 			}
 		case api.FrameExit:
 			if err := json.Unmarshal(p, &x.exit); err != nil {
@@ -215,36 +154,23 @@ func (x *Exec) readLoop(stdout, stderr io.Writer) {
 			} else if x.exit.Error != nil {
 				x.err = api.FromWire(x.exit.Error)
 			}
-			return
+			return true
 		}
+		return false
+	}, func(err error) {
+		x.err = errdefs.DaemonUnreachable(fmt.Sprintf("exec: connection to bangerd lost before the command ended: %v", err))
+	})
+	if stdio.Stdin != nil {
+		go f.stdinLoop(stdio.Stdin)
 	}
+	return x, nil
 }
-
-// Signal delivers a signal to the command.
-func (x *Exec) Signal(sig int) error { return x.send(api.FrameSignal, []byte{byte(sig)}) }
-
-// Resize changes the command's terminal size (TTY execs).
-func (x *Exec) Resize(rows, cols uint16) error {
-	var b [4]byte
-	binary.BigEndian.PutUint16(b[:], rows)
-	binary.BigEndian.PutUint16(b[2:], cols)
-	return x.send(api.FrameResize, b[:])
-}
-
-// Done is closed when the command has ended.
-func (x *Exec) Done() <-chan struct{} { return x.done }
 
 // Wait waits for the command and returns how it ended.
 func (x *Exec) Wait() (api.ExecExit, error) {
 	<-x.done
-	x.closed.Do(func() { x.conn.Close() })
+	x.Close()
 	return x.exit, x.err
-}
-
-// Close abandons the exec (the guest command is hung up).
-func (x *Exec) Close() error {
-	x.closed.Do(func() { x.conn.Close() })
-	return nil
 }
 
 // PrepareSSH starts sshd in a VM and says how to reach it.

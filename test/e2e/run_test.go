@@ -1,36 +1,16 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"banger/internal/api"
 )
-
-// lockedBuffer is a bytes.Buffer safe to read while a process writes it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func waitFor(t *testing.T, what string, limit time.Duration, ok func() bool) {
 	t.Helper()
@@ -82,7 +62,7 @@ func TestRunOwnedByDaemon(t *testing.T) {
 	}
 
 	t.Run("CLIKilled", func(t *testing.T) {
-		var out lockedBuffer
+		var out syncBuffer
 		p := h.start(t, &out, &out, append([]string{"vm", "run", "--rm", "--name", "killcli", repo, "--"}, script("cli.txt")...)...)
 		waitFor(t, "the command started", 2*time.Minute, func() bool { return strings.Contains(out.String(), "started") })
 		p.Signal(syscall.SIGKILL)
@@ -104,7 +84,7 @@ func TestRunOwnedByDaemon(t *testing.T) {
 	})
 
 	t.Run("DaemonKilled", func(t *testing.T) {
-		var out lockedBuffer
+		var out syncBuffer
 		p := h.start(t, &out, &out, append([]string{"vm", "run", "--rm", "--name", "killd", repo, "--"}, script("daemon.txt")...)...)
 		waitFor(t, "the command started", 2*time.Minute, func() bool { return strings.Contains(out.String(), "started") })
 		old := daemonPID(t, h)
