@@ -4,7 +4,7 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-LDFLAGS := -X banger/internal/version.Version=$(VERSION) -X banger/internal/version.Commit=$(COMMIT)
+LDFLAGS := -X github.com/banger-sh/banger/internal/version.Version=$(VERSION) -X github.com/banger-sh/banger/internal/version.Commit=$(COMMIT)
 AGENT := internal/agentbin/dist/banger-agent
 BIN := bin
 # Where tests keep the guest image and downloads between runs: outside the

@@ -1,4 +1,4 @@
-module banger
+module github.com/banger-sh/banger
 
 go 1.26.8
 

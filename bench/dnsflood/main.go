@@ -39,8 +39,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"banger/internal/client"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 func main() {

@@ -38,12 +38,12 @@ import (
 
 	"github.com/miekg/dns"
 
-	"banger/internal/api"
-	"banger/internal/client"
-	"banger/internal/image/imagetest"
-	"banger/internal/network"
-	"banger/internal/store"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/network"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 const dnsPort = 42269

@@ -42,16 +42,16 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/agentbin"
-	"banger/internal/api"
-	"banger/internal/client"
-	"banger/internal/disk"
-	"banger/internal/image/imagetest"
-	"banger/internal/initrd"
-	"banger/internal/system"
-	"banger/internal/vmm"
-	"banger/internal/vmm/qemu"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/agentbin"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/initrd"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/qemu"
 )
 
 func main() {

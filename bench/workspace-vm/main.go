@@ -46,9 +46,9 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/image/imagetest"
-	"banger/internal/system"
-	"banger/internal/workspace"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 func main() {

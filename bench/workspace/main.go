@@ -17,8 +17,8 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/system"
-	"banger/internal/workspace"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 func main() {

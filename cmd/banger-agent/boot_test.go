@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/initrd"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/initrd"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // The boot test boots the Debian cloud kernel with an initrd composed from

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"os"
 
-	"banger/internal/agent"
+	"github.com/banger-sh/banger/internal/agent"
 )
 
 func main() {

@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"banger/internal/cli"
+	"github.com/banger-sh/banger/internal/cli"
 )
 
 func main() { os.Exit(cli.Main(os.Args[1:])) }

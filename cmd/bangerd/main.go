@@ -10,10 +10,10 @@ import (
 	"os/signal"
 	"syscall"
 
-	"banger/internal/config"
-	"banger/internal/daemon"
-	"banger/internal/paths"
-	"banger/internal/version"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/daemon"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/version"
 )
 
 func main() {

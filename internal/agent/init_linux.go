@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/initrd"
+	"github.com/banger-sh/banger/internal/initrd"
 )
 
 // RunInit is the agent as PID 1 of the initramfs. It mounts the kernel

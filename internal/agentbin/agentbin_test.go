@@ -6,7 +6,7 @@ import (
 	"debug/elf"
 	"testing"
 
-	"banger/internal/agentbin/sources"
+	"github.com/banger-sh/banger/internal/agentbin/sources"
 )
 
 // TestAgentIsFresh: the embedded agent was built from this tree's sources

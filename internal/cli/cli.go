@@ -18,10 +18,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/config"
-	"banger/internal/errdefs"
-	hints "banger/internal/hint"
-	"banger/internal/paths"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/errdefs"
+	hints "github.com/banger-sh/banger/internal/hint"
+	"github.com/banger-sh/banger/internal/paths"
 )
 
 // Exit codes for banger's own outcomes.

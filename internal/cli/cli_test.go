@@ -17,7 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")

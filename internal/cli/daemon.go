@@ -14,10 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/client"
-	"banger/internal/daemon"
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/daemon"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 const daemonStartTimeout = 20 * time.Second

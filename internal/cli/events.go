@@ -7,7 +7,7 @@ import (
 	"sync"
 	"unicode/utf8"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 // Event is one line of `vm run --json` and `vm exec --json`: NDJSON on

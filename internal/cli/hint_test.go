@@ -6,11 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/api"
-	"banger/internal/client"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // TestHintForEveryClass pins the hint of each error class, as the CLI

@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
-	"banger/internal/client"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/client"
 )
 
 func newImageCmd(e *env) *cobra.Command {

@@ -1,9 +1,9 @@
 package cli
 
 import (
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/doctor"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/doctor"
 )
 
 // What commands print with --json, for programs. The shapes are pinned:

@@ -14,7 +14,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 	"github.com/spf13/cobra"
 
-	bmcp "banger/internal/mcp"
+	bmcp "github.com/banger-sh/banger/internal/mcp"
 )
 
 func newMCPCmd(e *env) *cobra.Command {

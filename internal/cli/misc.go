@@ -8,11 +8,11 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/client"
-	"banger/internal/config"
-	"banger/internal/daemon"
-	"banger/internal/doctor"
-	"banger/internal/version"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/daemon"
+	"github.com/banger-sh/banger/internal/doctor"
+	"github.com/banger-sh/banger/internal/version"
 )
 
 func newVersionCmd(e *env) *cobra.Command {

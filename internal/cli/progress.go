@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/client"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/client"
 )
 
 // How progress is shown on stderr (stdout for --json).

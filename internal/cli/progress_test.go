@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 func TestRenderProgress(t *testing.T) {

@@ -10,9 +10,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/workspace"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 func newRunCmd(e *env) *cobra.Command {

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/schema"
+	"github.com/banger-sh/banger/internal/schema"
 )
 
 // SchemaFile is where a command's --json schema is committed.

@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // shellQuote quotes one argument for a POSIX shell.

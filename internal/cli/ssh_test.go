@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/api"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 func TestShellQuote(t *testing.T) {

@@ -13,10 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"banger/internal/api"
-	"banger/internal/client"
-	"banger/internal/errdefs"
-	"banger/internal/workspace"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 // The CLI, not the daemon, reads the user's repository: git runs as the

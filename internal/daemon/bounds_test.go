@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/consolelog"
-	"banger/internal/store"
+	"github.com/banger-sh/banger/internal/consolelog"
+	"github.com/banger-sh/banger/internal/store"
 )
 
 // TestConsoleLogBounded: a guest writing its serial console without end

@@ -21,12 +21,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/config"
-	"banger/internal/paths"
-	"banger/internal/store"
-	"banger/internal/template"
-	"banger/internal/vm"
-	"banger/internal/vmm/auto"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/vm"
+	"github.com/banger-sh/banger/internal/vmm/auto"
 )
 
 // Options configure a daemon.

@@ -14,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/client"
-	"banger/internal/config"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // testLayout is an isolated BANGER_HOME with a short path (unix sockets

@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"strconv"
 
-	"banger/internal/errdefs"
-	"banger/internal/vm"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/vm"
 )
 
 // fileRoutes serve single files of a running VM (for programs: the MCP

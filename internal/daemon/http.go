@@ -12,9 +12,9 @@ import (
 	"runtime/debug"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/version"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/version"
 )
 
 type ctxKey int

@@ -12,14 +12,14 @@ import (
 	"path/filepath"
 	"sync"
 
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/errdefs"
-	"banger/internal/image"
-	"banger/internal/paths"
-	"banger/internal/store"
-	"banger/internal/template"
-	"banger/internal/vm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/vm"
 )
 
 // images is the image registry: image directories under the cache dir,

@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/errdefs"
-	"banger/internal/paths"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
 )
 
 // pidLock is an flock(2)-held file holding the daemon's pid. The kernel

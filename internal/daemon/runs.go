@@ -14,11 +14,11 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/progress"
-	"banger/internal/run"
-	"banger/internal/vm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/progress"
+	"github.com/banger-sh/banger/internal/run"
+	"github.com/banger-sh/banger/internal/vm"
 )
 
 // runs is the daemon's run manager (see internal/run).

@@ -18,9 +18,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/api"
-	"banger/internal/disk"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Uploads are how a client hands the root daemon a file it made (a work

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // TestUploadCopiesFromTheDescriptor: a file handed over as a descriptor

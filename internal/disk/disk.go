@@ -24,8 +24,8 @@ import (
 	"path/filepath"
 	"strconv"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // Formats of disk images.

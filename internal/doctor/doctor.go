@@ -16,13 +16,13 @@ import (
 	"strings"
 	"syscall"
 
-	"banger/internal/config"
-	"banger/internal/network"
-	"banger/internal/paths"
-	"banger/internal/store"
-	"banger/internal/system"
-	"banger/internal/vmm/auto"
-	"banger/internal/vmm/qemu"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/network"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm/auto"
+	"github.com/banger-sh/banger/internal/vmm/qemu"
 )
 
 // Status of one check.

@@ -9,10 +9,10 @@ import (
 	"syscall"
 	"testing"
 
-	"banger/internal/config"
-	"banger/internal/network"
-	"banger/internal/paths"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/network"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // fakeHost builds a fake root and an Env around it. tools lists the

@@ -8,7 +8,7 @@ import (
 	"errors"
 	"fmt"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // For returns the hint for err; daemonLog is bangerd's log file.

@@ -15,9 +15,9 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/errdefs"
-	"banger/internal/progress"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/progress"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // DefaultMirror is used when the host's apt sources name no Debian mirror.

@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/progress"
+	"github.com/banger-sh/banger/internal/progress"
 )
 
 // debootstrap prints a line per package per step: "I: Retrieving P V",

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 // TestBootstrapMeter feeds debootstrap's own lines (cold cache: retrieved,

@@ -17,9 +17,9 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/errdefs"
-	"banger/internal/progress"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/progress"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // buildPhases are the steps of a build, in order.

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/image"
-	"banger/internal/image/imagetest"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // wantLoadOrder is the load order for Debian's 6.1 cloud kernel, where all

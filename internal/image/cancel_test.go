@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // TestBuildCancelDuringDebootstrap cancels a real build while debootstrap

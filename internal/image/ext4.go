@@ -7,7 +7,7 @@ import (
 	"io"
 	"os"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // ext4 superblock: 1024 bytes in, magic 0xEF53 at offset 56 of it.

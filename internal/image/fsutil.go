@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // writeFileAtomic writes data to path through a temporary file in the same

@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // removeTree must detach mounts under the tree instead of deleting

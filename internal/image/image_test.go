@@ -10,8 +10,8 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // makeExt4File makes a small real ext4 image (mkfs.ext4 -d from a tiny tree).

@@ -7,8 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
-	"banger/internal/errdefs"
-	"banger/internal/progress"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/progress"
 )
 
 // ImportOptions describes an image made of files the user already has.

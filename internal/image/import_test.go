@@ -8,8 +8,8 @@ import (
 	"slices"
 	"testing"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // assertEmptyDir fails unless dir has no entries (or does not exist).

@@ -14,8 +14,8 @@ import (
 
 	"github.com/pierrec/lz4/v4"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // KernelFormat is what a kernel file turned out to be.

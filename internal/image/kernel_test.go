@@ -15,8 +15,8 @@ import (
 
 	"github.com/pierrec/lz4/v4"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // testCacheDir mirrors imagetest.CacheDir (imagetest imports this package,

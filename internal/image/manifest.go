@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/disk"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // FormatVersion is the version of the image directory layout and manifest

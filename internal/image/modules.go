@@ -13,8 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // guestModules are the kernel modules the guest needs before its root file

@@ -11,8 +11,8 @@ import (
 	"strconv"
 	"strings"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // debootstrap runs debootstrap in its own mount and pid namespaces

@@ -13,8 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/progress"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/progress"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // The root tree cache. debootstrap's --cache-dir saves the downloads, but

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 type entry struct {

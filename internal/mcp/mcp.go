@@ -32,13 +32,13 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"banger/internal/api"
-	"banger/internal/client"
-	"banger/internal/errdefs"
-	"banger/internal/hint"
-	"banger/internal/paths"
-	"banger/internal/version"
-	"banger/internal/workspace"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/hint"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/version"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 // Options configure a server.
@@ -127,12 +127,7 @@ func (s *Server) repoPath(p string) (string, error) {
 }
 
 func (s *Server) ship(ctx context.Context, repo string, untracked bool) (*api.WorkspaceSpec, error) {
-	ws, _, err := workspace.Ship(ctx, repo, workspace.ShipOptions{IncludeUntracked: untracked, TmpDir: s.o.Layout.TmpDir()},
-		func(f *os.File) (string, error) {
-			up, err := s.o.Client.Upload(ctx, f)
-			return up.Token, err
-		})
-	return ws, err
+	return s.o.Client.Ship(ctx, repo, untracked, "")
 }
 
 // Output bounds.
@@ -236,38 +231,26 @@ func (s *Server) run(ctx context.Context, in RunInput) (RunOutput, error) {
 	if len(in.Stdin) > maxStdin {
 		return RunOutput{}, errdefs.InvalidArgument(fmt.Sprintf("stdin: at most %d bytes", maxStdin))
 	}
-	req := api.RunRequest{VM: api.CreateVMRequest{Image: in.Image, VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB},
-		Exec: api.ExecRequest{Argv: in.Command, Env: in.Env, Dir: in.Cwd}, TimeoutSeconds: in.TimeoutSeconds}
 	repo, err := s.repoPath(in.Repo)
 	if err != nil {
 		return RunOutput{}, err
 	}
-	if repo != "" {
-		ws, err := s.ship(ctx, repo, in.IncludeUntracked)
-		if err != nil {
-			return RunOutput{}, err
-		}
-		req.VM.Workspace = ws
-		if req.Exec.Dir == "" {
-			req.Exec.Dir = ws.Path
-		}
-	}
 	var stdout, stderr bounded
-	stdio := client.RunIO{Stdout: &stdout, Stderr: &stderr}
+	o := client.RunOptions{Command: in.Command, Repo: repo, IncludeUntracked: in.IncludeUntracked,
+		VM:  api.CreateVMRequest{Image: in.Image, VCPUs: in.VCPUs, MemoryMiB: in.MemoryMiB},
+		Env: in.Env, Dir: in.Cwd, Stdout: &stdout, Stderr: &stderr, Timeout: time.Duration(in.TimeoutSeconds) * time.Second}
 	if in.Stdin != "" {
-		stdio.Stdin = strings.NewReader(in.Stdin)
-	}
-	st, err := s.o.Client.StartRun(context.WithoutCancel(ctx), req, stdio)
-	if err != nil {
-		return RunOutput{}, err
+		o.Stdin = strings.NewReader(in.Stdin)
 	}
 	// The run is the daemon's: a cancelled tool call interrupts the
 	// command (Ctrl-C), the daemon still keeps its edits and deletes it.
-	stop := context.AfterFunc(ctx, func() { st.Signal(int(syscall.SIGINT)) })
-	defer stop()
-	r, err := st.Wait()
+	r, err := s.o.Client.Run(ctx, o)
 	if err != nil {
 		return RunOutput{}, err
+	}
+	ws := &api.WorkspaceSpec{Repo: repo}
+	if rc := r.Receipt; rc != nil && rc.Base != nil {
+		ws.Base = *rc.Base
 	}
 	out := RunOutput{RunID: r.ID, VM: r.VM, State: r.State, ExitCode: r.ExitCode, TimedOut: r.TimedOut, DurationMS: r.Phases["total"]}
 	out.Stdout, out.StdoutTruncated = stdout.text()
@@ -279,7 +262,7 @@ func (s *Server) run(ctx context.Context, in RunInput) (RunOutput, error) {
 			return out, err
 		}
 		defer rc.Close()
-		u, err := s.usePatch(context.WithoutCancel(ctx), rc, r.VM, req.VM.Workspace, in.Export, in.Branch)
+		u, err := s.usePatch(context.WithoutCancel(ctx), rc, r.VM, ws, in.Export, in.Branch)
 		if err != nil {
 			return out, fmt.Errorf("run %s (exit %d): the edits are kept by bangerd (banger run patch %s): %w", r.ID, r.ExitCode, r.ID, err)
 		}

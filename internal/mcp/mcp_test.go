@@ -8,9 +8,9 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"banger/internal/client"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
+	"github.com/banger-sh/banger/client"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
 )
 
 // TestToolsAndSchemas: every tool is there with an input schema, and an

@@ -15,8 +15,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"banger/internal/store"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // testNS is a named network namespace made for one test (so that ip(8),

@@ -15,7 +15,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // PortForward is a userspace TCP proxy from a host address to a guest

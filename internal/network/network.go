@@ -85,9 +85,9 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"banger/internal/config"
-	"banger/internal/errdefs"
-	"banger/internal/store"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/store"
 )
 
 // Egress is a VM's egress policy.

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // TestQEMUOpensPoolTap checks that QEMU attaches to a tap as this package

@@ -17,7 +17,7 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // pingFrom sends one ICMP echo request from ns to addr and reports

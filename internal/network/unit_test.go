@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/errdefs"
-	"banger/internal/store"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/store"
 )
 
 func TestMACFor(t *testing.T) {

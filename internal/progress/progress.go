@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 // Func receives progress reports. A nil Func discards them.

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 func TestMeterThrottlesAndEstimates(t *testing.T) {

@@ -30,13 +30,13 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
-	"banger/internal/progress"
-	"banger/internal/store"
-	"banger/internal/workspace"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/progress"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 // VMs is what a run needs of the VM manager.

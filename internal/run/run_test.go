@@ -14,12 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
-	"banger/internal/progress"
-	"banger/internal/store"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/progress"
+	"github.com/banger-sh/banger/internal/store"
 )
 
 // fakeVMs stands in for the VM manager (the real one boots VMs; the e2e

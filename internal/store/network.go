@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"time"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Lease is a VM's network lease: its address, host tap and MAC. The

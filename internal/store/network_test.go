@@ -6,7 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 func TestLeases(t *testing.T) {

@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"time"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Image is a registered guest image.

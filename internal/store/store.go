@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 
 	_ "modernc.org/sqlite"
 )

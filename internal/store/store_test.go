@@ -8,7 +8,7 @@ import (
 	"sync"
 	"testing"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 func open(t *testing.T) *Store {

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"sync"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Scope says who needs a program.

@@ -55,13 +55,13 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/agentbin"
-	"banger/internal/disk"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
-	"banger/internal/system"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/agentbin"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // FormatVersion is the version of the template layout and of Shape's

@@ -17,15 +17,15 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/disk"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
-	"banger/internal/system"
-	"banger/internal/template"
-	"banger/internal/vmm"
-	"banger/internal/vmm/qemu"
-	"banger/internal/vmm/vmmtest"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/qemu"
+	"github.com/banger-sh/banger/internal/vmm/vmmtest"
 )
 
 func TestShapeKey(t *testing.T) {

@@ -13,16 +13,16 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/agentbin"
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/disk"
-	"banger/internal/errdefs"
-	"banger/internal/image"
-	"banger/internal/initrd"
-	"banger/internal/store"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/agentbin"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/initrd"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // undo is a stack of cleanup steps run in reverse order when an operation

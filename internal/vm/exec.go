@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"io"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Exec starts a command in a running VM. The caller streams through the

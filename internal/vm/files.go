@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // File operations on a running VM, for programs (the MCP server, the SDK)

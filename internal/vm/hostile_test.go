@@ -19,13 +19,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
-	"banger/internal/store"
-	"banger/internal/system"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // guestMode is how the fake backend's guest behaves on its agent port.

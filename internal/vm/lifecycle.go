@@ -12,10 +12,10 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/image"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // DeleteOptions tune Delete.

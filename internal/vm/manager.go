@@ -26,16 +26,16 @@ import (
 	"sync"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/config"
-	"banger/internal/errdefs"
-	"banger/internal/network"
-	"banger/internal/paths"
-	"banger/internal/progress"
-	"banger/internal/store"
-	"banger/internal/template"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/network"
+	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/progress"
+	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // VM states as stored and shown.

@@ -7,10 +7,10 @@ import (
 	"net/netip"
 	"strings"
 
-	"banger/internal/agent"
-	"banger/internal/errdefs"
-	"banger/internal/network"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/network"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // egress resolves a create request's --net against the config and what

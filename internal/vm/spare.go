@@ -10,13 +10,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/disk"
-	"banger/internal/image"
-	"banger/internal/network"
-	"banger/internal/template"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/network"
+	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // Spares. After a restore, a warm create still pays for the guest running

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // sshdUp starts sshd in the guest on demand (boot stays fast without it):

@@ -7,11 +7,11 @@ import (
 	"os"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/image"
-	"banger/internal/network"
-	"banger/internal/template"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/network"
+	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // Warm starts. Every shape (image, vCPUs, memory, root size) gets a

@@ -12,12 +12,12 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/system"
-	"banger/internal/vmm"
-	"banger/internal/workspace"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 // The guest sees the work disk as the first disk after the root: /dev/vdb.

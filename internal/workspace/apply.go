@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // WritePatch writes the patch as it is: `git apply` takes it on a tree

@@ -10,8 +10,8 @@ import (
 	"strconv"
 	"time"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // DiskOptions tunes BuildDisk.

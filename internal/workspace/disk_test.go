@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // hostileConfig gives the fixture repo config that must never reach the

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // shipped builds a disk of the fixture (with untracked files) and returns

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // TestMain isolates git from the host's configuration: no global or system

@@ -7,7 +7,7 @@ import (
 	"slices"
 	"strings"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Files that make the host run code when they change, without anyone

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // hookRepo is a host repository that uses hooks the ways a patch could

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 func newFilePatch(name, content string) string {

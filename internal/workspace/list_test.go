@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // fixture makes a repo with one commit and every kind of uncommitted state.

@@ -14,7 +14,7 @@ import (
 	"strconv"
 	"strings"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // DefaultPatchLimit bounds a patch when ParsePatch is given no limit. The

@@ -6,7 +6,7 @@ import (
 	"os"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 // ShipOptions describe a workspace shipped to a new VM.

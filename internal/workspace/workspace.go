@@ -105,7 +105,7 @@ import (
 	"io"
 	"strings"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // gitCmd describes one git invocation.

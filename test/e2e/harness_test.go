@@ -25,9 +25,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/image/imagetest"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 type harness struct {

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/consolelog"
-	"banger/internal/system"
-	"banger/internal/vmm/qmp"
+	"github.com/banger-sh/banger/internal/consolelog"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm/qmp"
 )
 
 // TestGuestConsoleFloodBounded: a guest writing /dev/ttyS0 without end

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/api"
-	"banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/image/imagetest"
 )
 
 func TestImageShowAndRmRefusedWhileUsed(t *testing.T) {

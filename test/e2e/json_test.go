@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/schema"
+	"github.com/banger-sh/banger/internal/schema"
 )
 
 // TestJSONOutputsMatchSchemas runs every command that has --json, on real

@@ -20,7 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 // showVM returns `vm show --json NAME`, or ok=false when it exits 3 (not

@@ -11,9 +11,9 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"banger/internal/client"
-	bmcp "banger/internal/mcp"
-	"banger/internal/paths"
+	"github.com/banger-sh/banger/client"
+	bmcp "github.com/banger-sh/banger/internal/mcp"
+	"github.com/banger-sh/banger/internal/paths"
 )
 
 // mcpSession connects the MCP SDK's own client, in process, to banger's

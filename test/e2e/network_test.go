@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 func vmInfo(t *testing.T, h *harness, name string) api.VM {

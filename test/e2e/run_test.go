@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 func waitFor(t *testing.T, what string, limit time.Duration, ok func() bool) {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
+	"github.com/banger-sh/banger/api"
 )
 
 // sharedVM returns a running VM reused by the tests that do not need a

@@ -19,9 +19,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/api"
-	"banger/internal/image/imagetest"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // warmTemplate makes sure the default image has a template for the

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // git runs git in dir with an isolated configuration.

@@ -26,9 +26,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/image"
-	"banger/internal/image/imagetest"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 func TestSetupHostOnAFreshDebianRoot(t *testing.T) {

@@ -15,8 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"banger/internal/agentbin/sources"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/agentbin/sources"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 func main() {
@@ -45,7 +45,7 @@ func run(ctx context.Context) error {
 	tmp := filepath.Join(dist, ".banger-agent.tmp")
 	defer os.Remove(tmp)
 	if _, err := system.RunOpts(ctx, system.Opts{Dir: root, Env: []string{"CGO_ENABLED=0", "GOOS=linux"}},
-		"go", "build", "-trimpath", "-ldflags", "-s -w -X banger/internal/agent.Version="+version,
+		"go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/banger-sh/banger/internal/agent.Version="+version,
 		"-o", tmp, "./cmd/banger-agent"); err != nil {
 		return err
 	}

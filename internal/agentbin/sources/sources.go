@@ -15,7 +15,7 @@ import (
 	"slices"
 	"strings"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // Digest returns the sha256 over the agent's source files under root (the

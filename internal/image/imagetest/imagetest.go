@@ -21,8 +21,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/image"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/image"
 )
 
 // DefaultCacheDir is used when BANGER_TEST_CACHE is not set.

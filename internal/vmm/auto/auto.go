@@ -5,7 +5,7 @@ package auto
 import (
 	"fmt"
 
-	"banger/internal/vmm/qemu"
+	"github.com/banger-sh/banger/internal/vmm/qemu"
 )
 
 // Choice is the backend to use and the reason, in one sentence.

@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"strings"
 
-	"banger/internal/errdefs"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // File names inside a VM's runtime directory.

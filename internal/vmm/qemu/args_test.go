@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/errdefs"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 func typicalSpec() vmm.Spec {

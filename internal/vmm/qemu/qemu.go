@@ -61,10 +61,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
-	"banger/internal/vmm"
-	"banger/internal/vmm/qmp"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/qmp"
 )
 
 // Name is the backend's name in config and in Handle.Backend.

@@ -14,12 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/disk"
-	"banger/internal/errdefs"
-	"banger/internal/system"
-	"banger/internal/vmm"
-	"banger/internal/vmm/qemu"
-	"banger/internal/vmm/vmmtest"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/qemu"
+	"github.com/banger-sh/banger/internal/vmm/vmmtest"
 )
 
 // starterEnv makes the test binary act as a short-lived daemon: start the

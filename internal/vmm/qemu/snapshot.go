@@ -13,10 +13,10 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/errdefs"
-	"banger/internal/system"
-	"banger/internal/vmm"
-	"banger/internal/vmm/qmp"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/qmp"
 )
 
 // Files of a QEMU snapshot directory (vmm.Snapshot.Dir).

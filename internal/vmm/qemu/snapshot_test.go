@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/agent"
-	"banger/internal/disk"
-	"banger/internal/vmm"
-	"banger/internal/vmm/qemu"
-	"banger/internal/vmm/vmmtest"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/qemu"
+	"github.com/banger-sh/banger/internal/vmm/vmmtest"
 )
 
 // makeTemplate boots env's guest with a snapshot dir, a spare work-disk

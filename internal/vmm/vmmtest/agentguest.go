@@ -10,12 +10,12 @@ import (
 	"strings"
 	"testing"
 
-	"banger/internal/agent"
-	"banger/internal/agentbin"
-	"banger/internal/image"
-	"banger/internal/image/imagetest"
-	"banger/internal/initrd"
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/agentbin"
+	"github.com/banger-sh/banger/internal/image"
+	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/initrd"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // AgentEnv names a prebuilt static agent binary for AgentGuest to use

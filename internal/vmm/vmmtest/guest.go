@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/system"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // CacheDirEnv names the directory holding test downloads (outside the

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/disk"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // SnapshotSettle is how long the suite waits between closing its agent

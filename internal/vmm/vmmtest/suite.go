@@ -25,8 +25,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/disk"
-	"banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/disk"
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // Env is a bootable guest and how to recognise that it is up.

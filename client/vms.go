@@ -9,8 +9,8 @@ import (
 	"net/http"
 	"net/url"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Progress receives progress events of long operations.

@@ -3,7 +3,7 @@ package api
 import (
 	"errors"
 
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Wire error codes. This set is fixed: the CLI maps each to a hint and an
@@ -19,6 +19,22 @@ const (
 	// CodeMissingDependency: the host lacks a program banger runs (the
 	// message names the Debian package).
 	CodeMissingDependency = "missing_dependency"
+)
+
+// The error classes: every error a client returns matches one of these
+// with errors.Is (the wire code turned back into its class).
+var (
+	ErrNotFound          = errdefs.ErrNotFound
+	ErrAlreadyExists     = errdefs.ErrAlreadyExists
+	ErrInvalidArgument   = errdefs.ErrInvalidArgument
+	ErrNotRunning        = errdefs.ErrNotRunning
+	ErrConflict          = errdefs.ErrConflict
+	ErrUnavailable       = errdefs.ErrUnavailable
+	ErrMissingDependency = errdefs.ErrMissingDependency
+	ErrInternal          = errdefs.ErrInternal
+	// ErrDaemonUnreachable: the client cannot reach bangerd (it is also
+	// ErrUnavailable). It never crosses the wire.
+	ErrDaemonUnreachable = errdefs.ErrDaemonUnreachable
 )
 
 // Error is the body of every failed response and of a stream's error event.

@@ -14,8 +14,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Upload hands the daemon an open file (a work disk) as a file descriptor

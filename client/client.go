@@ -1,6 +1,16 @@
-// Package client is the typed Go client of bangerd's API. The CLI and the
-// tests both use it; it turns wire errors back into errdefs classes, so
-// callers test them with errors.Is.
+// Package client is banger's Go SDK: the typed client of bangerd's API,
+// for programs outside this module as for banger's own CLI, MCP server and
+// tests.
+//
+//	import "github.com/banger-sh/banger/client"
+//
+//	c, err := client.FromEnv() // the daemon of this user's BANGER_HOME/XDG dirs
+//	r, err := c.Run(ctx, client.RunOptions{Repo: ".", Command: []string{"make", "test"}, Stdout: os.Stdout})
+//
+// Every call takes a context; streams take io.Reader and io.Writer
+// (StartExec, StartRun, Run). Errors come back in the API's classes: test
+// them with errors.Is(err, api.ErrNotFound) and the like. The types of
+// requests and answers are in package api.
 package client
 
 import (
@@ -20,9 +30,9 @@ import (
 	"strings"
 	"time"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
-	"banger/internal/paths"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/paths"
 )
 
 // maxResponse bounds a non-streamed response body.
@@ -32,6 +42,20 @@ const maxResponse = 16 << 20
 type Client struct {
 	socket string
 	hc     *http.Client
+	tmp    string // where work disks are built before they are uploaded
+}
+
+// FromEnv returns a client of the daemon this user's banger talks to
+// ($BANGER_HOME, else the XDG runtime directory; root: /run/banger). It
+// does not start the daemon (banger does, on first use).
+func FromEnv() (*Client, error) {
+	l, err := paths.FromEnv()
+	if err != nil {
+		return nil, err
+	}
+	c := New(l.Socket())
+	c.tmp = l.TmpDir()
+	return c, nil
 }
 
 // New returns a client of the daemon listening on socket. Before every
@@ -50,7 +74,7 @@ func New(socket string) *Client {
 		MaxIdleConns:    4,
 		IdleConnTimeout: 30 * time.Second,
 	}
-	return &Client{socket: socket, hc: &http.Client{Transport: tr}}
+	return &Client{socket: socket, hc: &http.Client{Transport: tr}, tmp: os.TempDir()}
 }
 
 // Socket is the socket path this client dials.

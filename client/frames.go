@@ -11,8 +11,8 @@ import (
 	"net/http"
 	"sync"
 
-	"banger/internal/api"
-	"banger/internal/errdefs"
+	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // frames is an upgraded connection carrying banger's frames (exec and
