@@ -155,7 +155,7 @@ func buildAgent(t *testing.T, out, version string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if _, err := system.RunOpts(ctx, system.Opts{Env: []string{"CGO_ENABLED=0"}}, goBin, "build",
-		"-ldflags", "-s -w -X banger/internal/agent.Version="+version, "-o", out, "."); err != nil {
+		"-ldflags", "-s -w -X github.com/banger-sh/banger/internal/agent.Version="+version, "-o", out, "."); err != nil {
 		t.Fatal(err)
 	}
 }

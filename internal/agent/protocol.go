@@ -72,7 +72,7 @@ import (
 )
 
 // Version is reported by Ping. Set it at build time with
-// -ldflags "-X banger/internal/agent.Version=...".
+// -ldflags "-X github.com/banger-sh/banger/internal/agent.Version=...".
 var Version = "dev"
 
 const (
