@@ -98,6 +98,10 @@ type VM struct {
 	ConsoleLog  string         `json:"console_log"`
 	RootDisk    string         `json:"root_disk"`
 	LastError   string         `json:"last_error,omitempty"`
+	// Health is why the VM's guest agent is not healthy ("" when it is,
+	// or when nothing has been asked of it yet): it broke the protocol,
+	// it cannot be reached, or it does not answer (vm show pings it).
+	Health      string         `json:"health,omitempty"`
 	Net         string         `json:"net"` // nat, none, shared, off (no NIC)
 	IP          string         `json:"ip,omitempty"`
 	MAC         string         `json:"mac,omitempty"`

@@ -215,6 +215,13 @@ func newVMShowCmd(e *env) *cobra.Command {
 			row("name", v.Name)
 			row("id", v.ID)
 			row("state", v.State)
+			if v.State == "running" {
+				h := v.Health
+				if h == "" {
+					h = "ok (agent answers)"
+				}
+				row("health", h)
+			}
 			row("image", v.Image)
 			row("vcpus", fmt.Sprint(v.VCPUs))
 			row("memory", fmt.Sprintf("%d MiB", v.MemoryMiB))

@@ -264,7 +264,7 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		writeJSON(w, 200, list)
 	})
 	mux.HandleFunc("GET /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
-		v, err := d.vms.Get(r.Context(), r.PathValue("name"))
+		v, err := d.vms.Show(r.Context(), r.PathValue("name"))
 		if err != nil {
 			writeError(w, r, err)
 			return

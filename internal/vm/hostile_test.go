@@ -41,6 +41,9 @@ const (
 	// commands on this host: a guest whose output is what the test makes
 	// it.
 	agentGuest
+	// pingGuest answers the handshake, then sends yamux pings (a
+	// protocol violation: the host ends the session).
+	pingGuest
 )
 
 // hostileBackend is a vmm.Backend whose one VM is "running" and whose
@@ -131,6 +134,16 @@ func (b *hostileBackend) DialAgent(ctx context.Context, _ vmm.Handle) (net.Conn,
 		go muteAgent(guest)
 	case agentGuest:
 		go agent.Serve(context.Background(), guest, agent.ServeOptions{Reaper: agent.ChildWaiter{}})
+	case pingGuest:
+		go func() {
+			muteAgentHandshake(guest)
+			ping := []byte{0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1} // version 0, type ping, flags SYN, stream 0, opaque 1
+			for {
+				if _, err := guest.Write(ping); err != nil {
+					return
+				}
+			}
+		}()
 	}
 	b.dials <- struct{}{}
 	return host, nil
@@ -145,12 +158,20 @@ func (b *hostileBackend) killCount() int {
 // muteAgent answers the agent handshake (see internal/agent/handshake.go),
 // then swallows everything.
 func muteAgent(c net.Conn) {
+	if br := muteAgentHandshake(c); br != nil {
+		io.Copy(io.Discard, br)
+	}
+}
+
+// muteAgentHandshake answers the agent handshake and returns the reader
+// of what follows (nil if the host went away).
+func muteAgentHandshake(c net.Conn) *bufio.Reader {
 	br := bufio.NewReader(c)
 	nonce := ""
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
-			return
+			return nil
 		}
 		line = strings.TrimSuffix(line, "\n")
 		if n, ok := strings.CutPrefix(line, "BANGER-HELLO "); ok {
@@ -158,8 +179,7 @@ func muteAgent(c net.Conn) {
 			io.WriteString(c, "\nBANGER-OK "+n+"\n")
 		} else if n, ok := strings.CutPrefix(line, "BANGER-START "); ok && n == nonce {
 			io.WriteString(c, "\nBANGER-READY "+n+"\n")
-			io.Copy(io.Discard, br)
-			return
+			return br
 		}
 	}
 }
@@ -423,4 +443,47 @@ func peakHeap(f func()) uint64 {
 	close(stop)
 	<-done
 	return peak
+}
+
+// TestShowReportsAgentHealth: vm show pings a running VM's agent and says
+// why it is unhealthy (issue 15, item 6): one that breaks the protocol,
+// one that never answers, one that answers the handshake and then nothing;
+// a real agent is healthy. Show is bounded whatever the guest does.
+func TestShowReportsAgentHealth(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		mode guestMode
+		want string
+	}{
+		{"real agent", agentGuest, ""},
+		{"ping flood", pingGuest, "agent broke the protocol"},
+		{"silent", silentGuest, "agent unreachable"},
+		{"mute", muteGuest, "agent does not answer"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			b := newHostileBackend(c.mode)
+			m := hostileManager(t, b)
+			start := time.Now()
+			v, err := m.Show(context.Background(), "hostile")
+			took := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if took > healthProbe+time.Second {
+				t.Errorf("show took %v with a %v probe", took, healthProbe)
+			}
+			if c.want == "" && v.Health != "" || !strings.Contains(v.Health, c.want) {
+				t.Errorf("health %q, want %q", v.Health, c.want)
+			}
+			// vm ls reports what show found, without a probe.
+			vs, err := m.List(context.Background())
+			if err != nil || len(vs) != 1 {
+				t.Fatalf("list: %v %v", vs, err)
+			}
+			if vs[0].Health != v.Health {
+				t.Errorf("list health %q, show said %q", vs[0].Health, v.Health)
+			}
+			t.Logf("%s: show in %v: health %q", c.name, took.Round(time.Millisecond), v.Health)
+		})
+	}
 }

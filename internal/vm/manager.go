@@ -274,6 +274,9 @@ func (m *Manager) toAPI(ctx context.Context, r *record) api.VM {
 		ConsoleLog: m.layout.VMConsoleLog(r.row.ID), RootDisk: m.layout.VMRootDisk(r.row.ID),
 		LastError: r.row.LastError,
 	}
+	if v.State == StateRunning {
+		v.Health = m.health(r.row.ID)
+	}
 	if st, err := os.Stat(v.RootDisk); err == nil {
 		if sys, ok := st.Sys().(interface{ Blocks() int64 }); ok {
 			v.DiskUsed = sys.Blocks() * 512
@@ -304,6 +307,20 @@ func (m *Manager) Get(ctx context.Context, name string) (api.VM, error) {
 		return api.VM{}, err
 	}
 	return m.toAPI(ctx, r), nil
+}
+
+// Show is Get plus a ping of a running VM's agent (at most healthProbe):
+// Health says whether it answers.
+func (m *Manager) Show(ctx context.Context, name string) (api.VM, error) {
+	r, err := m.get(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	v := m.toAPI(ctx, r)
+	if v.State == StateRunning {
+		v.Health = m.probeHealth(ctx, r)
+	}
+	return v, nil
 }
 
 // List describes every VM.
@@ -346,6 +363,70 @@ type agentConn struct {
 	dialing chan struct{} // closed when the dial in flight ends
 	conn    net.Conn      // the dial in flight's connection (closed by close)
 	closed  bool          // dropped: a dial that ends now is thrown away
+	health  string        // why the agent is not healthy ("": it is), see api.VM.Health
+}
+
+// setHealth records why the agent is unhealthy ("" once it answers).
+func (a *agentConn) setHealth(why string) {
+	a.mu.Lock()
+	a.health = why
+	a.mu.Unlock()
+}
+
+// health returns why the VM's agent is unhealthy, as last seen.
+func (m *Manager) health(id string) string {
+	m.mu.Lock()
+	a := m.agents[id]
+	m.mu.Unlock()
+	if a == nil {
+		return ""
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.client != nil {
+		select {
+		case <-a.client.Done():
+			if err := a.client.Err(); err != nil {
+				return "agent broke the protocol: " + err.Error()
+			}
+		default:
+		}
+	}
+	return a.health
+}
+
+// probeHealth pings a running VM's agent (bounded by healthProbe) and
+// records the outcome; it returns the VM's health.
+func (m *Manager) probeHealth(ctx context.Context, r *record) string {
+	ctx, cancel := context.WithTimeout(ctx, healthProbe)
+	defer cancel()
+	c, err := m.agent(ctx, r)
+	if err == nil {
+		if _, err = c.Ping(ctx); err != nil {
+			m.mu.Lock()
+			a := m.agents[r.row.ID]
+			m.mu.Unlock()
+			if a != nil {
+				if perr := c.Err(); perr != nil {
+					a.setHealth("agent broke the protocol: " + perr.Error())
+				} else {
+					a.setHealth(fmt.Sprintf("agent does not answer (no reply to a ping in %v)", healthProbe))
+				}
+			}
+		} else if a := m.agentConnOf(r.row.ID); a != nil {
+			a.setHealth("")
+		}
+	}
+	return m.health(r.row.ID)
+}
+
+// healthProbe bounds vm show's ping of the agent.
+const healthProbe = 2 * time.Second
+
+func (m *Manager) agentConnOf(id string) *agentConn {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.agents[id]
 }
 
 func (a *agentConn) close() {
@@ -412,6 +493,9 @@ func (m *Manager) agent(ctx context.Context, r *record) (*agent.Client, error) {
 		}
 		if err == nil {
 			a.client = c
+			a.health = ""
+		} else if !a.closed {
+			a.health = "agent unreachable: " + err.Error()
 		}
 		a.mu.Unlock()
 		return c, err
