@@ -79,35 +79,35 @@ type CreateVMRequest struct {
 
 // VM describes one VM as the world says it is.
 type VM struct {
-	ID          string         `json:"id"`
-	Name        string         `json:"name"`
-	State       string         `json:"state"` // creating, running, stopped, error, unknown, deleting
-	Image       string         `json:"image"`
-	ImageDigest string         `json:"image_digest,omitempty"`
-	VCPUs       int            `json:"vcpus"`
-	MemoryMiB   int            `json:"memory_mib"`
-	DiskBytes   int64          `json:"disk_bytes"`
-	DiskUsed    int64          `json:"disk_used_bytes"`
-	Backend     string         `json:"backend"`
-	Accel       string         `json:"accel,omitempty"`
-	PID         int            `json:"pid,omitempty"`
-	Boot        string         `json:"boot,omitempty"` // "cold" or "warm"
-	CreatedAt   time.Time      `json:"created_at"`
-	StartedAt   time.Time      `json:"started_at,omitempty"`
-	Uptime      string         `json:"uptime,omitempty"`
-	ConsoleLog  string         `json:"console_log"`
-	RootDisk    string         `json:"root_disk"`
-	LastError   string         `json:"last_error,omitempty"`
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	State       string    `json:"state"` // creating, running, stopped, error, unknown, deleting
+	Image       string    `json:"image"`
+	ImageDigest string    `json:"image_digest,omitempty"`
+	VCPUs       int       `json:"vcpus"`
+	MemoryMiB   int       `json:"memory_mib"`
+	DiskBytes   int64     `json:"disk_bytes"`
+	DiskUsed    int64     `json:"disk_used_bytes"`
+	Backend     string    `json:"backend"`
+	Accel       string    `json:"accel,omitempty"`
+	PID         int       `json:"pid,omitempty"`
+	Boot        string    `json:"boot,omitempty"` // "cold" or "warm"
+	CreatedAt   time.Time `json:"created_at"`
+	StartedAt   time.Time `json:"started_at,omitempty"`
+	Uptime      string    `json:"uptime,omitempty"`
+	ConsoleLog  string    `json:"console_log"`
+	RootDisk    string    `json:"root_disk"`
+	LastError   string    `json:"last_error,omitempty"`
 	// Health is why the VM's guest agent is not healthy ("" when it is,
 	// or when nothing has been asked of it yet): it broke the protocol,
 	// it cannot be reached, or it does not answer (vm show pings it).
-	Health      string         `json:"health,omitempty"`
-	Net         string         `json:"net"` // nat, none, shared, off (no NIC)
-	IP          string         `json:"ip,omitempty"`
-	MAC         string         `json:"mac,omitempty"`
-	Tap         string         `json:"tap,omitempty"`
-	Forwards    []string       `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
-	Workspace   *WorkspaceInfo `json:"workspace,omitempty"`
+	Health    string         `json:"health,omitempty"`
+	Net       string         `json:"net"` // nat, none, shared, off (no NIC)
+	IP        string         `json:"ip,omitempty"`
+	MAC       string         `json:"mac,omitempty"`
+	Tap       string         `json:"tap,omitempty"`
+	Forwards  []string       `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
+	Workspace *WorkspaceInfo `json:"workspace,omitempty"`
 }
 
 // BuildImageRequest is the body of POST /v1/images (answered with a
