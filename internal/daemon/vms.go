@@ -22,6 +22,7 @@ import (
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/agentbin"
 	"github.com/banger-sh/banger/internal/consolelog"
+	"github.com/banger-sh/banger/internal/crashpoint"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/network"
@@ -498,9 +499,15 @@ func (d *Daemon) handleExport(w http.ResponseWriter, r *http.Request) {
 	}
 	n, _ := f.Seek(0, io.SeekCurrent)
 	f.Seek(0, io.SeekStart)
+	crashpoint.Hit("export.spooled")
 	w.Header().Set("Content-Type", "text/x-diff")
 	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	w.WriteHeader(200)
+	io.CopyN(w, f, n/2)
+	if crashpoint.Armed("export.half") { // half the patch reaches the client, then the daemon dies
+		http.NewResponseController(w).Flush()
+		crashpoint.Hit("export.half")
+	}
 	io.Copy(w, f)
 }
 
