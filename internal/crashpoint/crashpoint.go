@@ -27,3 +27,14 @@ func Hit(name string) {
 
 // Armed reports whether name is the armed point (for tests of the hook).
 func Armed(name string) bool { return point != "" && name == point }
+
+// BootIDEnv names the variable that replaces the host's boot id
+// (/proc/sys/kernel/random/boot_id) for the daemon: a test restarts the
+// daemon with a new one to play a host reboot.
+const BootIDEnv = "BANGER_TEST_BOOT_ID"
+
+// bootID is set once, before main, and never written again.
+var bootID = os.Getenv(BootIDEnv)
+
+// BootID is the boot id a test imposes, or "" (read the real one).
+func BootID() string { return bootID }

@@ -39,6 +39,7 @@ type harness struct {
 	// baseline is the world after setup (see guard); teardown compares
 	// the world with it once every VM is deleted.
 	baseline *world
+	extraEnv []string // more environment for banger (and the daemon it starts)
 }
 
 var harnessSeq int
@@ -160,7 +161,7 @@ func env(t *testing.T) *harness {
 }
 
 func (h *harness) environ() []string {
-	return []string{"BANGER_HOME=" + h.home, "BANGER_BANGERD=" + filepath.Join(h.bin, "bangerd")}
+	return append([]string{"BANGER_HOME=" + h.home, "BANGER_BANGERD=" + filepath.Join(h.bin, "bangerd")}, h.extraEnv...)
 }
 
 type result struct {
