@@ -130,19 +130,17 @@ func TestDiskFull(t *testing.T) {
 
 	// 2. Create with the state dir full.
 	start = time.Now()
+	repo := fixtureRepo(t)
 	free := fill(t, state, 0)
 	r, code = h.run(t, nil, append(append([]string{"vm", "create"}, cheapVM...), "full")...)
 	expectFull("vm create", state, r, code)
 	free()
 	h.checkLeaks(t, h.baseline, nil)
-	h.must(t, append(append([]string{"vm", "create"}, cheapVM...), "--workspace", fixtureRepo(t), "full")...)
+	h.must(t, append(append([]string{"vm", "create"}, cheapVM...), "--workspace", repo, "full")...)
 	t.Logf("create: %.1f s", time.Since(start).Seconds())
 
 	// 3. Export with the state dir (its spool) full: the tree untouched.
 	start = time.Now()
-	repo := fixtureRepo(t)
-	h.must(t, "vm", "delete", "--force", "full")
-	h.must(t, append(append([]string{"vm", "create"}, cheapVM...), "--workspace", repo, "full")...)
 	execOut(t, h, "full", "sh", "-c", guestEdits+"\nseq 1 200000 > big.txt")
 	tree := hostTreeDigest(t, repo)
 	free = fill(t, state, 64<<10)
