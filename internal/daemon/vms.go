@@ -52,6 +52,7 @@ func (d *Daemon) init(ctx context.Context) error {
 	}
 	d.log.Info("backend", "backend", ch.Backend, "accel", ch.Accel, "why", ch.Reason)
 	d.removeStaleSpools()
+	d.removeStaleTemplateBuilds()
 	d.images = &images{store: d.store, layout: d.layout, cfg: d.cfg, log: d.log, building: map[string]*sync.Mutex{}}
 	netm := d.startNetwork(ctx)
 	var keys []string
@@ -459,6 +460,19 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 
 // exportSpoolPattern names the spool files of handleExport.
 const exportSpoolPattern = "export-*.patch"
+
+// removeStaleTemplateBuilds kills the VMMs of template builds a daemon
+// that died mid-build left running, and removes their runtime dirs (their
+// half templates go with pruneTemplates). The caller holds the pid lock.
+func (d *Daemon) removeStaleTemplateBuilds() {
+	root := filepath.Dir(d.layout.TemplateRuntimeDir("x"))
+	if pids := vm.KillVMMs(root); len(pids) > 0 {
+		d.log.Info("killed the VMMs of interrupted template builds", "pids", pids)
+	}
+	if err := os.RemoveAll(root); err != nil {
+		d.log.Warn("remove template build runtime dirs", "err", err)
+	}
+}
 
 // removeStaleSpools removes export spools a daemon that died mid-export
 // left behind: in the spool dir, and in the runtime dir where earlier
