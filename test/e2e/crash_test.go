@@ -103,6 +103,7 @@ func TestCrashPointsCreate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer h.run(t, nil, "vm", "delete", "--force", "crash-c") // when the test fails half-way
 			crashCase(t, h, p, append(append([]string{"vm", "create"}, cheapVM...), "crash-c")...)
 			got := h.settle(t, "crash-c", false)
 			h.checkLeaks(t, before, longLivedVMs)
@@ -148,6 +149,7 @@ func TestCrashPointsDelete(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer h.run(t, nil, "vm", "delete", "--force", "crash-d") // when the test fails half-way
 			h.must(t, append(append([]string{"vm", "create"}, cheapVM...), "crash-d")...)
 			crashCase(t, h, p, "vm", "delete", "--force", "crash-d")
 			got := h.settle(t, "crash-d", false)

@@ -167,7 +167,7 @@ func TestDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	warm := []string{"image", "warm", "default", "--vcpu", "1", "--mem", "256"}
-	free = fill(t, cache, 8<<20)
+	free = fill(t, cache, 256<<10)
 	r, code = h.run(t, nil, warm...)
 	expectFull("image warm", cache, r, code)
 	free()

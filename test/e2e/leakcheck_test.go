@@ -79,10 +79,11 @@ func TestLeakCheckerSeesRealLeftovers(t *testing.T) {
 	os.WriteFile(file, []byte("x"), 0o644)
 	defer os.Remove(file)
 	tap := h.bridge + "tleak"
-	if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: tap}}); err != nil {
+	link := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: tap}, Mode: netlink.TUNTAP_MODE_TAP}
+	if err := netlink.LinkAdd(link); err != nil {
 		t.Fatal(err)
 	}
-	defer netlink.LinkDel(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: tap}})
+	defer netlink.LinkDel(link)
 	sleeper := filepath.Join(dir, "sleep")
 	bin, err := system.LookPath("sleep")
 	if err != nil {
