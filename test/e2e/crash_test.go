@@ -43,7 +43,8 @@ func (h *harness) recoverDaemon(t *testing.T, pid int, point string) {
 }
 
 // settle judges a VM after a crash and a restart: gone, or working (it
-// runs a command, after a start if it is stopped). It returns what it
+// runs a command, after a start if it is stopped, or in error saying why:
+// an interrupted start). It returns what it
 // found; with keep false a working VM is deleted.
 func (h *harness) settle(t *testing.T, name string, keep bool) string {
 	t.Helper()
@@ -54,7 +55,10 @@ func (h *harness) settle(t *testing.T, name string, keep bool) string {
 	found := v.State
 	switch v.State {
 	case "running":
-	case "stopped":
+	case "stopped", "error": // error: with the reason (checked below), and it starts again
+		if v.State == "error" && v.LastError == "" {
+			t.Errorf("vm %s in error without a reason", name)
+		}
 		if r, code := h.run(t, nil, "vm", "start", name); code != 0 {
 			t.Errorf("vm %s stopped after the crash does not start: exit %d %s", name, code, r.stderr)
 			found += ", does not start"
@@ -166,7 +170,7 @@ func TestCrashPointsDelete(t *testing.T) {
 func TestCrashPointsExportApply(t *testing.T) {
 	h := env(t)
 	repo := fixtureRepo(t)
-	h.must(t, append(append([]string{"vm", "create"}, cheapVM...), "crash-e", "--workspace", repo)...)
+	h.must(t, append(append([]string{"vm", "create"}, cheapVM...), "crash-e", "--workspace", repo, "--include-untracked")...)
 	defer h.run(t, nil, "vm", "delete", "--force", "crash-e")
 	// A patch large enough that half of it is on the wire: 64 KiB of text.
 	edits := guestEdits + "\nseq 1 12000 > big.txt"
