@@ -241,3 +241,46 @@ func TestCrashPointsTemplateBuild(t *testing.T) {
 	h.must(t, warm...)
 	t.Logf("template built after the crashes in %.1f s", time.Since(start).Seconds())
 }
+
+// TestCrashPointsSpare: with vm.spares = 1, the daemon killed at each step
+// of making a spare clone (in the background, after `image warm`): the
+// restarted daemon (spares off) leaves no clone, tap, disk or process;
+// with spares on again a spare is made and serves.
+func TestCrashPointsSpare(t *testing.T) {
+	h := env(t)
+	key := filepath.Base(warmTemplate(t, h)) // the template (spares are off)
+	spares := func(n int) {
+		if err := h.writeConfig(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		spares(0)
+		h.run(t, nil, "daemon", "stop")
+		h.must(t, "daemon", "start")
+	}()
+	for _, p := range []string{"spare.disk", "spare.tap", "spare.vmm"} {
+		start := time.Now()
+		before, err := h.snapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		spares(1)
+		pid := h.armDaemon(t, p)
+		h.run(t, nil, "image", "warm", "default") // the spare is made after it answers, or during
+		for deadline := time.Now().Add(90 * time.Second); procAlive(pid); time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("crash point %s not reached in 90 s", p)
+			}
+		}
+		spares(0)
+		h.recoverDaemon(t, pid, p)
+		h.checkLeaks(t, before, longLivedVMs)
+		t.Logf("crash at %s while making a spare (%.1f s)", p, time.Since(start).Seconds())
+	}
+	spares(1)
+	h.run(t, nil, "daemon", "stop")
+	h.must(t, "daemon", "start")
+	h.must(t, "image", "warm", "default")
+	waitSpare(t, h, key)
+}
