@@ -69,10 +69,12 @@ func TestLeftoversNamesEachKind(t *testing.T) {
 // must see each, and the world must be clean again once they are gone.
 func TestLeakCheckerSeesRealLeftovers(t *testing.T) {
 	h := env(t)
+	start := time.Now()
 	before, err := h.snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("one snapshot of the world: %s (a guarded test takes two)", time.Since(start).Round(time.Millisecond))
 	dir := filepath.Join(h.home, "cache", "tmp")
 	os.MkdirAll(dir, 0o755)
 	file := filepath.Join(dir, "leakcheck")
