@@ -7,12 +7,14 @@ package diskspace
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 
 	"github.com/dustin/go-humanize"
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // Low is the free space under which a file system counts as full: an
@@ -22,14 +24,24 @@ const Low = 1 << 20
 // sqliteFull is SQLite's result code SQLITE_FULL.
 const sqliteFull = 13
 
-// Full reports whether err says a file system is full.
+// Full reports whether err says a file system is full: the errno, SQLite's
+// code, or a program's stderr carrying strerror(ENOSPC) (programs run
+// with LC_ALL=C, so the text is fixed).
 func Full(err error) bool {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		return true
 	}
 	var coded interface{ Code() int }
-	return errors.As(err, &coded) && coded.Code()&0xff == sqliteFull
+	if errors.As(err, &coded) && coded.Code()&0xff == sqliteFull {
+		return true
+	}
+	var se *system.Error
+	return errors.As(err, &se) && strings.Contains(se.Stderr, strerrorENOSPC)
 }
+
+// strerrorENOSPC is glibc's strerror(ENOSPC) in the C locale (Go's own
+// text for the errno is lower-case).
+const strerrorENOSPC = "No space left on device"
 
 // Free is the space an unprivileged writer has left on dir's file
 // system.
@@ -43,21 +55,30 @@ func Free(dir string) (uint64, error) {
 
 // Explain returns err unchanged unless one of dirs is on a full file
 // system (less than Low free), or err says one is full: then an
-// unavailable error that names the first such dir and keeps err's text.
+// unavailable error that names the dir (the first that is low, else the
+// first that err's text names) and keeps err's text. A failed write's
+// partial file is often removed before this runs, so free space alone
+// does not tell.
 func Explain(err error, dirs ...string) error {
 	if err == nil {
 		return nil
 	}
-	full := Full(err)
+	name := func(d string, free uint64) error {
+		return fmt.Errorf("%w: %w", errdefs.Unavailable(fmt.Sprintf("no space left in %s (%s free now): free some space there and retry", d, humanize.IBytes(free))), err)
+	}
 	for _, d := range dirs {
-		free, serr := Free(d)
-		if serr != nil || free >= Low {
-			continue
+		if free, serr := Free(d); serr == nil && free < Low {
+			return name(d, free)
 		}
-		return fmt.Errorf("%w: %w", errdefs.Unavailable(fmt.Sprintf("no space left in %s (%s free): free some space there and retry", d, humanize.IBytes(free))), err)
 	}
-	if full {
-		return fmt.Errorf("%w: %w", errdefs.Unavailable("a file system is full: free some space and retry"), err)
+	if !Full(err) {
+		return err
 	}
-	return err
+	for _, d := range dirs {
+		if strings.Contains(err.Error(), d+"/") {
+			free, _ := Free(d)
+			return name(d, free)
+		}
+	}
+	return fmt.Errorf("%w: %w", errdefs.Unavailable("a file system is full: free some space and retry"), err)
 }

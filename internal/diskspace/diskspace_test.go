@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-sh/banger/internal/errdefs"
+	"github.com/banger-sh/banger/internal/system"
 )
 
 type sqliteErr int
@@ -30,6 +31,8 @@ func TestFull(t *testing.T) {
 		{sqliteErr(5), false},        // busy
 		{errors.New("no space left on device"), false},
 		{os.ErrNotExist, false},
+		{fmt.Errorf("copy: %w", &system.Error{Argv: []string{"cp"}, ExitCode: 1, Stderr: "cp: error writing '/x': No space left on device"}), true},
+		{&system.Error{Argv: []string{"cp"}, ExitCode: 1, Stderr: "cp: cannot stat '/x': No such file or directory"}, false},
 	} {
 		if got := Full(c.err); got != c.want {
 			t.Errorf("Full(%v) = %v", c.err, got)
@@ -50,6 +53,11 @@ func TestExplainNamesTheFullDir(t *testing.T) {
 	}
 	if got := Explain(sqliteErr(13), roomy); !errors.Is(got, errdefs.ErrUnavailable) || !strings.Contains(got.Error(), "full") {
 		t.Errorf("a full error on a roomy dir: %v", got)
+	}
+	// Space came back (the partial file was removed): the dir the error names.
+	cp := &system.Error{Argv: []string{"cp"}, ExitCode: 1, Stderr: "cp: error writing '" + roomy + "/tmp/f': No space left on device"}
+	if got := Explain(cp, "/nonexistent", roomy); !errors.Is(got, errdefs.ErrUnavailable) || !strings.Contains(got.Error(), "no space left in "+roomy+" (") {
+		t.Errorf("a program's ENOSPC naming a roomy dir: %v", got)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a tmpfs needs root")

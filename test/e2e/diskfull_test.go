@@ -101,8 +101,8 @@ func TestDiskFull(t *testing.T) {
 		if code == 0 {
 			t.Fatalf("%s on a full %s succeeded", what, dir)
 		}
-		if !strings.Contains(r.stderr, dir) || !(strings.Contains(r.stderr, "no space") || strings.Contains(r.stderr, "full")) {
-			t.Errorf("%s on a full disk: the error does not name %s and say it is full:\n%s", what, dir, r.stderr)
+		if code != 5 || !strings.Contains(r.stderr, "no space left in "+dir+" (") {
+			t.Errorf("%s on a full disk: exit %d, want 5 (unavailable) and an error that names %s:\n%s", what, code, dir, r.stderr)
 		}
 		t.Logf("%s, %s full: exit %d: %s", what, filepath.Base(dir), code, strings.TrimSpace(r.stderr))
 	}
