@@ -168,7 +168,8 @@ func TestCrashPointsDelete(t *testing.T) {
 // with half of it sent: the user's tree is untouched; after the restart
 // --apply brings the whole guest tree.
 func TestCrashPointsExportApply(t *testing.T) {
-	h := env(t)
+	h, other := sharedVM(t)
+	otherPID := vmInfo(t, h, other).PID
 	repo := fixtureRepo(t)
 	h.must(t, append(append([]string{"vm", "create"}, cheapVM...), "crash-e", "--workspace", repo, "--include-untracked")...)
 	defer h.run(t, nil, "vm", "delete", "--force", "crash-e")
@@ -191,6 +192,7 @@ func TestCrashPointsExportApply(t *testing.T) {
 		if left, _ := filepath.Glob(filepath.Join(h.home, "state", "spool", "*")); len(left) > 0 {
 			t.Errorf("export spools left after the restart: %v", left)
 		}
+		othersRunOn(t, h, other, otherPID)
 		t.Logf("crash at %s: tree untouched (%.1f s)", p, time.Since(start).Seconds())
 	}
 	h.must(t, "workspace", "export", "crash-e", "--apply")
@@ -203,7 +205,8 @@ func TestCrashPointsExportApply(t *testing.T) {
 // uses, the daemon killed at each step: no half template, no template
 // VMM, no runtime dir; then the build succeeds.
 func TestCrashPointsTemplateBuild(t *testing.T) {
-	h := env(t)
+	h, other := sharedVM(t)
+	otherPID := vmInfo(t, h, other).PID
 	warm := []string{"image", "warm", "default", "--vcpu", "1", "--mem", "200"}
 	tplLeft := func() []string {
 		var left []string
@@ -235,6 +238,7 @@ func TestCrashPointsTemplateBuild(t *testing.T) {
 			t.Errorf("after a crash at %s: template leftovers %v", p, left)
 		}
 		h.checkLeaks(t, before, longLivedVMs)
+		othersRunOn(t, h, other, otherPID)
 		t.Logf("crash at %s (%.1f s)", p, time.Since(start).Seconds())
 	}
 	start := time.Now()
@@ -247,7 +251,8 @@ func TestCrashPointsTemplateBuild(t *testing.T) {
 // restarted daemon (spares off) leaves no clone, tap, disk or process;
 // with spares on again a spare is made and serves.
 func TestCrashPointsSpare(t *testing.T) {
-	h := env(t)
+	h, other := sharedVM(t)
+	otherPID := vmInfo(t, h, other).PID
 	key := filepath.Base(warmTemplate(t, h)) // the template (spares are off)
 	spares := func(n int) {
 		if err := h.writeConfig(n); err != nil {
@@ -276,6 +281,7 @@ func TestCrashPointsSpare(t *testing.T) {
 		spares(0)
 		h.recoverDaemon(t, pid, p)
 		h.checkLeaks(t, before, longLivedVMs)
+		othersRunOn(t, h, other, otherPID)
 		t.Logf("crash at %s while making a spare (%.1f s)", p, time.Since(start).Seconds())
 	}
 	spares(1)
