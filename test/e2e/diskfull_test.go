@@ -83,7 +83,7 @@ func TestDiskFull(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &harness{home: home, bin: base.bin}
-	defer os.RemoveAll(home)
+	t.Cleanup(func() { os.RemoveAll(home) }) // after the tmpfs cleanups unmount
 	state, cache := filepath.Join(home, "state"), filepath.Join(home, "cache")
 	tmpfsDir(t, cache, 64)
 	tmpfsDir(t, state, 192)
