@@ -269,7 +269,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 		st := newEventStream(w)
 		im, err := d.images.Build(r.Context(), req, st.Progress)
 		if err != nil {
-			st.finish(nil, err)
+			st.finish(nil, d.explainFull(err))
 			return
 		}
 		st.finish(d.images.toAPI(r.Context(), im), nil)
@@ -285,7 +285,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 		st := newEventStream(w)
 		t, err := d.warmImage(r.Context(), r.PathValue("name"), req, st.Progress)
 		if err != nil {
-			st.finish(nil, err)
+			st.finish(nil, d.explainFull(err))
 			return
 		}
 		st.finish(api.Template{Key: t.Key, VCPUs: t.Shape.VCPUs, MemoryMiB: t.Shape.MemoryMiB, DiskBytes: t.Shape.RootBytes, SizeBytes: t.Bytes(), Created: t.Created}, nil)
@@ -320,7 +320,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 		st := newEventStream(w)
 		im, err := d.images.Import(r.Context(), req, st.Progress)
 		if err != nil {
-			st.finish(nil, err)
+			st.finish(nil, d.explainFull(err))
 			return
 		}
 		st.finish(d.images.toAPI(r.Context(), im), nil)

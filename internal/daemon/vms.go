@@ -22,6 +22,8 @@ import (
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/agentbin"
 	"github.com/banger-sh/banger/internal/consolelog"
+	"github.com/banger-sh/banger/internal/crashpoint"
+	"github.com/banger-sh/banger/internal/diskspace"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/network"
@@ -51,6 +53,7 @@ func (d *Daemon) init(ctx context.Context) error {
 	}
 	d.log.Info("backend", "backend", ch.Backend, "accel", ch.Accel, "why", ch.Reason)
 	d.removeStaleSpools()
+	d.removeStaleTemplateBuilds()
 	d.images = &images{store: d.store, layout: d.layout, cfg: d.cfg, log: d.log, building: map[string]*sync.Mutex{}}
 	netm := d.startNetwork(ctx)
 	var keys []string
@@ -287,7 +290,7 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		}
 		st := newEventStream(w)
 		v, err := d.vms.Create(r.Context(), req, st.Progress)
-		st.finish(v, err)
+		st.finish(v, d.explainFull(err))
 	})
 	mux.HandleFunc("DELETE /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
 		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
@@ -459,6 +462,43 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 // exportSpoolPattern names the spool files of handleExport.
 const exportSpoolPattern = "export-*.patch"
 
+// explainFull names the banger directory that is full when err came from
+// a full file system (see diskspace.Explain).
+func (d *Daemon) explainFull(err error) error {
+	return diskspace.Explain(err, d.layout.State, d.layout.Cache, d.layout.Runtime)
+}
+
+// errWriter keeps the first write error, which a writer's caller may
+// not look at (the agent's output streams).
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (e *errWriter) Write(p []byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	n, err := e.w.Write(p)
+	if err != nil {
+		e.err = fmt.Errorf("spool the export: %w", err)
+	}
+	return n, err
+}
+
+// removeStaleTemplateBuilds kills the VMMs of template builds a daemon
+// that died mid-build left running, and removes their runtime dirs (their
+// half templates go with pruneTemplates). The caller holds the pid lock.
+func (d *Daemon) removeStaleTemplateBuilds() {
+	root := filepath.Dir(d.layout.TemplateRuntimeDir("x"))
+	if pids := vm.KillVMMs(root); len(pids) > 0 {
+		d.log.Info("killed the VMMs of interrupted template builds", "pids", pids)
+	}
+	if err := os.RemoveAll(root); err != nil {
+		d.log.Warn("remove template build runtime dirs", "err", err)
+	}
+}
+
 // removeStaleSpools removes export spools a daemon that died mid-export
 // left behind: in the spool dir, and in the runtime dir where earlier
 // versions spooled. The caller holds the pid lock (no export runs).
@@ -492,15 +532,22 @@ func (d *Daemon) handleExport(w http.ResponseWriter, r *http.Request) {
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	if err := d.vms.ExportPatch(r.Context(), r.PathValue("name"), f); err != nil {
-		writeError(w, r, err)
+	spool := &errWriter{w: f}
+	if err := d.vms.ExportPatch(r.Context(), r.PathValue("name"), spool); err != nil || spool.err != nil {
+		writeError(w, r, d.explainFull(errors.Join(err, spool.err)))
 		return
 	}
 	n, _ := f.Seek(0, io.SeekCurrent)
 	f.Seek(0, io.SeekStart)
+	crashpoint.Hit("export.spooled")
 	w.Header().Set("Content-Type", "text/x-diff")
 	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	w.WriteHeader(200)
+	io.CopyN(w, f, n/2)
+	if crashpoint.Armed("export.half") { // half the patch reaches the client, then the daemon dies
+		http.NewResponseController(w).Flush()
+		crashpoint.Hit("export.half")
+	}
 	io.Copy(w, f)
 }
 

@@ -57,6 +57,7 @@ import (
 
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/agentbin"
+	"github.com/banger-sh/banger/internal/crashpoint"
 	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/paths"
@@ -414,6 +415,7 @@ func (s *Store) build(ctx context.Context, sh Shape, key string, src Source) (_ 
 	if err := disk.CreateOverlay(ctx, src.RootBase, format, root, sh.RootBytes); err != nil {
 		return nil, err
 	}
+	crashpoint.Hit("template.disk")
 	spec := vmm.Spec{
 		ID: id, VCPUs: sh.VCPUs, MemoryMiB: sh.MemoryMiB,
 		Kernel: src.Kernel, Initrd: src.Initrd, KernelArgs: sh.KernelArgs,
@@ -437,6 +439,7 @@ func (s *Store) build(ctx context.Context, sh Shape, key string, src Source) (_ 
 	if err != nil {
 		return nil, err
 	}
+	crashpoint.Hit("template.vmm")
 	snapshotted := false
 	defer func() {
 		if !snapshotted {
@@ -459,6 +462,7 @@ func (s *Store) build(ctx context.Context, sh Shape, key string, src Source) (_ 
 	if err := sn.Snapshot(ctx, h, tmp); err != nil {
 		return nil, err
 	}
+	crashpoint.Hit("template.snapshot")
 	for _, log := range []string{spec.ConsoleLog, spec.VMMLog} {
 		os.Remove(log)
 	}
@@ -588,6 +592,7 @@ func (s *Store) commit(tmp, key string, sh Shape, took time.Duration) (*Template
 		return nil, err
 	}
 	dest := s.layout.TemplateDir(key)
+	crashpoint.Hit("template.commit")
 	if err := os.Rename(tmp, dest); err != nil {
 		if t, ok := s.Lookup(key); ok {
 			os.RemoveAll(tmp) // another build won

@@ -17,6 +17,7 @@ import (
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/agentbin"
 	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/crashpoint"
 	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/image"
@@ -135,6 +136,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		}
 		return api.VM{}, err
 	}
+	crashpoint.Hit("create.row")
 	if sp != nil {
 		u.push(func(context.Context) { m.destroySpare(sp, false) })
 	}
@@ -204,6 +206,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	if err := disk.CreateOverlay(ctx, man.Path("rootfs.ext4"), "raw", m.layout.VMRootDisk(id), spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}
+	crashpoint.Hit("create.disk")
 	// The template of this shape is built alongside this boot when a CPU
 	// is to spare (so that the next create, even right after this one,
 	// is warm), else after it (never slowing this VM down).
@@ -246,6 +249,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 	if err != nil {
 		return err
 	}
+	crashpoint.Hit("boot.net")
 	disks, mounts := m.workDisks(r)
 	initrdPath, err := m.initrd(man)
 	if err != nil {
@@ -275,6 +279,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", r.row.Name, err)
 	}
+	crashpoint.Hit("boot.vmm")
 	u.push(func(ctx context.Context) {
 		m.dropAgent(id)
 		if err := m.backend.Kill(ctx, h); err != nil {
@@ -286,10 +291,12 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 	if err := r.save(ctx, m.store); err != nil {
 		return err
 	}
+	crashpoint.Hit("boot.saved")
 	progress.Phase("agent", "waiting for the guest agent")
 	if err := m.waitReady(ctx, r, netcfg, mounts); err != nil {
 		return err
 	}
+	crashpoint.Hit("boot.ready")
 	if err := m.openForwards(ctx, r); err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/crashpoint"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/vmm"
@@ -63,6 +64,7 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 	if err := r.save(ctx, m.store); err != nil {
 		return err
 	}
+	crashpoint.Hit("delete.marked")
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	m.stopWatch(r.row.ID)
@@ -73,15 +75,18 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 			return fmt.Errorf("delete vm %s: stop VMM: %w", r.row.Name, err)
 		}
 	}
+	crashpoint.Hit("delete.killed")
 	m.dropAgent(r.row.ID)
 	m.closeForwards(r.row.ID)
 	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
 	if err := os.RemoveAll(m.layout.VMDir(r.row.ID)); err != nil {
 		return fmt.Errorf("delete vm %s: %w", r.row.Name, err)
 	}
+	crashpoint.Hit("delete.files")
 	if err := m.store.DeleteVM(dctx, r.row.ID); err != nil {
 		return err
 	}
+	crashpoint.Hit("delete.row")
 	// The network goes in the background: the VMM is gone, so its tap
 	// carries nothing, and deleting a tap waits ~25 ms for the kernel
 	// (RCU), a fifth of a warm `vm run --rm`. Until then its address stays

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 type vmmProc struct {
@@ -44,4 +45,17 @@ func findVMMs(procRoot, runtimeRoot string) []vmmProc {
 		out = append(out, vmmProc{pid: pid, id: string(rest[:j])})
 	}
 	return out
+}
+
+// KillVMMs kills every process whose command line references a socket
+// under runtimeRoot/<id>/ and returns their pids: at start-up, the VMMs of
+// template builds that the daemon which ran them did not live to end.
+func KillVMMs(runtimeRoot string) []int {
+	var pids []int
+	for _, o := range findVMMs("/proc", runtimeRoot) {
+		if syscall.Kill(o.pid, syscall.SIGKILL) == nil {
+			pids = append(pids, o.pid)
+		}
+	}
+	return pids
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/banger-sh/banger/api"
 	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/crashpoint"
 	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/network"
@@ -194,6 +195,7 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	if err := t.CloneRoot(ctx, m.layout.VMRootDisk(id)); err != nil {
 		return err
 	}
+	crashpoint.Hit("spare.disk")
 	slot := m.layout.VMWorkDisk(id)
 	if err := sparse(slot, api.WorkSlotBytes); err != nil {
 		return err
@@ -204,6 +206,7 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 		if s.tap, err = m.net.AcquireTap(ctx); err != nil {
 			return err
 		}
+		crashpoint.Hit("spare.tap")
 		nics = []vmm.NIC{{Tap: s.tap, MAC: network.MACFor(id)}}
 		// Throw-away values on the same code paths as a VM's (TEST-NET-1;
 		// a MAC of its own, as nothing may be shared between clones).
@@ -226,6 +229,7 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	if err != nil {
 		return err
 	}
+	crashpoint.Hit("spare.vmm")
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	gc, err := template.Identity("spare-"+id, netcfg, m.opts.AuthorizedKeys)

@@ -36,6 +36,10 @@ type harness struct {
 	dns    int    // this harness's DNS port
 	bridge string // this harness's bridge
 	cfg    string // its config.toml, without the [vm] section
+	// baseline is the world after setup (see guard); teardown compares
+	// the world with it once every VM is deleted.
+	baseline *world
+	extraEnv []string // more environment for banger (and the daemon it starts)
 }
 
 var harnessSeq int
@@ -145,16 +149,19 @@ func env(t *testing.T) *harness {
 			"--kernel", filepath.Join(img, "vmlinux"), "--rootfs", filepath.Join(img, "rootfs.ext4"), "--modules", filepath.Join(img, "modules"))
 		if code != 0 {
 			setupErr = fmt.Errorf("image import: exit %d: %s", code, out.stderr)
+			return
 		}
+		h.baseline, setupErr = h.snapshot()
 	})
 	if setupErr != nil {
 		t.Fatalf("e2e setup: %v", setupErr)
 	}
+	shared.guard(t)
 	return shared
 }
 
 func (h *harness) environ() []string {
-	return []string{"BANGER_HOME=" + h.home, "BANGER_BANGERD=" + filepath.Join(h.bin, "bangerd")}
+	return append([]string{"BANGER_HOME=" + h.home, "BANGER_BANGERD=" + filepath.Join(h.bin, "bangerd")}, h.extraEnv...)
 }
 
 type result struct {
@@ -321,9 +328,34 @@ func (h *harness) teardown() error {
 			system.RunOpts(ctx, env, banger, "vm", "delete", "--force", n)
 		}
 	}
+	// The end of the shared fixture: with every VM deleted, nothing but
+	// what setup made may remain.
+	var leaks []string
+	if h.baseline != nil {
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+			now, err := h.snapshot()
+			if err != nil {
+				leaks = append(leaks, "leak checker: "+err.Error())
+				break
+			}
+			if l := leftovers(h.baseline, now, nil); len(l) == 0 || time.Now().After(deadline) {
+				leaks = append(leaks, l...)
+				break
+			}
+		}
+	}
 	system.RunOpts(ctx, env, banger, "daemon", "stop")
 	// Nothing this run started may outlive it: report, then kill.
-	var leaks []string
+	if h.baseline != nil {
+		if now, err := h.snapshot(); err == nil {
+			for n := range now.links {
+				leaks = append(leaks, "tap "+n+" after the daemon stopped")
+			}
+			for c := range now.chains {
+				leaks = append(leaks, "nft chain "+c+" after the daemon stopped")
+			}
+		}
+	}
 	for _, p := range h.vmmProcs() {
 		leaks = append(leaks, "process "+p)
 		var pid int

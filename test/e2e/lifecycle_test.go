@@ -424,11 +424,11 @@ func TestDaemonKilledAndStopped(t *testing.T) {
 	h.must(t, "vm", "start", vm)
 }
 
-// TestParallelCreateOneName: ten concurrent creates of one name, exactly
+// TestParallelCreateOneName: fifty concurrent creates of one name, exactly
 // one wins and the others get already_exists (exit 4).
 func TestParallelCreateOneName(t *testing.T) {
 	h := env(t)
-	const n = 10
+	const n = 50
 	var wg sync.WaitGroup
 	codes := make([]int, n)
 	outs := make([]result, n)
