@@ -41,7 +41,8 @@ func hostileDaemon(tb testing.TB) (*client.Client, paths.Layout) {
 	if err := st.CreateImage(ctx, &store.Image{ID: "0hostile", Name: config.Defaults().VM.Image, Dir: dir, Digest: "none", Manifest: []byte("{}")}); err != nil {
 		tb.Fatal(err)
 	}
-	if err := st.InsertVM(ctx, &store.VM{ID: "1d1e1d1e", Name: "idle", ImageID: "0hostile", State: "stopped"}); err != nil {
+	spec := []byte(`{"vcpus":1,"memory_mib":512,"disk_bytes":4294967296,"image_name":"default","backend":"qemu","net":"off"}`)
+	if err := st.InsertVM(ctx, &store.VM{ID: "1d1e1d1e", Name: "idle", ImageID: "0hostile", State: "stopped", Spec: spec}); err != nil {
 		tb.Fatal(err)
 	}
 	st.Close()
