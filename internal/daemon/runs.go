@@ -133,10 +133,12 @@ func (d *Daemon) handleRun(w http.ResponseWriter, r *http.Request) {
 	// Bad input is refused here, as an ordinary error before the upgrade:
 	// no run record, no upload taken.
 	if err := d.vms.CheckCreate(req.VM); err != nil {
+		d.dropUpload(r.Context(), req.VM.Workspace)
 		writeError(w, r, err)
 		return
 	}
 	if err := vm.CheckExec(req.Exec); err != nil {
+		d.dropUpload(r.Context(), req.VM.Workspace)
 		writeError(w, r, err)
 		return
 	}

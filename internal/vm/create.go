@@ -77,6 +77,11 @@ func (m *Manager) validate(req *api.CreateVMRequest) (Spec, error) {
 	if s.Net, err = m.egress(req.Net); err != nil {
 		return Spec{}, err
 	}
+	if req.Workspace != nil {
+		if _, err := workspacePath(req.Workspace.Path); err != nil {
+			return Spec{}, err
+		}
+	}
 	return s, nil
 }
 
