@@ -36,11 +36,11 @@ test: build fuzz
 # Every fuzz target, FUZZTIME each (one target per go test: -fuzz takes
 # one). The seed corpora (testdata/fuzz/) also run in every plain go test.
 # Longer: make fuzz FUZZTIME=10m, or one target (see the README, Fuzzing).
-FUZZTIME ?= 5s
+FUZZTIME ?= 4s
 FUZZ_TARGETS := \
 	internal/workspace:FuzzScanPatch internal/workspace:FuzzParsePatch internal/workspace:FuzzCheckPath \
 	internal/config:FuzzParse internal/config:FuzzParseSize \
-	internal/agent:FuzzReadFrame internal/agent:FuzzFrameGuard internal/agent:FuzzHostHandshake internal/agent:FuzzSession \
+	internal/agent:FuzzReadFrame internal/agent:FuzzFrameGuard internal/agent:FuzzHostHandshake internal/agent:FuzzSession internal/agent:FuzzSessionGetTar \
 	internal/network:FuzzDNSQuery \
 	internal/daemon:FuzzDecodeBody internal/daemon:FuzzAPI
 

@@ -276,3 +276,113 @@ func TestFuzzSessionSeedAnswers(t *testing.T) {
 		t.Fatalf("info %+v", info)
 	}
 }
+
+// tarReply is a guest's well-formed answer to a GetTar on the host's
+// first stream: a reply frame, chunks, the end chunk, a result frame.
+func tarReply(chunks ...string) []byte {
+	frame := func(s string) []byte { return append(binary.BigEndian.AppendUint32(nil, uint32(len(s))), s...) }
+	body := frame(`{}`)
+	for _, c := range chunks {
+		body = append(body, frame(c)...)
+	}
+	body = append(body, 0, 0, 0, 0)
+	body = append(body, frame(`{}`)...)
+	out := yamuxFrame(yamuxTypeWindow, 2 /* ACK */, 1, 0, nil)
+	out = append(out, yamuxFrame(yamuxTypeData, 0, 1, uint32(len(body)), body)...)
+	return append(out, yamuxFrame(yamuxTypeData, 4 /* FIN */, 1, 0, nil)...)
+}
+
+// tallyWriter counts what is written to it.
+type tallyWriter struct{ n int64 }
+
+func (w *tallyWriter) Write(p []byte) (int, error) { w.n += int64(len(p)); return len(p), nil }
+
+// FuzzSessionGetTar: as FuzzSession, with a GetTar of limit 4096: the
+// host never writes more than the limit, whatever the guest sends, and a
+// guest error message it returns stays within 4096 bytes.
+func FuzzSessionGetTar(f *testing.F) {
+	f.Add(tarReply("hello", "world"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		before := runtime.NumGoroutine()
+		host, guest := net.Pipe()
+		gdone := make(chan struct{})
+		go func() {
+			defer close(gdone)
+			defer guest.Close()
+			guest.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := guestHandshake(guest); err != nil {
+				return
+			}
+			var hdr [yamuxHeaderSize]byte
+			if _, err := io.ReadFull(guest, hdr[:]); err != nil {
+				return
+			}
+			go io.Copy(io.Discard, guest)
+			guest.Write(data)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := Dial(ctx, host)
+		if err != nil {
+			t.Fatalf("handshake: %v", err)
+		}
+		const limit = 4096
+		var w tallyWriter
+		err = c.GetTar(ctx, "/root/repo", &w, limit)
+		if ctx.Err() != nil {
+			t.Fatalf("GetTar hung")
+		}
+		if w.n > limit {
+			t.Fatalf("GetTar wrote %d bytes, limit %d", w.n, limit)
+		}
+		var re *RemoteError
+		if errors.As(err, &re) && len(re.Message) > 4096 {
+			t.Fatalf("guest error of %d bytes kept", len(re.Message))
+		}
+		c.Close()
+		<-gdone
+		deadline := time.Now().Add(2 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			t.Fatalf("%d goroutines left after Close (%d before)", n, before)
+		}
+	})
+}
+
+// TestFuzzGetTarSeedAnswers: the GetTar seed is a real answer, and one
+// chunk past the limit is cut at the limit.
+func TestFuzzGetTarSeedAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		chunks []string
+		limit  int64
+		want   int64
+		over   bool
+	}{{[]string{"hello", "world"}, 4096, 10, false}, {[]string{strings.Repeat("a", 3000), strings.Repeat("b", 3000)}, 4096, 4096, true}} {
+		host, guest := net.Pipe()
+		go func() {
+			defer guest.Close()
+			if _, err := guestHandshake(guest); err != nil {
+				return
+			}
+			var hdr [yamuxHeaderSize]byte
+			io.ReadFull(guest, hdr[:])
+			go io.Copy(io.Discard, guest)
+			guest.Write(tarReply(tc.chunks...))
+			time.Sleep(time.Second)
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := Dial(ctx, host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var w tallyWriter
+		err = c.GetTar(ctx, "/x", &w, tc.limit)
+		if tc.over != errors.Is(err, ErrLimitExceeded) || (!tc.over && err != nil) || w.n != tc.want {
+			t.Errorf("chunks of %d: wrote %d, err %v", len(tc.chunks[0]), w.n, err)
+		}
+		c.Close()
+		cancel()
+	}
+}
