@@ -41,7 +41,7 @@ FUZZ_TARGETS := \
 	internal/workspace:FuzzScanPatch internal/workspace:FuzzParsePatch internal/workspace:FuzzCheckPath \
 	internal/config:FuzzParse internal/config:FuzzParseSize \
 	internal/agent:FuzzReadFrame internal/agent:FuzzFrameGuard internal/agent:FuzzHostHandshake internal/agent:FuzzSession internal/agent:FuzzSessionGetTar \
-	internal/network:FuzzDNSQuery \
+	internal/network:FuzzDNSQuery internal/vm:FuzzGuestPaths \
 	internal/daemon:FuzzDecodeBody internal/daemon:FuzzAPI
 
 fuzz: agent
