@@ -34,7 +34,9 @@ test: build fuzz
 	BANGER_TEST_BIN=$(abspath $(BIN)) $(GO) test -count=1 -timeout 60m ./...
 
 # Every fuzz target, FUZZTIME each (one target per go test: -fuzz takes
-# one). The seed corpora (testdata/fuzz/) also run in every plain go test.
+# one). Go 1.26's coordinator sometimes fails a target with a bare
+# "context deadline exceeded" as -fuzztime ends (go.dev/issue/75804, fixed
+# in Go 1.27): that, with no failing input written, is not a failure. The seed corpora (testdata/fuzz/) also run in every plain go test.
 # Longer: make fuzz FUZZTIME=10m, or one target (see the README, Fuzzing).
 FUZZTIME ?= 4s
 FUZZ_TARGETS := \
@@ -48,7 +50,11 @@ fuzz: agent
 	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; fn=$${t##*:}; \
 		echo "fuzz $$pkg $$fn ($(FUZZTIME))"; \
-		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg > $$log 2>&1 || { cat $$log; exit 1; }; \
+		if ! $(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg > $$log 2>&1; then \
+			if grep -A1 '^--- FAIL: Fuzz' $$log | grep -qx '    context deadline exceeded' && ! grep -q 'Failing input written' $$log; then \
+				echo "  go#75804 (Go 1.26's fuzz coordinator races its own -fuzztime deadline): no failing input, not a failure"; \
+			else cat $$log; exit 1; fi; \
+		fi; \
 	done
 
 # Fast tests only (no VM boots).
