@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -272,5 +273,41 @@ func TestAPIBadInput(t *testing.T) {
 				t.Fatalf("left something behind:\nbefore:\n%s\nafter:\n%s", before, got)
 			}
 		})
+	}
+}
+
+// TestRefusedRunDropsItsUpload: a run refused for bad input removes the
+// work disk its request named at once (it used to stay in state/uploads
+// until the upload's TTL).
+func TestRefusedRunDropsItsUpload(t *testing.T) {
+	c, l := hostileDaemon(t)
+	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", l.Socket())
+		},
+	}}
+	before := hostState(t, c, l)
+	for _, bad := range []string{`,"vcpus":-1`, `,"net":"bogus"`} {
+		f, err := os.CreateTemp(t.TempDir(), "disk")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Truncate(1 << 20)
+		up, err := c.Upload(context.Background(), f)
+		f.Close()
+		if err != nil || up.Token == "" {
+			t.Fatalf("upload: %+v %v", up, err)
+		}
+		if got := hostState(t, c, l); got == before {
+			t.Fatalf("the upload is not in the state dir: the check below cannot fail")
+		}
+		body := `{"vm":{"name":"newvm","workspace":{"upload":"` + up.Token + `"}` + bad + `},"exec":{"argv":["true"]}}`
+		e, why := apiAnswer(t, hc, badInput{method: "POST", path: "/v1/runs", body: body, upgrade: api.RunUpgrade})
+		if e == nil || e.Code != api.CodeInvalidArgument {
+			t.Fatalf("run %s: %+v %s", bad, e, why)
+		}
+		if got := stableState(t, c, l, before); got != before {
+			t.Fatalf("refused run %s left something behind:\nbefore:\n%s\nafter:\n%s", bad, before, got)
+		}
 	}
 }
