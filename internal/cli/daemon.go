@@ -168,7 +168,7 @@ func newDaemonCmd(e *env) *cobra.Command {
 			return nil
 		},
 	}
-	stop.Flags().DurationVar(&stopTimeout, "timeout", 30*time.Second, "how long to wait for it to exit")
+	durationRangeVar(stop.Flags(), &stopTimeout, "timeout", 30*time.Second, time.Millisecond, 0, "how long to wait for it to exit")
 
 	var jsonOut bool
 	status := &cobra.Command{
@@ -210,7 +210,7 @@ func newDaemonCmd(e *env) *cobra.Command {
 		},
 	}
 	logs.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
-	logs.Flags().IntVarP(&lines, "lines", "n", 50, "how many of the last lines to print (0: all)")
+	intRangeVarP(logs.Flags(), &lines, "lines", "n", 50, 0, 1<<30, "how many of the last lines to print (0: all)")
 
 	cmd.AddCommand(start, stop, status, logs)
 	return cmd

@@ -17,6 +17,9 @@ func newVMCatCmd(e *env) *cobra.Command {
 		Use: "cat VM PATH", Short: "Print a file of a running VM (at most 16 MiB)", Args: args(cobra.ExactArgs(2)),
 		ValidArgsFunction: e.completeVMs,
 		RunE: func(c *cobra.Command, a []string) error {
+			if max < 0 {
+				return usageError{fmt.Errorf("--max %d: want a positive number of bytes (0: the default)", max)}
+			}
 			cl, err := e.client(c.Context())
 			if err != nil {
 				return err

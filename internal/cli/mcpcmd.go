@@ -53,7 +53,7 @@ you, and talks to bangerd like the CLI does.`,
 			}
 			ln, err := net.Listen("tcp", httpAddr)
 			if err != nil {
-				return err
+				return usageError{fmt.Errorf("--http %q: %w", httpAddr, err)}
 			}
 			h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s.MCP() }, nil)
 			mux := http.NewServeMux()

@@ -257,6 +257,9 @@ exported patch. Exits 0 when both match, 1 when they do not.`,
 		Args: args(cobra.ExactArgs(1)), ValidArgsFunction: e.completeRuns,
 		RunE: func(c *cobra.Command, a []string) error {
 			ctx := c.Context()
+			if err := checkEnvFlags(f.env); err != nil {
+				return err
+			}
 			cl, err := e.client(ctx)
 			if err != nil {
 				return err

@@ -91,6 +91,11 @@ func newVMCreateCmd(e *env) *cobra.Command {
 			if len(a) == 1 {
 				name = a[0]
 			}
+			if f.workspace != "" {
+				if err := checkGuestPath(f.wsPath); err != nil {
+					return err
+				}
+			}
 			req, err := f.request(name, c)
 			if err != nil {
 				return err
@@ -285,10 +290,8 @@ func (f *execFlags) add(cmd *cobra.Command) {
 // runExec runs argv in a VM with this process's stdio, forwarding signals
 // and window size, and returns the command's exit code.
 func (e *env) runExec(ctx context.Context, cl *client.Client, name string, argv []string, f execFlags) (int, error) {
-	for _, kv := range f.env {
-		if !strings.Contains(kv, "=") || strings.HasPrefix(kv, "=") {
-			return 0, usageError{fmt.Errorf("--env %q: want KEY=VALUE", kv)}
-		}
+	if err := checkEnvFlags(f.env); err != nil {
+		return 0, err
 	}
 	req := api.ExecRequest{Argv: argv, Env: f.env, Dir: f.dir}
 	stdio := client.ExecIO{Stdout: e.stdout, Stderr: e.stderr}
@@ -439,6 +442,16 @@ instead, unless --allow-hooks.
 			if dash > 1 {
 				return usageError{fmt.Errorf("unexpected argument %q before --: only REPO goes there", a[1])}
 			}
+			// Checked before anything is shipped.
+			if err := checkGuestPath(path); err != nil {
+				return err
+			}
+			if err := checkEnvFlags(f.env); err != nil {
+				return err
+			}
+			if f.dir != "" && !strings.HasPrefix(f.dir, "/") {
+				return usageError{fmt.Errorf("--cwd %q: want an absolute path in the guest", f.dir)}
+			}
 			if dash == len(a) {
 				return usageError{errors.New("no command after --")}
 			}
@@ -545,7 +558,7 @@ instead, unless --allow-hooks.
 	cmd.Flags().BoolVar(&allowHooks, "allow-hooks", false, "with --export apply: also apply edits to files that make the host run code (git hooks and their configuration)")
 	cmd.Flags().StringVar(&path, "path", workspace.DefaultPath, "where REPO goes in the guest")
 	cmd.Flags().BoolVar(&detach, "detach", false, "keep the command running if this client goes away (the run's result stays in banger run show)")
-	cmd.Flags().DurationVar(&timeout, "timeout", 0, "end the command after this long (SIGTERM, SIGKILL 10 s later); 0: no limit")
+	durationRangeVar(cmd.Flags(), &timeout, "timeout", 0, 0, 7*24*time.Hour /* the daemon's limit of a run */, "end the command after this long (SIGTERM, SIGKILL 10 s later); 0: no limit")
 	return cmd
 }
 
@@ -703,7 +716,7 @@ func newVMStopCmd(e *env) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop at once without a clean power-off")
-	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long a clean power-off may take before it is forced")
+	durationRangeVar(cmd.Flags(), &timeout, "timeout", 30*time.Second, time.Millisecond, 0, "how long a clean power-off may take before it is forced")
 	return cmd
 }
 

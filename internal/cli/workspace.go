@@ -243,6 +243,9 @@ REPO defaults to the current directory's repository.`,
 			if len(a) == 2 {
 				dir = a[1]
 			}
+			if err := checkGuestPath(path); err != nil {
+				return err
+			}
 			ctx := c.Context()
 			set, err := workspace.List(ctx, dir, workspace.ListOptions{IncludeUntracked: untracked})
 			if err != nil {
@@ -311,6 +314,16 @@ export and stopped again.`,
 			}
 			if allowHooks && !apply {
 				return usageError{errors.New("--allow-hooks goes with --apply")}
+			}
+			if c.Flags().Changed("branch") {
+				if err := checkBranchName(branch); err != nil {
+					return err
+				}
+			}
+			if c.Flags().Changed("out") {
+				if err := checkOutFile(out); err != nil {
+					return err
+				}
 			}
 			mode := exportMode("-")
 			switch {

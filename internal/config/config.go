@@ -8,6 +8,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"reflect"
@@ -297,11 +298,23 @@ func ParseSize(s string) (int64, error) {
 		}
 	}
 	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f <= 0 {
+	// !(f > 0) also refuses NaN; Inf and sizes past MaxSize would overflow
+	// int64 (found by FuzzParseSize: "NaN", "Inf" and "1e30G" were taken).
+	if err != nil || !(f > 0) || math.IsInf(f, 0) {
 		return 0, fmt.Errorf("%q is not a size like 512M or 4G", s)
 	}
-	return int64(f * float64(mult)), nil
+	n := f * float64(mult)
+	if n > MaxSize {
+		return 0, fmt.Errorf("%q is larger than the largest size, 1P", s)
+	}
+	if n < 1 {
+		return 0, fmt.Errorf("%q is less than one byte", s)
+	}
+	return int64(n), nil
 }
+
+// MaxSize is the largest size ParseSize takes (1 PiB).
+const MaxSize = 1 << 50
 
 // Example is a commented config file listing every key with its default.
 const Example = `# banger configuration. Every key is optional; shown are the defaults.

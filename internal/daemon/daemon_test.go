@@ -23,7 +23,7 @@ import (
 
 // testLayout is an isolated BANGER_HOME with a short path (unix sockets
 // are limited to 107 bytes).
-func testLayout(t *testing.T) paths.Layout {
+func testLayout(t testing.TB) paths.Layout {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "bgd")
 	if err != nil {
@@ -43,7 +43,7 @@ func testLayout(t *testing.T) paths.Layout {
 }
 
 // startDaemon runs an in-process daemon and returns a client of it.
-func startDaemon(t *testing.T, l paths.Layout) (*client.Client, *bytes.Buffer) {
+func startDaemon(t testing.TB, l paths.Layout) (*client.Client, *bytes.Buffer) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan struct{})

@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/banger-sh/banger/api"
@@ -128,6 +129,20 @@ func decodeBody(r *http.Request, v any) error {
 		return errdefs.InvalidArgument("malformed request: trailing data after JSON object")
 	}
 	return nil
+}
+
+// queryBool is a boolean query parameter: absent is false; a value that
+// is not a boolean is invalid_argument (never silently false).
+func queryBool(r *http.Request, key string) (bool, error) {
+	s := r.URL.Query().Get(key)
+	if s == "" {
+		return false, nil
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return false, errdefs.InvalidArgument(fmt.Sprintf("%s %q: want true or false", key, s))
+	}
+	return b, nil
 }
 
 // eventStream writes newline-delimited api.Events, flushing each.

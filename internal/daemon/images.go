@@ -133,6 +133,9 @@ func (s *images) Import(ctx context.Context, req api.ImportImageRequest, progres
 
 // warmImage builds the warm-start template of an image for a shape now.
 func (d *Daemon) warmImage(ctx context.Context, name string, req api.WarmRequest, progress vm.Progress) (*template.Template, error) {
+	if err := checkWarm(d.cfg, req); err != nil {
+		return nil, err
+	}
 	im, err := d.store.GetImage(ctx, name)
 	if err != nil {
 		return nil, err
@@ -325,4 +328,20 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 		}
 		st.finish(d.images.toAPI(r.Context(), im), nil)
 	})
+}
+
+// checkWarm checks a warm request's shape before any image is looked at.
+func checkWarm(cfg config.Config, req api.WarmRequest) error {
+	if req.VCPUs < 0 || req.VCPUs > 64 {
+		return errdefs.InvalidArgument(fmt.Sprintf("--vcpu %d: must be between 1 and 64", req.VCPUs))
+	}
+	if req.MemoryMiB != 0 && (req.MemoryMiB < 128 || req.MemoryMiB > 65536) || req.MemoryMiB < 0 {
+		return errdefs.InvalidArgument(fmt.Sprintf("--mem %d: must be between 128 and 65536 MiB", req.MemoryMiB))
+	}
+	if req.Disk != "" {
+		if _, err := config.ParseSize(req.Disk); err != nil {
+			return errdefs.InvalidArgument("--disk: " + err.Error())
+		}
+	}
+	return nil
 }

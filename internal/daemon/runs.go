@@ -130,6 +130,18 @@ func (d *Daemon) handleRun(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, errdefs.InvalidArgument("run needs 'Connection: Upgrade' and 'Upgrade: "+api.RunUpgrade+"'"))
 		return
 	}
+	// Bad input is refused here, as an ordinary error before the upgrade:
+	// no run record, no upload taken.
+	if err := d.vms.CheckCreate(req.VM); err != nil {
+		d.dropUpload(r.Context(), req.VM.Workspace)
+		writeError(w, r, err)
+		return
+	}
+	if err := vm.CheckExec(req.Exec); err != nil {
+		d.dropUpload(r.Context(), req.VM.Workspace)
+		writeError(w, r, err)
+		return
+	}
 	if err := d.resolveWorkspace(r.Context(), req.VM.Workspace); err != nil {
 		writeError(w, r, err)
 		return

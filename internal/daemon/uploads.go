@@ -229,6 +229,19 @@ func newToken() string {
 
 // resolveWorkspace turns a request's upload token into the daemon's own
 // work disk (same user only).
+// dropUpload removes the upload a refused request named: nothing of it is
+// left behind (rather than waiting for its UploadTTL).
+func (d *Daemon) dropUpload(ctx context.Context, ws *api.WorkspaceSpec) {
+	if ws == nil || ws.Upload == "" {
+		return
+	}
+	if p := peerOf(ctx); p.ok {
+		if path, err := d.uploads.take(ws.Upload, p.uid); err == nil {
+			os.Remove(path)
+		}
+	}
+}
+
 func (d *Daemon) resolveWorkspace(ctx context.Context, ws *api.WorkspaceSpec) error {
 	if ws == nil {
 		return nil

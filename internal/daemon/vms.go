@@ -293,7 +293,11 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		st.finish(v, d.explainFull(err))
 	})
 	mux.HandleFunc("DELETE /v1/vms/{name}", func(w http.ResponseWriter, r *http.Request) {
-		force, _ := strconv.ParseBool(r.URL.Query().Get("force"))
+		force, err := queryBool(r, "force")
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
 		if err := d.vms.Delete(r.Context(), r.PathValue("name"), vm.DeleteOptions{Force: force}); err != nil {
 			writeError(w, r, err)
 			return
@@ -402,7 +406,11 @@ func (d *Daemon) handleConsole(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, err)
 		return
 	}
-	follow, _ := strconv.ParseBool(r.URL.Query().Get("follow"))
+	follow, err := queryBool(r, "follow")
+	if err != nil {
+		writeError(w, r, err)
+		return
+	}
 	f, err := os.Open(v.ConsoleLog)
 	if err != nil && !follow {
 		writeError(w, r, errdefs.NotFound(fmt.Sprintf("vm %s has no console log yet", v.Name)))

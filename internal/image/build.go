@@ -109,7 +109,7 @@ func (o BuildOptions) withDefaults() (BuildOptions, error) {
 		var pkgs []string
 		for _, p := range o.Packages {
 			if !validPackage.MatchString(p) {
-				return bad("package name %q is not a Debian package name", p)
+				return bad("--packages: package name %q is not a Debian package name", p)
 			}
 			if !slices.Contains(pkgs, p) {
 				pkgs = append(pkgs, p)

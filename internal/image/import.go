@@ -53,7 +53,28 @@ func Import(ctx context.Context, o ImportOptions) (m *Manifest, err error) {
 	if o.TmpDir == "" {
 		o.TmpDir = filepath.Dir(o.Dest)
 	}
-	// Validate the inputs before creating anything.
+	// Validate the inputs before creating anything: first that each path
+	// names a file of the right kind (an error naming the field), then
+	// their contents.
+	for _, in := range []struct{ field, path string }{{"kernel", o.Kernel}, {"rootfs", o.Rootfs}, {"initrd", o.Initrd}, {"modules", o.Modules}} {
+		if in.path == "" {
+			continue
+		}
+		if !filepath.IsAbs(in.path) {
+			return nil, errdefs.InvalidArgument(fmt.Sprintf("%s %q: want an absolute path on the daemon's host", in.field, in.path))
+		}
+		st, err := os.Stat(in.path)
+		if err != nil {
+			return nil, errdefs.InvalidArgument(fmt.Sprintf("%s: %v", in.field, err))
+		}
+		if dir := in.field == "modules"; dir != st.IsDir() || !dir && !st.Mode().IsRegular() {
+			kind := "a regular file"
+			if dir {
+				kind = "a directory"
+			}
+			return nil, errdefs.InvalidArgument(fmt.Sprintf("%s %s is not %s", in.field, in.path, kind))
+		}
+	}
 	format, err := DetectKernel(o.Kernel)
 	if err != nil {
 		return nil, err

@@ -60,6 +60,9 @@ func (m *Manager) validate(req *api.CreateVMRequest) (Spec, error) {
 	if s.ImageName == "" {
 		s.ImageName = cfg.VM.Image
 	}
+	if !image.ValidName(s.ImageName) {
+		return Spec{}, errdefs.InvalidArgument(fmt.Sprintf("--image %q is not an image name (letters, digits, '.', '_' and '-', starting with a letter or digit)", s.ImageName))
+	}
 	if err := checkShape(s.VCPUs, s.MemoryMiB); err != nil {
 		return Spec{}, err
 	}
@@ -75,7 +78,19 @@ func (m *Manager) validate(req *api.CreateVMRequest) (Spec, error) {
 	if s.Net, err = m.egress(req.Net); err != nil {
 		return Spec{}, err
 	}
+	if req.Workspace != nil {
+		if _, err := workspacePath(req.Workspace.Path); err != nil {
+			return Spec{}, err
+		}
+	}
 	return s, nil
+}
+
+// CheckCreate checks a create request as Create does, without making
+// anything (a run checks its VM before it starts).
+func (m *Manager) CheckCreate(req api.CreateVMRequest) error {
+	_, err := m.validate(&req)
+	return err
 }
 
 func checkShape(vcpus, mem int) error {

@@ -156,6 +156,9 @@ func (m *Manager) closeForwards(id string) {
 // AddForward forwards a host TCP port to a running VM's port, and records
 // it so that it comes back after a restart of the VM or the daemon.
 func (m *Manager) AddForward(ctx context.Context, name, spec string) (string, error) {
+	if _, _, err := network.ParseForwardSpec(spec); err != nil {
+		return "", errdefs.InvalidArgument(err.Error())
+	}
 	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return "", err

@@ -177,6 +177,9 @@ func (m *Manager) exportTo(ctx context.Context, r *record, w io.Writer) (string,
 // MarkExported records that the patch with this digest was saved by the
 // user, so deleting the VM no longer needs --force for those changes.
 func (m *Manager) MarkExported(ctx context.Context, name, digest string) error {
+	if b, err := hex.DecodeString(digest); err != nil || len(b) != sha256.Size || strings.ToLower(digest) != digest {
+		return errdefs.InvalidArgument(fmt.Sprintf("exported: sha256 %q: want 64 lower-case hex digits", digest))
+	}
 	r, unlock, err := m.acquire(ctx, name)
 	if err != nil {
 		return err
