@@ -542,11 +542,21 @@ func apiError(err error) error {
 	var fp faultPayload
 	if errors.As(err, &fp) {
 		if p := fp.GetPayload(); p != nil && p.FaultMessage != "" {
-			return fmt.Errorf("%w: %s", err, bound(p.FaultMessage, 300))
+			return &sdkFault{err: err, msg: "firecracker: " + bound(sanitize(p.FaultMessage), 300)}
 		}
 	}
 	return err
 }
+
+// sdkFault is an SDK error shown as Firecracker's fault_message (the
+// SDK's own text repeats the payload as a Go struct).
+type sdkFault struct {
+	err error
+	msg string
+}
+
+func (e *sdkFault) Error() string { return e.msg }
+func (e *sdkFault) Unwrap() error { return e.err }
 
 func bound(s string, n int) string {
 	if len(s) > n {

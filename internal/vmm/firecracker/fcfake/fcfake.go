@@ -253,30 +253,35 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if len(body) > 0 && json.Valid(body) {
 		c.Body = json.RawMessage(body)
 	}
-	switch {
-	case err != nil:
-		var f *fault
+	var f *fault
+	if err != nil {
 		if !errors.As(err, &f) {
 			f = &fault{500, err.Error()}
 		}
 		c.Status, c.Fault = f.status, f.msg
-		s.logf("The API server received a bad request: %s %s: %s", r.Method, r.URL.Path, f.msg)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(f.status)
-		_ = json.NewEncoder(w).Encode(map[string]string{"fault_message": f.msg})
-	case out != nil:
+	} else if out != nil {
 		c.Status = http.StatusOK
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
-		_ = json.NewEncoder(w).Encode(out)
-	default:
-		w.WriteHeader(http.StatusNoContent)
 	}
+	// Recorded before the answer is sent: whoever saw the answer finds
+	// the call in Calls (and in OnCall's file).
 	s.mu.Lock()
 	s.calls = append(s.calls, c)
 	s.mu.Unlock()
 	if s.opts.OnCall != nil {
 		s.opts.OnCall(c)
+	}
+	switch {
+	case f != nil:
+		s.logf("The API server received a bad request: %s %s: %s", r.Method, r.URL.Path, f.msg)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(f.status)
+		_ = json.NewEncoder(w).Encode(map[string]string{"fault_message": f.msg})
+	case out != nil:
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_ = json.NewEncoder(w).Encode(out)
+	default:
+		w.WriteHeader(http.StatusNoContent)
 	}
 }
 
