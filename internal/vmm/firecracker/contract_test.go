@@ -73,7 +73,16 @@ func runFake(args []string) int {
 	s, err := fcfake.New(fcfake.Options{
 		ID:        id,
 		Log:       os.Stdout,
-		TapExists: func(n string) bool { return n != "" && slices.Contains(taps, n) },
+		TapExists: func(n string) bool {
+			if n == "" {
+				return false
+			}
+			if slices.Contains(taps, n) {
+				return true
+			}
+			_, err := os.Stat(filepath.Join("/sys/class/net", n, "tun_flags"))
+			return err == nil
+		},
 		Guest: func(port uint32) func(net.Conn) {
 			if port != AgentPort {
 				return nil
@@ -442,7 +451,6 @@ func TestContractRefusals(t *testing.T) {
 	}{
 		{"bzImage", func(s *vmm.Spec) { s.Kernel = bz }, "ELF vmlinux only", errdefs.ErrInvalidArgument, false},
 		{"qcow2 root", func(s *vmm.Spec) { s.Root.Format = "qcow2" }, "raw files only", errdefs.ErrInvalidArgument, false},
-		{"tapless NIC", func(s *vmm.Spec) { s.NICs[0].Tap = "" }, "no NIC without a host tap", errdefs.ErrInvalidArgument, false},
 		{"missing disk", func(s *vmm.Spec) { s.Disks[0].Path += ".gone" }, "no such file", errdefs.ErrInvalidArgument, false},
 		{"bad MAC", func(s *vmm.Spec) { s.NICs[0].MAC = "zz" }, "invalid MAC", errdefs.ErrInvalidArgument, false},
 		// Refused by (the fake) Firecracker itself: the process started
@@ -486,7 +494,18 @@ func TestContractSnapshotRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	tspec.SnapshotDir = snapDir
+	slot := os.Geteuid() == 0 // the template's NIC is a slot (no tap), as banger's templates' are
+	if slot {
+		tspec.NICs[0].Tap = ""
+	} else {
+		t.Log("not root: the template gets a tap (placeholder taps need CAP_NET_ADMIN)")
+	}
 	th, tcalls := e.start(tspec)
+	if slot {
+		if n := body(t, readCalls(t, tcalls), "PUT", "/network-interfaces/eth0"); n["host_dev_name"] != slotTapName(tspec.RuntimeDir, 0) {
+			t.Errorf("template NIC on %v, want the placeholder %s", n["host_dev_name"], slotTapName(tspec.RuntimeDir, 0))
+		}
+	}
 	other, _ := e.start(e.spec("other", "fctap1"))
 	ctx := context.Background()
 
@@ -503,6 +522,9 @@ func TestContractSnapshotRestore(t *testing.T) {
 	}
 	if st := e.b.Status(ctx, th); st != vmm.StateExited {
 		t.Errorf("template after Snapshot: %s", st)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", slotTapName(tspec.RuntimeDir, 0))); err == nil {
+		t.Errorf("placeholder tap left after Snapshot")
 	}
 	all := readCalls(t, tcalls)
 	got := seq(all)
@@ -587,6 +609,49 @@ func TestContractSnapshotRestore(t *testing.T) {
 	cs.Restore = &vmm.Snapshot{Dir: snapDir}
 	if _, err := other2.Start(ctx, cs); !errors.Is(err, vmm.ErrSnapshotMismatch) {
 		t.Errorf("other version: %v", err)
+	}
+}
+
+// TestContractSlotTap: a NIC slot without a host tap gets a placeholder
+// tap (down, on no bridge) for the VM's life; Kill removes it.
+func TestContractSlotTap(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("placeholder taps need CAP_NET_ADMIN (root)")
+	}
+	e := newEnv(t)
+	spec := e.spec("slot", "")
+	spec.NICs = append(spec.NICs, vmm.NIC{Tap: "fctap1"})
+	h, calls := e.start(spec)
+	name := slotTapName(spec.RuntimeDir, 0)
+	if len(name) > 15 {
+		t.Fatalf("tap name %q too long", name)
+	}
+	if n := body(t, readCalls(t, calls), "PUT", "/network-interfaces/eth0"); n["host_dev_name"] != name {
+		t.Errorf("NIC 0 on %v, want %s", n["host_dev_name"], name)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err != nil {
+		t.Fatalf("placeholder tap: %v", err)
+	}
+	if op, _ := os.ReadFile(filepath.Join("/sys/class/net", name, "operstate")); strings.TrimSpace(string(op)) == "up" {
+		t.Errorf("placeholder tap is up")
+	}
+	if m, err := os.Readlink(filepath.Join("/sys/class/net", name, "master")); err == nil {
+		t.Errorf("placeholder tap is on %s", m)
+	}
+	// A stale handle (another start time) leaves the live VM's tap alone.
+	stale := h
+	stale.StartTime++
+	if err := e.b.Kill(context.Background(), stale); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err != nil {
+		t.Fatalf("a stale Kill removed the live VM's tap: %v", err)
+	}
+	if err := e.b.Kill(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
+		t.Errorf("placeholder tap %s left after Kill", name)
 	}
 }
 

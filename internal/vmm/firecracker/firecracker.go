@@ -26,8 +26,9 @@
 //     that a guest fsync reaches the host file (the SDK's default, Unsafe,
 //     drops it). Drive ids: "root", then "disk1", "disk2", ...
 //   - NICs: "eth0", "eth1", ... on existing taps, with the spec's MAC.
-//     Firecracker has no NIC without a host tap, so a NIC with an empty Tap
-//     is refused (ErrInvalidArgument).
+//     Firecracker has no NIC without a host tap: for a NIC slot with an
+//     empty Tap (a warm-start template's) the backend makes a placeholder
+//     tap, down and on no bridge, removed by Kill (slots.go).
 //   - Guest agent: hybrid vsock. The device's uds_path is v.sock in the
 //     runtime dir; DialAgent connects, writes "CONNECT 1024\n" and reads
 //     the "OK <n>\n" ack itself one byte at a time (the SDK's helper reads
@@ -51,8 +52,7 @@
 // paused) and resumes. The load itself opens the template's drive files
 // (paths recorded in the snapshot): they must still exist, and the
 // template's root is opened but, the VM being paused, never written. No
-// jailer or mount namespace is needed for that; a template NIC still needs
-// a tap of its own at the template's boot (see NICs above).
+// jailer or mount namespace is needed for that.
 //
 // What is proven here: the whole API call sequence (boot, snapshot,
 // restore, error paths) against fcfake, a fake Firecracker API server that
@@ -338,9 +338,6 @@ func checkSpec(spec vmm.Spec) error {
 		}
 	}
 	for i, n := range spec.NICs {
-		if n.Tap == "" {
-			return bad("NIC %d has no tap: firecracker has no NIC without a host tap", i)
-		}
 		if len(n.Tap) > 15 {
 			return bad("tap name %q is longer than 15 characters", n.Tap)
 		}
@@ -427,9 +424,17 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	}
 	// Firecracker refuses to bind over a stale socket file.
 	removeStaleSockets(h)
+	if hasSlots(spec) {
+		nics, err := fillSlotTaps(spec)
+		if err != nil {
+			return vmm.Handle{}, fmt.Errorf("firecracker start %s: %w", spec.ID, err)
+		}
+		spec.NICs = nics
+	}
 
 	logf, err := os.OpenFile(spec.VMMLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
+		_ = deleteSlotTaps(spec.RuntimeDir)
 		return vmm.Handle{}, fmt.Errorf("firecracker start %s: open vmm log: %w", spec.ID, err)
 	}
 	argv := []string{b.binary, "--api-sock", h.ControlSocket, "--id", spec.ID}
@@ -439,6 +444,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	pid, err := system.StartDetached(system.Detached{Argv: argv, Stdout: logf, Stderr: logf})
 	logf.Close()
 	if err != nil {
+		_ = deleteSlotTaps(spec.RuntimeDir)
 		return vmm.Handle{}, fmt.Errorf("firecracker start %s: %w", spec.ID, err)
 	}
 	h.PID = pid
@@ -629,6 +635,13 @@ func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
 		defer cancel()
 		if err := b.waitGone(kctx, h); err != nil {
 			return fmt.Errorf("firecracker kill pid %d: still running after SIGKILL: %w", h.PID, err)
+		}
+	}
+	// Only once nothing serves the runtime dir (a stale handle never
+	// breaks a live VM that reuses it).
+	if h.ControlSocket != "" && !listening(h.ControlSocket) {
+		if err := deleteSlotTaps(filepath.Dir(h.ControlSocket)); err != nil {
+			b.log.Warn("placeholder taps left", "err", err)
 		}
 	}
 	removeStaleSockets(h)
