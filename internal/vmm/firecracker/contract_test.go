@@ -71,8 +71,8 @@ func runFake(args []string) int {
 	var mu sync.Mutex
 	var s *fcfake.Server
 	s, err := fcfake.New(fcfake.Options{
-		ID:        id,
-		Log:       os.Stdout,
+		ID:  id,
+		Log: os.Stdout,
 		TapExists: func(n string) bool {
 			if n == "" {
 				return false
