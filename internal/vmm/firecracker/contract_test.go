@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -54,14 +55,26 @@ func TestMain(m *testing.M) {
 // (--api-sock PATH --id ID), fcfake behind it, a guest that answers on
 // AgentPort and powers off when it reads "poweroff".
 func runFake(args []string) int {
-	var sock, id string
+	var sock, id, logPath string
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
 		case "--api-sock":
 			sock = args[i+1]
 		case "--id":
 			id = args[i+1]
+		case "--log-path":
+			logPath = args[i+1]
 		}
+	}
+	logw := io.Writer(os.Stdout)
+	if logPath != "" {
+		// As Firecracker opens it: read-write, non-blocking, no create.
+		f, err := os.OpenFile(logPath, os.O_RDWR|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "Error: Failed to open target file:", err)
+			return 1
+		}
+		logw = f
 	}
 	if sock == "" {
 		fmt.Fprintln(os.Stderr, "Error: Arguments parsing error: --api-sock is required")
@@ -71,8 +84,9 @@ func runFake(args []string) int {
 	var mu sync.Mutex
 	var s *fcfake.Server
 	s, err := fcfake.New(fcfake.Options{
-		ID:  id,
-		Log: os.Stdout,
+		ID:      id,
+		Log:     logw,
+		Console: os.Stdout,
 		TapExists: func(n string) bool {
 			if n == "" {
 				return false
@@ -298,7 +312,6 @@ func TestContractColdBoot(t *testing.T) {
 	calls := readCalls(t, filepath.Join(e.dir, "vm1-calls.jsonl"))
 	assertSeq(t, calls,
 		"PUT /machine-config 204",
-		"PUT /serial 204",
 		"PUT /boot-source 204",
 		"PUT /drives/root 204",
 		"PUT /drives/disk1 204",
@@ -326,9 +339,6 @@ func TestContractColdBoot(t *testing.T) {
 	}
 	if v := body(t, calls, "PUT", "/vsock"); v["uds_path"] != h.AgentSocket || v["guest_cid"] != float64(GuestCID) {
 		t.Errorf("vsock %v", v)
-	}
-	if s := body(t, calls, "PUT", "/serial"); s["serial_out_path"] != spec.ConsoleLog {
-		t.Errorf("serial %v", s)
 	}
 	if h.PID <= 0 || h.StartTime == 0 || h.BootID == "" || h.Backend != Name || h.ControlSocket != APISocket(spec.RuntimeDir) {
 		t.Errorf("handle %+v", h)
@@ -400,6 +410,13 @@ func TestContractColdBoot(t *testing.T) {
 	if err := b2.Kill(context.Background(), h2); err != nil {
 		t.Errorf("second Kill: %v", err)
 	}
+	if _, err := os.Stat(LogFIFO(spec.RuntimeDir)); err == nil {
+		t.Errorf("log fifo left after Kill")
+	}
+	time.Sleep(50 * time.Millisecond)
+	if relays := processesWith(LogFIFO(spec.RuntimeDir)); len(relays) != 0 {
+		t.Errorf("log relay left after Kill: %v", relays)
+	}
 	if p := b2.FindProcesses(e.root); len(p) != 0 {
 		t.Errorf("FindProcesses after Kill: %+v", p)
 	}
@@ -423,9 +440,30 @@ func TestContractGuestPowerOff(t *testing.T) {
 	if st := e.b.Status(ctx, h); st != vmm.StateExited {
 		t.Errorf("status %s", st)
 	}
-	tail, _ := os.ReadFile(spec.VMMLog)
+	// Firecracker's log reaches the VMM log through the FIFO relay, which
+	// ends at the VMM's exit: wait for its last line.
+	var tail []byte
+	for i := 0; i < 100; i++ {
+		tail, _ = os.ReadFile(spec.VMMLog)
+		if strings.Contains(string(tail), "exiting successfully") {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if r := e.b.ExitReason(tail); r != "the guest powered off or rebooted" {
 		t.Errorf("ExitReason = %q from:\n%s", r, tail)
+	}
+	for _, want := range []string{" banger: starting ", "[vm2:main] Running Firecracker v1.16.1", "[vm2:main] Successfully started microvm"} {
+		if !strings.Contains(string(tail), want) {
+			t.Errorf("vmm log lacks %q:\n%s", want, tail)
+		}
+	}
+	if console, _ := os.ReadFile(spec.ConsoleLog); !strings.Contains(string(console), "fcfake guest: booted") || strings.Contains(string(console), "Running Firecracker") {
+		t.Errorf("console log %q: want the guest's serial output only", console)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if relays := processesWith(LogFIFO(spec.RuntimeDir)); len(relays) != 0 {
+		t.Errorf("log relay still running after the VMM exited: %v", relays)
 	}
 	// WaitExit on a live VM honours its context.
 	h2, _ := e.start(e.spec("vm3", "fctap1"))
@@ -477,6 +515,10 @@ func TestContractRefusals(t *testing.T) {
 			}
 			if p := e.b.FindProcesses(e.root); len(p) != 0 {
 				t.Errorf("process left: %+v", p)
+			}
+			time.Sleep(20 * time.Millisecond)
+			if p := processesWith(spec.RuntimeDir); len(p) != 0 {
+				t.Errorf("process left (log relay?): %v", p)
 			}
 			ents, _ := os.ReadDir(spec.RuntimeDir)
 			for _, en := range ents {
@@ -653,6 +695,27 @@ func TestContractSlotTap(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
 		t.Errorf("placeholder tap %s left after Kill", name)
 	}
+}
+
+// processesWith lists the live processes whose command line contains s.
+func processesWith(s string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid := 0
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && strings.HasPrefix(string(stat[i+1:]), " Z") {
+			continue
+		}
+		cmd, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if strings.Contains(string(cmd), s) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 func TestExitReason(t *testing.T) {

@@ -14,9 +14,9 @@
 //     persisted Handle alone.
 //   - Firecracker v1.16 or newer (the API spec banger is checked against,
 //     ../shared/firecracker-api): every virtio-mmio device is described in
-//     ACPI (>= 1.8, needed by Debian's kernel), PUT /serial writes the
-//     console to a file, and snapshot loads take network_overrides and
-//     vsock_override. Available refuses older versions.
+//     ACPI (>= 1.8, needed by Debian's kernel), and snapshot loads take
+//     network_overrides (1.12) and vsock_override (1.16). Available refuses
+//     older versions.
 //   - Kernel: ELF vmlinux only (a bzImage is refused before anything
 //     starts). Boot args are always sent (Firecracker's default has
 //     `nomodule` and no serial console): console=ttyS0 reboot=k panic=1
@@ -34,10 +34,12 @@
 //     the "OK <n>\n" ack itself one byte at a time (the SDK's helper reads
 //     it through a buffered reader that can swallow the guest's first
 //     bytes), then the connection is the guest agent's stream.
-//   - Files in the runtime dir: fc.sock (API), v.sock (vsock). The VMM's
-//     stdout and stderr (its log lines) are appended to Spec.VMMLog after a
-//     "banger: starting" line; the serial console goes to Spec.ConsoleLog
-//     (PUT /serial).
+//   - Files in the runtime dir: fc.sock (API), v.sock (vsock), log.fifo
+//     (Firecracker's --log-path, relayed by a detached `cat` into
+//     Spec.VMMLog: see LogFIFO). The VMM's stdout is the serial console,
+//     appended to Spec.ConsoleLog; its stderr is appended to Spec.VMMLog
+//     after a "banger: starting" line. (PUT /serial is not used: Firecracker
+//     writes that file at its own offset, not appending.)
 //   - Kill: SIGKILL to the process group (there is no graceful API quit
 //     that does not need the guest's cooperation; the caller asks the agent
 //     to power off first when it wants a clean stop), then waits until the
@@ -432,20 +434,39 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 		spec.NICs = nics
 	}
 
+	fail := func(err error) (vmm.Handle, error) {
+		_ = deleteSlotTaps(spec.RuntimeDir)
+		releaseLogRelay(spec.RuntimeDir)
+		return vmm.Handle{}, fmt.Errorf("firecracker start %s: %w", spec.ID, err)
+	}
 	logf, err := os.OpenFile(spec.VMMLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
-		_ = deleteSlotTaps(spec.RuntimeDir)
-		return vmm.Handle{}, fmt.Errorf("firecracker start %s: open vmm log: %w", spec.ID, err)
+		return fail(fmt.Errorf("open vmm log: %w", err))
 	}
-	argv := []string{b.binary, "--api-sock", h.ControlSocket, "--id", spec.ID}
+	defer logf.Close()
+	conf, err := os.OpenFile(spec.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fail(fmt.Errorf("open console log: %w", err))
+	}
+	defer conf.Close()
+	fifo := LogFIFO(spec.RuntimeDir)
+	_ = os.Remove(fifo)
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		return fail(fmt.Errorf("log fifo: %w", err))
+	}
+	argv := []string{b.binary, "--api-sock", h.ControlSocket, "--id", spec.ID, "--log-path", fifo, "--level", "Info"}
 	fmt.Fprintf(logf, "%s banger: starting %s\n", time.Now().UTC().Format(time.RFC3339Nano), strings.Join(argv, " "))
 	logStart, _ := logf.Seek(0, io.SeekEnd)
 	started := time.Now()
-	pid, err := system.StartDetached(system.Detached{Argv: argv, Stdout: logf, Stderr: logf})
-	logf.Close()
+	// stdout is the serial console (appended: consolelog bounds it by
+	// cutting its head); stderr and, through the relay, Firecracker's log
+	// go to the VMM log, appended too.
+	pid, err := system.StartDetached(system.Detached{Argv: argv, Stdout: conf, Stderr: logf})
 	if err != nil {
-		_ = deleteSlotTaps(spec.RuntimeDir)
-		return vmm.Handle{}, fmt.Errorf("firecracker start %s: %w", spec.ID, err)
+		return fail(err)
+	}
+	if _, err := system.StartDetached(system.Detached{Argv: []string{"cat", fifo}, Stdout: logf, Stderr: logf}); err != nil {
+		b.log.Warn("no log relay: firecracker's log lines are lost", "vm", spec.ID, "err", err)
 	}
 	h.PID = pid
 	if st, err := b.proc.stat(pid); err == nil {
@@ -480,7 +501,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 }
 
 // configure sends a cold boot's configuration and starts the instance:
-// PUT /machine-config, /serial, /boot-source, /drives/ID for each disk,
+// PUT /machine-config, /boot-source, /drives/ID for each disk,
 // /network-interfaces/ID for each NIC, /vsock, then InstanceStart.
 func configure(ctx context.Context, c *sdk.Client, spec vmm.Spec) error {
 	if _, err := c.PutMachineConfiguration(ctx, &models.MachineConfiguration{
@@ -490,9 +511,6 @@ func configure(ctx context.Context, c *sdk.Client, spec vmm.Spec) error {
 		// Dirty-page tracking is only needed for diff snapshots.
 	}); err != nil {
 		return fmt.Errorf("machine config: %w", apiError(err))
-	}
-	if err := putSerial(ctx, spec.RuntimeDir, spec.ConsoleLog); err != nil {
-		return fmt.Errorf("serial: %w", err)
 	}
 	if _, err := c.PutGuestBootSource(ctx, &models.BootSource{
 		KernelImagePath: sdk.String(spec.Kernel),
@@ -645,7 +663,32 @@ func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
 		}
 	}
 	removeStaleSockets(h)
+	if h.ControlSocket != "" && !listening(h.ControlSocket) {
+		releaseLogRelay(filepath.Dir(h.ControlSocket))
+	}
 	return nil
+}
+
+// LogFIFO is the named pipe Firecracker logs into (--log-path) for the VM
+// whose runtime dir is dir.
+//
+// Why a FIFO: Firecracker opens --log-path (and PUT /serial's path)
+// read-write at offset 0, without O_APPEND, so on a regular file it would
+// overwrite what is there and leave holes when consolelog cuts the head.
+// A detached `cat FIFO` (its stdout the VMM log, opened O_APPEND) relays
+// the lines instead; it outlives the daemon like the VMM and ends at EOF
+// when the VMM exits. Firecracker opens the FIFO O_RDWR|O_NONBLOCK, so a
+// missing relay never blocks it (lines are dropped past 64 KiB).
+func LogFIFO(dir string) string { return filepath.Join(dir, "log.fifo") }
+
+// releaseLogRelay ends a relay still waiting for a writer (a VMM that died
+// before opening the FIFO) and removes the FIFO.
+func releaseLogRelay(dir string) {
+	fifo := LogFIFO(dir)
+	if fd, err := unix.Open(fifo, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err == nil {
+		unix.Close(fd) // a reader blocked in open gets its writer and EOF
+	}
+	_ = os.Remove(fifo)
 }
 
 // signal sends sig to the VM's process group and to the process itself,
@@ -745,6 +788,10 @@ func (b *Backend) DialAgent(ctx context.Context, h vmm.Handle) (net.Conn, error)
 	return DialVsock(ctx, h.AgentSocket, AgentPort)
 }
 
+// errBadAck: the other end of the vsock socket is not Firecracker's
+// hybrid vsock (not retried).
+var errBadAck = errors.New("bad vsock ack")
+
 // maxAck bounds the ack line ("OK 1073741824\n" is 14 bytes).
 const maxAck = 32
 
@@ -758,7 +805,12 @@ func DialVsock(ctx context.Context, sock string, port uint32) (net.Conn, error) 
 		if err == nil {
 			return conn, nil
 		}
-		lastErr = err
+		if errors.Is(err, errBadAck) {
+			return nil, fmt.Errorf("dial agent (vsock %s port %d): %w", sock, port, err)
+		}
+		if ctx.Err() == nil || lastErr == nil {
+			lastErr = err
+		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("dial agent (vsock %s port %d): %w (last: %v)", sock, port, ctx.Err(), lastErr)
@@ -797,11 +849,11 @@ func dialVsockOnce(ctx context.Context, sock string, port uint32) (net.Conn, err
 	f := strings.Fields(string(line))
 	if len(f) != 2 || f[0] != "OK" {
 		conn.Close()
-		return nil, fmt.Errorf("bad vsock ack %.40q", line)
+		return nil, fmt.Errorf("%w %.40q", errBadAck, line)
 	}
 	if _, err := strconv.ParseUint(f[1], 10, 32); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("bad vsock ack %.40q", line)
+		return nil, fmt.Errorf("%w %.40q", errBadAck, line)
 	}
 	if !stop() {
 		conn.Close()

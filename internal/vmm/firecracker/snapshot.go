@@ -295,12 +295,6 @@ func restore(ctx context.Context, c *sdk.Client, spec vmm.Spec) error {
 	return nil
 }
 
-// putSerial sends PUT /serial (v1.14+; not in the SDK): the console goes
-// to path.
-func putSerial(ctx context.Context, runtimeDir, path string) error {
-	return apiCall(ctx, APISocket(runtimeDir), http.MethodPut, "/serial", map[string]string{"serial_out_path": path}, nil)
-}
-
 // FaultError is a Firecracker API error response.
 type FaultError struct {
 	Method, Path string

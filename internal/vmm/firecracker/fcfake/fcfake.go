@@ -59,6 +59,9 @@ type Options struct {
 	Guest func(port uint32) func(conn net.Conn)
 	// Log receives Firecracker-like log lines (default: discard).
 	Log io.Writer
+	// Console receives what the guest writes on its serial console (the
+	// fake's guest writes one line when it starts; default: discard).
+	Console io.Writer
 	// OnCall is called after each request is answered (the helper process
 	// appends calls to a file).
 	OnCall func(Call)
@@ -165,6 +168,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Log == nil {
 		opts.Log = io.Discard
+	}
+	if opts.Console == nil {
+		opts.Console = io.Discard
 	}
 	s := &Server{
 		spec: spec, opts: opts, state: NotStarted,
@@ -471,7 +477,8 @@ func (s *Server) handle(method, path string, body []byte) (any, error) {
 				s.machine = &machine{VCPUs: 1, MemMiB: 128}
 			}
 			s.state = Running
-			s.logf("Successfully started microvm that was configured from one single json")
+			s.logf("Successfully started microvm")
+			fmt.Fprintf(s.opts.Console, "fcfake guest: booted %s (%s)\n", s.boot.Kernel, s.boot.Args)
 			return nil, nil
 		case "SendCtrlAltDel":
 			if s.state == NotStarted {
