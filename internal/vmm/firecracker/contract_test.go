@@ -724,11 +724,13 @@ func TestExitReason(t *testing.T) {
 		{"", ""},
 		{"2026-12-03T18:00:00Z banger: starting firecracker --api-sock x\n", ""},
 		{"2026-12-03T18:00:00.1 [vm1:main] Running Firecracker v1.16.1\n2026-12-03T18:00:05.0 [vm1:main] Vmm is stopping.\n2026-12-03T18:00:05.0 [vm1:main] Firecracker exiting successfully. exit_code=0\n", "the guest powered off or rebooted"},
-		{"[vm1:fc_vcpu 0] Received KVM_SYSTEM_EVENT: type: 2, event: [0]\n", "the guest shut down or rebooted (KVM system event 2)"},
-		{"thread 'fc_vcpu 0' panicked at src/vmm/src/vstate/vcpu.rs:123:5:\nboom\n", "firecracker panicked at src/vmm/src/vstate/vcpu.rs:123:5:"},
-		{"[anonymous-instance:main] Error: RunWithApi(BuildMicroVm(KernelLoader(Elf(InvalidElfMagicNumber))))\n", "firecracker: RunWithApi(BuildMicroVm(KernelLoader(Elf(InvalidElfMagicNumber))))"},
-		{"Invalid Elf magic number\n", "the kernel is not an ELF vmlinux (firecracker boots ELF only)"},
-		{"[vm:main] Firecracker exiting with error. exit_code=1\n", "firecracker exited with code 1"},
+		{"[vm1:fc_vcpu 0] Received KVM_SYSTEM_EVENT: type: 2, event: [0]\n[vm1:main] Vmm is stopping.\n", "the guest shut down or rebooted (KVM system event 2)"},
+		{"thread 'fc_vcpu 0' panicked at src/vmm/src/vstate/vcpu.rs:123:5:\nboom\n[vm1:main] Vmm is stopping.\n", "firecracker panicked at src/vmm/src/vstate/vcpu.rs:123:5:"},
+		{"[anonymous-instance:main] Error: RunWithApi(BuildMicroVm(Kernel(Disk)))\n", "firecracker: RunWithApi(BuildMicroVm(Kernel(Disk)))"},
+		{"[x:main] Error: RunWithApi(BuildMicroVm(KernelLoader(Elf(InvalidElfMagicNumber))))\n", "the kernel is not an ELF vmlinux (firecracker boots ELF only)"},
+		// An error exit also says "Vmm is stopping": the code and the error win.
+		{"[vm:main:ERROR] Failed to open tap: No such device\n[vm:main] Vmm is stopping.\n[vm:main] Firecracker exiting with error. exit_code=1\n", "firecracker exited with code 1: Failed to open tap: No such device"},
+		{"[vm:main] Firecracker exiting with error. exit_code=3\n", "firecracker exited with code 3"},
 		{"random noise\x1b[31m\n", ""},
 	} {
 		if got := b.ExitReason([]byte(c.log)); got != c.want {

@@ -915,23 +915,21 @@ func matchCmdline(cmd []byte, root string) (string, bool) {
 	return "", false
 }
 
-// exitPatterns turn Firecracker's log lines into reasons, most specific
-// first (searched from the last line back).
-var exitPatterns = []struct {
-	re     *regexp.Regexp
-	reason func(m []string) string
-}{
-	{regexp.MustCompile(`panicked at (.*)`), func(m []string) string { return "firecracker panicked at " + m[1] }},
-	{regexp.MustCompile(`(?i)Invalid Elf magic number`), func([]string) string { return "the kernel is not an ELF vmlinux (firecracker boots ELF only)" }},
-	{regexp.MustCompile(`(?i)Received KVM_SYSTEM_EVENT: type: (\d+)`), func(m []string) string { return "the guest shut down or rebooted (KVM system event " + m[1] + ")" }},
-	{regexp.MustCompile(`(?i)KVM_EXIT_SHUTDOWN|Vmm is stopping|i8042.*reset|guest.*(reboot|shutdown)`), func([]string) string { return "the guest powered off or rebooted" }},
-	{regexp.MustCompile(`(?i)Firecracker exiting successfully`), func([]string) string { return "firecracker exited normally" }},
-	{regexp.MustCompile(`(?i)(?:Error|error): (.*)`), func(m []string) string { return "firecracker: " + m[1] }},
-	{regexp.MustCompile(`(?i)exit_code=(\d+)`), func(m []string) string { return "firecracker exited with code " + m[1] }},
-}
+// Firecracker's log lines ExitReason looks for.
+var (
+	panicRE    = regexp.MustCompile(`panicked at (.*)`)
+	exitCodeRE = regexp.MustCompile(`exit_code=([1-9]\d*)`)
+	exitOKRE   = regexp.MustCompile(`(?i)exiting successfully|Vmm is stopping`)
+	sysEventRE = regexp.MustCompile(`(?i)KVM_SYSTEM_EVENT: type: (\d+)|KVM_EXIT_SHUTDOWN`)
+	elfRE      = regexp.MustCompile(`(?i)Invalid Elf magic number|InvalidElfMagicNumber`)
+	errorRE    = regexp.MustCompile(`(?:Error|error|ERROR)[:\]] *(.+)`)
+)
 
 // ExitReason implements vmm.Backend: a one-line reason from the tail of
-// the VMM log ("" when no line says).
+// the VMM log ("" when no line says). A panic wins; then an exit with an
+// error code (with the last error line before it); then a clean exit (the
+// guest powered off or rebooted: Firecracker exits on either); then any
+// error line.
 func (b *Backend) ExitReason(tail []byte) string {
 	if len(tail) > 8192 {
 		tail = tail[len(tail)-8192:]
@@ -944,12 +942,36 @@ func (b *Backend) ExitReason(tail []byte) string {
 			lines = append(lines, l)
 		}
 	}
-	for _, p := range exitPatterns {
-		for i := len(lines) - 1; i >= 0; i-- {
-			if m := p.re.FindStringSubmatch(lines[i]); m != nil {
-				return bound(sanitize(p.reason(m)), 200)
+	find := func(re *regexp.Regexp, before int) ([]string, int) {
+		for i := before - 1; i >= 0; i-- {
+			if m := re.FindStringSubmatch(lines[i]); m != nil {
+				return m, i
 			}
 		}
+		return nil, -1
+	}
+	out := func(r string) string { return bound(sanitize(r), 200) }
+	n := len(lines)
+	if m, _ := find(panicRE, n); m != nil {
+		return out("firecracker panicked at " + m[1])
+	}
+	if _, i := find(elfRE, n); i >= 0 {
+		return out("the kernel is not an ELF vmlinux (firecracker boots ELF only)")
+	}
+	if m, i := find(exitCodeRE, n); m != nil {
+		if e, _ := find(errorRE, i); e != nil {
+			return out("firecracker exited with code " + m[1] + ": " + e[1])
+		}
+		return out("firecracker exited with code " + m[1])
+	}
+	if _, i := find(exitOKRE, n); i >= 0 {
+		if m, _ := find(sysEventRE, n); m != nil && m[1] != "" {
+			return out("the guest shut down or rebooted (KVM system event " + m[1] + ")")
+		}
+		return out("the guest powered off or rebooted")
+	}
+	if m, _ := find(errorRE, n); m != nil {
+		return out("firecracker: " + m[1])
 	}
 	return ""
 }
