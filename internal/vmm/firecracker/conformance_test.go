@@ -36,5 +36,12 @@ func TestConformance(t *testing.T) {
 		}
 		return vmm.Disk{Path: p, Format: "raw"}, nil
 	}
+	env.CloneRoot = func(ctx context.Context, tpl vmm.Disk, dir string) (vmm.Disk, error) {
+		p := filepath.Join(dir, "clone.ext4")
+		if _, err := system.Run(ctx, "cp", "--sparse=always", "--reflink=auto", tpl.Path, p); err != nil {
+			return vmm.Disk{}, err
+		}
+		return vmm.Disk{Path: p, Format: "raw"}, nil
+	}
 	vmmtest.Run(t, b, env)
 }

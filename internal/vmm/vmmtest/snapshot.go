@@ -112,10 +112,11 @@ func (s *suite) snapshot(t *testing.T) {
 		n++
 		c := s.newSpec(t)
 		os.Remove(c.Root.Path)
-		c.Root = vmm.Disk{Path: filepath.Join(filepath.Dir(c.RuntimeDir), "clone.qcow2"), Format: disk.FormatQCOW2}
-		if err := disk.CreateOverlay(ctx, spec.Root.Path, disk.FormatQCOW2, c.Root.Path, 0); err != nil {
+		root, err := s.env.CloneRoot(ctx, spec.Root, filepath.Dir(c.RuntimeDir))
+		if err != nil {
 			t.Fatal(err)
 		}
+		c.Root = root
 		c.Disks = []vmm.Disk{{Path: sparseFile(t, filepath.Join(filepath.Dir(c.RuntimeDir), "work.img"), WorkSlotBytes), Format: disk.FormatRaw}}
 		c.NICs = []vmm.NIC{{MAC: fmt.Sprintf("02:ba:00:00:01:%02x", n)}}
 		c.Restore = &vmm.Snapshot{Dir: dir}

@@ -45,6 +45,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -579,7 +580,7 @@ func (s *Server) serveVsock(l net.Listener) {
 	}
 }
 
-var nextHostPort uint32 = 1073741824
+var nextHostPort atomic.Uint32
 
 // vsockConn does Firecracker's host-initiated connection protocol.
 func (s *Server) vsockConn(conn net.Conn) {
@@ -601,10 +602,7 @@ func (s *Server) vsockConn(conn net.Conn) {
 		conn.Close()
 		return
 	}
-	s.mu.Lock()
-	nextHostPort++
-	hp := nextHostPort
-	s.mu.Unlock()
+	hp := 1<<30 + nextHostPort.Add(1) // Firecracker's host-side ports start at 2^30
 	// Firecracker acks once the guest accepted the connection.
 	serve := s.opts.Guest(uint32(port))
 	if serve == nil {
