@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/vmm"
 	"github.com/banger-sh/banger/internal/vmm/firecracker/fcfake"
@@ -38,7 +39,23 @@ const (
 	envHelper = "BANGER_FCFAKE_HELPER" // "1": run as the fake
 	envCalls  = "BANGER_FCFAKE_CALLS"  // file the fake appends its calls to (JSON lines)
 	envTaps   = "BANGER_FCFAKE_TAPS"   // comma-separated taps that "exist"
+	envGuest  = "BANGER_FCFAKE_GUEST"  // "agent": the guest is banger's agent library
 )
+
+// fakeMachine is the guest agent's Machine in the fake: identity and
+// network settings are accepted and dropped; power-off ends the fake VMM
+// as a guest power-off ends Firecracker.
+type fakeMachine struct{ s *fcfake.Server }
+
+func (fakeMachine) SetHostname(string) error               { return nil }
+func (fakeMachine) SetTime(time.Time) error                { return nil }
+func (fakeMachine) SeedRandom([]byte) error                { return nil }
+func (fakeMachine) SetMachineID(string) error              { return nil }
+func (fakeMachine) ConfigureNetwork(agent.NetConfig) error { return nil }
+func (fakeMachine) SetAuthorizedKeys([]string) error       { return nil }
+func (fakeMachine) MountAll([]agent.Mount) error           { return nil }
+func (fakeMachine) PrepareShutdown(context.Context) error  { return nil }
+func (m fakeMachine) PowerOff() error                      { m.s.Exit(); select {} }
 
 // ReadyLine is what the fake guest agent writes first on each vsock
 // connection to port AgentPort.
@@ -100,6 +117,13 @@ func runFake(args []string) int {
 		Guest: func(port uint32) func(net.Conn) {
 			if port != AgentPort {
 				return nil
+			}
+			if os.Getenv(envGuest) == "agent" {
+				// banger's real guest agent (the library), on a Machine
+				// that touches nothing of this host.
+				return func(c net.Conn) {
+					_ = agent.Serve(context.Background(), c, agent.ServeOptions{Machine: fakeMachine{s}})
+				}
 			}
 			return func(c net.Conn) {
 				defer c.Close()

@@ -664,9 +664,59 @@ func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
 	}
 	removeStaleSockets(h)
 	if h.ControlSocket != "" && !listening(h.ControlSocket) {
-		releaseLogRelay(filepath.Dir(h.ControlSocket))
+		b.stopLogRelay(filepath.Dir(h.ControlSocket))
 	}
 	return nil
+}
+
+// stopLogRelay ends the log relay of the VM whose runtime dir is dir: it
+// ends by itself at EOF once the VMM is gone; after a second it is killed.
+// The FIFO is removed.
+func (b *Backend) stopLogRelay(dir string) {
+	releaseLogRelay(dir)
+	fifo := LogFIFO(dir)
+	deadline := time.Now().Add(time.Second)
+	for {
+		pids := b.relayPIDs(fifo)
+		if len(pids) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, pid := range pids {
+				_ = unix.Kill(pid, unix.SIGKILL)
+			}
+			if time.Now().After(deadline.Add(time.Second)) {
+				b.log.Warn("log relay does not end", "fifo", fifo, "pids", pids)
+				return
+			}
+		}
+		time.Sleep(pollInterval)
+	}
+}
+
+// relayPIDs lists the live processes whose command line is exactly
+// `cat FIFO`.
+func (b *Backend) relayPIDs(fifo string) []int {
+	entries, _ := os.ReadDir(b.proc.root)
+	var out []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join(b.proc.root, e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
+		if len(args) != 2 || filepath.Base(args[0]) != "cat" || args[1] != fifo {
+			continue
+		}
+		if st, err := b.proc.stat(pid); err == nil && !st.gone() {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // LogFIFO is the named pipe Firecracker logs into (--log-path) for the VM
