@@ -59,10 +59,15 @@
 // What is proven here: the whole API call sequence (boot, snapshot,
 // restore, error paths) against fcfake, a fake Firecracker API server that
 // validates every request against the v1.16.1 spec; the process handling
-// (detached start, identity, re-attach, kill, FindProcesses) with the fake
-// running as a real detached process. What is not: a real firecracker
-// binary on hardware KVM (this machine has neither); the conformance suite
-// (vmmtest) runs wherever both exist and skips otherwise.
+// (detached start, identity, re-attach, kill, FindProcesses, the log
+// relay) with the fake running as a real detached process; and the vmmtest
+// conformance suite with that fake as the VMM and the guest agent library
+// as the guest (TestConformanceWithFake). What is not: a real firecracker
+// on hardware KVM (this machine has neither): TestConformance runs the
+// suite wherever both exist and skips otherwise. Assumed from Firecracker's
+// code and docs, not run: the guest finds its virtio-mmio devices through
+// ACPI, a guest power-off or reboot (reboot=k) ends the process, and PATCH
+// /drives re-points a drive of a loaded, paused snapshot.
 package firecracker
 
 import (
