@@ -844,3 +844,30 @@ func TestDialVsockRefusesBadAck(t *testing.T) {
 		t.Errorf("bad ack: %v", err)
 	}
 }
+
+// TestContractFailedTemplateStartLeavesDirEmpty: a template whose start
+// fails (here Firecracker refuses its tap) leaves its snapshot dir empty,
+// so that it can be retried.
+func TestContractFailedTemplateStartLeavesDirEmpty(t *testing.T) {
+	e := newEnv(t)
+	spec := e.spec("tplbad", "fcnotatap")
+	spec.SnapshotDir = filepath.Join(e.dir, "snapbad")
+	if err := os.Mkdir(spec.SnapshotDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(envCalls, filepath.Join(e.dir, "tplbad-calls.jsonl"))
+	if _, err := e.b.Start(context.Background(), spec); err == nil || !strings.Contains(err.Error(), "Open tap device failed") {
+		t.Fatalf("Start: %v", err)
+	}
+	if ents, _ := os.ReadDir(spec.SnapshotDir); len(ents) != 0 {
+		t.Errorf("snapshot dir not empty after a failed start: %v", ents)
+	}
+	spec.NICs[0].Tap = "fctap0"
+	h, err := e.b.Start(context.Background(), spec)
+	if err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	if err := e.b.Kill(context.Background(), h); err != nil {
+		t.Fatal(err)
+	}
+}

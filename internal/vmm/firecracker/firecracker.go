@@ -415,6 +415,9 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	}
 	bootID, err := b.proc.bootID()
 	if err != nil {
+		if spec.SnapshotDir != "" {
+			_ = os.Remove(templateFile(spec.SnapshotDir))
+		}
 		return vmm.Handle{}, fmt.Errorf("firecracker start %s: read boot id: %w", spec.ID, err)
 	}
 	h := vmm.Handle{
@@ -426,23 +429,28 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	}
 	for _, sock := range []string{h.ControlSocket, h.AgentSocket} {
 		if listening(sock) {
+			if spec.SnapshotDir != "" {
+				_ = os.Remove(templateFile(spec.SnapshotDir))
+			}
 			return vmm.Handle{}, fmt.Errorf("firecracker start %s: %s is in use by a running process: %w", spec.ID, sock, errdefs.ErrConflict)
 		}
 	}
 	// Firecracker refuses to bind over a stale socket file.
 	removeStaleSockets(h)
-	if hasSlots(spec) {
-		nics, err := fillSlotTaps(spec)
-		if err != nil {
-			return vmm.Handle{}, fmt.Errorf("firecracker start %s: %w", spec.ID, err)
-		}
-		spec.NICs = nics
-	}
-
 	fail := func(err error) (vmm.Handle, error) {
 		_ = deleteSlotTaps(spec.RuntimeDir)
 		releaseLogRelay(spec.RuntimeDir)
+		if spec.SnapshotDir != "" {
+			_ = os.Remove(templateFile(spec.SnapshotDir))
+		}
 		return vmm.Handle{}, fmt.Errorf("firecracker start %s: %w", spec.ID, err)
+	}
+	if hasSlots(spec) {
+		nics, err := fillSlotTaps(spec)
+		if err != nil {
+			return fail(err)
+		}
+		spec.NICs = nics
 	}
 	logf, err := os.OpenFile(spec.VMMLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
