@@ -47,9 +47,6 @@ func TestConformanceWithFake(t *testing.T) {
 		RootDisk: func(ctx context.Context, base, _, dir string) (vmm.Disk, error) {
 			return cp(ctx, base, filepath.Join(dir, "root.ext4"))
 		},
-		CloneRoot: func(ctx context.Context, tpl vmm.Disk, dir string) (vmm.Disk, error) {
-			return cp(ctx, tpl.Path, filepath.Join(dir, "clone.ext4"))
-		},
 		Ready:       vmmtest.PingAgent,
 		PowerOff:    vmmtest.PowerOffAgent,
 		BootTimeout: 20 * time.Second,

@@ -105,18 +105,17 @@ func (s *suite) snapshot(t *testing.T) {
 	}
 	before := FileDigests(t, dir, spec.Root.Path)
 
-	// cloneSpec describes a clone: its own root overlay over the
-	// template's, its own work image in the slot, its own MAC.
+	// cloneSpec describes a clone: its own root made from the template's
+	// (Env.RootDisk), its own work image in the slot, its own MAC.
 	n := 0
 	cloneSpec := func(t *testing.T) vmm.Spec {
 		n++
 		c := s.newSpec(t)
 		os.Remove(c.Root.Path)
-		root, err := s.env.CloneRoot(ctx, spec.Root, filepath.Dir(c.RuntimeDir))
-		if err != nil {
+		var err error
+		if c.Root, err = s.env.RootDisk(ctx, spec.Root.Path, spec.Root.Format, filepath.Dir(c.RuntimeDir)); err != nil {
 			t.Fatal(err)
 		}
-		c.Root = root
 		c.Disks = []vmm.Disk{{Path: sparseFile(t, filepath.Join(filepath.Dir(c.RuntimeDir), "work.img"), WorkSlotBytes), Format: disk.FormatRaw}}
 		c.NICs = []vmm.NIC{{MAC: fmt.Sprintf("02:ba:00:00:01:%02x", n)}}
 		c.Restore = &vmm.Snapshot{Dir: dir}

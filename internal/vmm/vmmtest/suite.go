@@ -41,9 +41,6 @@ type Env struct {
 	// RootDisk makes a VM's writable root over RootBase in dir. Default:
 	// a qcow2 overlay (disk.CreateOverlay).
 	RootDisk func(ctx context.Context, base, baseFormat, dir string) (vmm.Disk, error)
-	// CloneRoot makes a snapshot clone's writable root over the
-	// template's (frozen) root disk, in dir. Default: a qcow2 overlay.
-	CloneRoot func(ctx context.Context, templateRoot vmm.Disk, dir string) (vmm.Disk, error)
 	// Ready is called with a fresh DialAgent connection and returns once
 	// the guest answers on it (a ping for the real agent). nil: the suite
 	// only checks that the connection opens.
@@ -74,15 +71,6 @@ func (e Env) withDefaults() Env {
 		e.RootDisk = func(ctx context.Context, base, format, dir string) (vmm.Disk, error) {
 			p := filepath.Join(dir, "root.qcow2")
 			if err := disk.CreateOverlay(ctx, base, format, p, 0); err != nil {
-				return vmm.Disk{}, err
-			}
-			return vmm.Disk{Path: p, Format: disk.FormatQCOW2}, nil
-		}
-	}
-	if e.CloneRoot == nil {
-		e.CloneRoot = func(ctx context.Context, tpl vmm.Disk, dir string) (vmm.Disk, error) {
-			p := filepath.Join(dir, "clone.qcow2")
-			if err := disk.CreateOverlay(ctx, tpl.Path, disk.FormatQCOW2, p, 0); err != nil {
 				return vmm.Disk{}, err
 			}
 			return vmm.Disk{Path: p, Format: disk.FormatQCOW2}, nil
