@@ -34,18 +34,21 @@ import (
 	"github.com/banger-sh/banger/internal/vm"
 	"github.com/banger-sh/banger/internal/vmm"
 	"github.com/banger-sh/banger/internal/vmm/auto"
+	"github.com/banger-sh/banger/internal/vmm/firecracker"
 	"github.com/banger-sh/banger/internal/vmm/qemu"
 )
 
 // init prepares the daemon's services before the socket is served: the
 // hypervisor backend, the VM manager, the image registry, and reconcile.
 func (d *Daemon) init(ctx context.Context) error {
-	ch := auto.Choose(d.cfg.Backend, auto.Host{Root: "/", LookPath: system.LookPath})
+	ch := auto.Choose(d.cfg.Backend, auto.Host{Root: "/", LookPath: system.LookPath, FirecrackerVersion: firecracker.Version})
 	d.choice = ch
 	var backend vmm.Backend
 	switch ch.Backend {
 	case "qemu":
 		backend = qemu.New(qemu.WithLogger(d.log.With("component", "qemu")))
+	case "firecracker":
+		backend = firecracker.New(firecracker.WithLogger(d.log.With("component", "firecracker")))
 	default:
 		// No backend can run: the daemon still serves (images, doctor-like
 		// answers), and VM operations explain why they cannot.

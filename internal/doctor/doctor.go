@@ -22,6 +22,7 @@ import (
 	"github.com/banger-sh/banger/internal/store"
 	"github.com/banger-sh/banger/internal/system"
 	"github.com/banger-sh/banger/internal/vmm/auto"
+	"github.com/banger-sh/banger/internal/vmm/firecracker"
 	"github.com/banger-sh/banger/internal/vmm/qemu"
 )
 
@@ -51,6 +52,9 @@ type Report struct {
 	Backend string  `json:"backend"` // "" when none can run
 	Accel   string  `json:"accel"`
 	Why     string  `json:"backend_reason"`
+	// NotFirecracker says why the Firecracker backend is not used ("" when
+	// it is).
+	NotFirecracker string `json:"not_firecracker,omitempty"`
 }
 
 // Failed reports whether any check failed.
@@ -77,6 +81,9 @@ type Env struct {
 	// SubnetConflicts lists host routes overlapping the VM subnet (nil:
 	// not checked).
 	SubnetConflicts func(subnet netip.Prefix, bridge string) ([]string, error)
+	// FirecrackerVersion reads a firecracker binary's version (nil: the
+	// binary is only looked up).
+	FirecrackerVersion func(ctx context.Context, path string) (string, error)
 	// ForwardDrops lists the forward chains of other nftables tables than
 	// banger's (ownTable) that drop by policy (nil: not checked).
 	ForwardDrops func(ownTable string) ([]network.ForwardDrop, error)
@@ -87,7 +94,8 @@ func HostEnv(l paths.Layout, c config.Config, daemonPID func() int) Env {
 	return Env{
 		Root: "/", LookPath: lookPath, Layout: l, Config: c, DaemonPID: daemonPID,
 		FreeBytes: freeBytes, PortFree: udpPortFree, SubnetConflicts: network.SubnetConflicts,
-		ForwardDrops: func(own string) ([]network.ForwardDrop, error) { return network.ForwardDrops(0, own) },
+		FirecrackerVersion: firecracker.Version,
+		ForwardDrops:       func(own string) ([]network.ForwardDrop, error) { return network.ForwardDrops(0, own) },
 	}
 }
 
@@ -133,11 +141,6 @@ func Run(ctx context.Context, e Env) Report {
 	for _, c := range programChecks(e) {
 		add(c)
 	}
-	if p, err := e.LookPath("firecracker"); err == nil {
-		add(Check{Name: "firecracker", Status: Pass, Detail: p})
-	} else {
-		add(Check{Name: "firecracker", Status: Warn, Detail: "not installed: the QEMU backend is used instead", Fix: "install a firecracker release binary into PATH (needs hardware KVM)"})
-	}
 	if st, err := os.Stat(filepath.Join(e.Root, "dev", "net", "tun")); err == nil && st.Mode()&os.ModeCharDevice != 0 {
 		add(Check{Name: "tun", Status: Pass, Detail: "/dev/net/tun present"})
 	} else {
@@ -154,8 +157,8 @@ func Run(ctx context.Context, e Env) Report {
 	add(diskCheck("disk-state", e.Layout.State, e))
 	add(diskCheck("disk-cache", e.Layout.Cache, e))
 
-	ch := auto.Choose(e.Config.Backend, auto.Host{Root: e.Root, LookPath: e.LookPath})
-	r.Backend, r.Accel, r.Why = ch.Backend, ch.Accel, ch.Reason
+	ch := auto.Choose(e.Config.Backend, auto.Host{Root: e.Root, LookPath: e.LookPath, FirecrackerVersion: e.FirecrackerVersion})
+	r.Backend, r.Accel, r.Why, r.NotFirecracker = ch.Backend, ch.Accel, ch.Reason, ch.NotFirecracker
 	return r
 }
 
@@ -182,7 +185,13 @@ func programChecks(e Env) []Check {
 			c.Status, c.Detail = Pass, path
 		} else {
 			c.Status, c.Detail = Fail, "not installed: "+p.Need
-			if !p.In(system.ScopeRun, system.ScopeBuild) {
+			switch {
+			case p.Optional():
+				c.Status, c.Detail = Warn, "not installed (optional): "+p.Need
+				c.Fix = "not in Debian: install a release binary into PATH (see README, Backends)"
+				out = append(out, c)
+				continue
+			case !p.In(system.ScopeRun, system.ScopeBuild):
 				c.Status, c.Detail = Warn, "not installed: only building banger from source and its tests need it ("+p.Need+")"
 			}
 			c.Fix = "apt-get install " + p.Package
@@ -415,6 +424,9 @@ func Format(r Report) string {
 		fmt.Fprintf(&b, "FAIL  %-18s no backend can run: %s\n", "backend", r.Why)
 	} else {
 		fmt.Fprintf(&b, "=>    %-18s %s (%s): %s\n", "backend", r.Backend, r.Accel, r.Why)
+	}
+	if r.NotFirecracker != "" && r.Backend != "" && !strings.Contains(r.Why, r.NotFirecracker) {
+		fmt.Fprintf(&b, "      %-18s not firecracker: %s\n", "", r.NotFirecracker)
 	}
 	return b.String()
 }

@@ -270,3 +270,41 @@ func TestHostForwardDrop(t *testing.T) {
 		t.Fatalf("not root: %+v", c)
 	}
 }
+
+// TestDoctorSaysWhyNotFirecracker: on this project's kind of machine
+// (PVM-only KVM, no firecracker binary) doctor names the backend and why
+// Firecracker is not used, and the missing binary only WARNs (optional,
+// not in Debian).
+func TestDoctorSaysWhyNotFirecracker(t *testing.T) {
+	var tools []string
+	for _, tl := range allTools {
+		if tl != "firecracker" {
+			tools = append(tools, tl)
+		}
+	}
+	e, root := fakeHost(t, tools...)
+	touch(t, filepath.Join(root, "dev", "kvm"))
+	os.MkdirAll(filepath.Join(root, "sys", "module", "kvm_pvm"), 0o755)
+	r := Run(context.Background(), e)
+	c := find(r, "firecracker")
+	if c.Status != Warn || !strings.Contains(c.Detail, "optional") || strings.Contains(c.Fix, "apt-get") {
+		t.Errorf("firecracker check: %+v", c)
+	}
+	if r.Failed() || r.Backend != "qemu" || !strings.Contains(r.NotFirecracker, "PVM") {
+		t.Fatalf("%+v\n%s", r, Format(r))
+	}
+	out := Format(r)
+	if !strings.Contains(out, "backend") || !strings.Contains(out, "firecracker needs hardware KVM") {
+		t.Errorf("report does not say why not firecracker:\n%s", out)
+	}
+
+	// Forced qemu on a host where firecracker could run: still says so.
+	e2, root2 := fakeHost(t, append(tools, "firecracker")...)
+	touch(t, filepath.Join(root2, "dev", "kvm"))
+	os.MkdirAll(filepath.Join(root2, "sys", "module", "kvm_pvm"), 0o755)
+	e2.Config.Backend = "qemu"
+	r2 := Run(context.Background(), e2)
+	if out := Format(r2); !strings.Contains(out, "not firecracker: firecracker needs hardware KVM") {
+		t.Errorf("forced qemu report lacks the firecracker reason:\n%s", out)
+	}
+}

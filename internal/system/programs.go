@@ -22,6 +22,9 @@ const (
 	ScopeBuild Scope = "build" // building guest images
 	ScopeDev   Scope = "dev"   // only building banger from source and its tests
 	ScopeSelf  Scope = "self"  // banger's own binaries
+	// ScopeOpt: used when present, not in Debian: doctor reports it,
+	// setup-host does not install it, Missing and CheckInstalled skip it.
+	ScopeOpt Scope = "opt"
 )
 
 // Program is one external program banger runs, with the Debian package
@@ -63,13 +66,13 @@ func parseRegistry(txt string) ([]Program, error) {
 		}
 		for _, sc := range strings.Split(f[2], ",") {
 			switch Scope(sc) {
-			case ScopeRun, ScopeBuild, ScopeDev, ScopeSelf:
+			case ScopeRun, ScopeBuild, ScopeDev, ScopeSelf, ScopeOpt:
 				p.Scopes = append(p.Scopes, Scope(sc))
 			default:
 				return nil, fmt.Errorf("programs.txt:%d: %s: unknown scope %q", i+1, p.Name, sc)
 			}
 		}
-		if p.Package == "" && !p.Self() && p.Name != "go" {
+		if p.Package == "" && !p.Self() && !p.Optional() && p.Name != "go" {
 			return nil, fmt.Errorf("programs.txt:%d: %s has no Debian package", i+1, p.Name)
 		}
 		if seen[p.Name] {
@@ -95,6 +98,9 @@ func (p Program) File() bool { return strings.HasPrefix(p.Name, "/") }
 
 // Self reports whether p is one of banger's own binaries.
 func (p Program) Self() bool { return slices.Contains(p.Scopes, ScopeSelf) }
+
+// Optional reports whether p is used only when present (scope opt).
+func (p Program) Optional() bool { return slices.Contains(p.Scopes, ScopeOpt) }
 
 // In reports whether p is needed in any of scopes.
 func (p Program) In(scopes ...Scope) bool {
@@ -206,7 +212,8 @@ func resolve(name string) (string, error) {
 }
 
 // Missing returns the registered programs of the given scopes (all when
-// none are given; banger's own binaries never) that lookPath cannot find.
+// none are given; banger's own binaries and optional programs never) that
+// lookPath cannot find.
 // lookPath nil means this host's.
 func Missing(lookPath func(string) (string, error), scopes ...Scope) []Program {
 	if lookPath == nil {
@@ -215,7 +222,7 @@ func Missing(lookPath func(string) (string, error), scopes ...Scope) []Program {
 	var out []Program
 	for _, p := range Programs(scopes...) {
 		switch {
-		case p.Self():
+		case p.Self(), p.Optional():
 		case p.File():
 			if _, err := os.Stat(p.Name); err != nil {
 				out = append(out, p)
