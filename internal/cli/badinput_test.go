@@ -14,11 +14,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"github.com/vishvananda/netlink"
 
 	"github.com/banger-sh/banger/client"
 	"github.com/banger-sh/banger/internal/config"
 	"github.com/banger-sh/banger/internal/daemon"
+	"github.com/banger-sh/banger/internal/network"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/store"
 )
@@ -216,7 +216,7 @@ func cliState(t *testing.T, c *client.Client, l paths.Layout) string {
 			return nil
 		})
 	}
-	links, _ := netlink.LinkList()
+	links, _ := network.ListLinks()
 	cfg := config.Defaults()
 	for _, k := range links {
 		if n := k.Attrs().Name; strings.HasPrefix(n, cfg.Network.TapPrefix) || n == cfg.Network.Bridge {

@@ -13,9 +13,9 @@ import (
 
 	"github.com/banger-sh/banger/client"
 	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/network"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/store"
-	"github.com/vishvananda/netlink"
 )
 
 // hostileDaemon is an in-process daemon on a temporary BANGER_HOME for
@@ -97,7 +97,7 @@ func hostState(tb testing.TB, c *client.Client, l paths.Layout) string {
 	for _, f := range files {
 		fmt.Fprintf(&b, "file %s\n", f)
 	}
-	links, _ := netlink.LinkList()
+	links, _ := network.ListLinks()
 	cfg := config.Defaults()
 	for _, k := range links {
 		n := k.Attrs().Name

@@ -91,17 +91,27 @@ func (m *Manager) isTapName(name string) bool {
 	return err == nil
 }
 
+// ListLinks lists the host's links (of the current network namespace);
+// a dump that raced with a link change (another banger, a test making
+// taps) is retried.
+func ListLinks() ([]netlink.Link, error) {
+	links, err := netlink.LinkList()
+	for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
+		links, err = netlink.LinkList()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	return links, nil
+}
+
 // listTaps lists the links named like this manager's taps.
 func (m *Manager) listTaps() ([]string, error) {
 	var out []string
 	err := m.do(func() error {
-		links, err := netlink.LinkList()
-		// A dump that raced with a link change is retried.
-		for i := 0; i < 10 && errors.Is(err, netlink.ErrDumpInterrupted); i++ {
-			links, err = netlink.LinkList()
-		}
+		links, err := ListLinks()
 		if err != nil {
-			return fmt.Errorf("list links: %w", err)
+			return err
 		}
 		for _, l := range links {
 			if n := l.Attrs().Name; m.isTapName(n) {

@@ -18,8 +18,9 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
-	"github.com/vishvananda/netlink"
 	_ "modernc.org/sqlite"
+
+	"github.com/banger-sh/banger/internal/network"
 )
 
 // The leak checker. Every e2e test that calls env(t) gets one (guard): a
@@ -40,16 +41,16 @@ import (
 
 // world is one snapshot; every map is keyed by a leftover's description.
 type world struct {
-	links  map[string]bool     // tap name
-	chains map[string]bool     // "family table/chain"
-	rules  map[string]string   // "family table/chain rule …" → owning VM id
-	files  map[string]bool     // path relative to the home
-	procs  map[int]string      // pid → command line
+	links  map[string]bool      // tap name
+	chains map[string]bool      // "family table/chain"
+	rules  map[string]string    // "family table/chain rule …" → owning VM id
+	files  map[string]bool      // path relative to the home
+	procs  map[int]string       // pid → command line
 	vms    map[string][2]string // id → name, state
-	leases map[string]string   // vm id → "addr tap mac"
-	taps   map[string]string   // lease tap → vm id
-	runs   map[string]string   // id → state
-	images map[string]string   // id → name
+	leases map[string]string    // vm id → "addr tap mac"
+	taps   map[string]string    // lease tap → vm id
+	runs   map[string]string    // id → state
+	images map[string]string    // id → name
 }
 
 // cacheSkips are the subtrees of the home that are caches (their entries
@@ -76,9 +77,9 @@ func (h *harness) snapshot() (*world, error) {
 	w := &world{links: map[string]bool{}, chains: map[string]bool{}, rules: map[string]string{},
 		files: map[string]bool{}, procs: map[int]string{}, vms: map[string][2]string{},
 		leases: map[string]string{}, taps: map[string]string{}, runs: map[string]string{}, images: map[string]string{}}
-	links, err := netlink.LinkList()
+	links, err := network.ListLinks()
 	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
+		return nil, err
 	}
 	for _, l := range links {
 		if n := l.Attrs().Name; h.bridge != "" && strings.HasPrefix(n, h.bridge+"t") {

@@ -17,6 +17,7 @@ import (
 	"github.com/banger-sh/banger/api"
 	"github.com/banger-sh/banger/internal/crashpoint"
 	"github.com/banger-sh/banger/internal/image/imagetest"
+	"github.com/banger-sh/banger/internal/network"
 )
 
 // TestPowerCut plays a host reboot on a banger home of its own: every
@@ -155,7 +156,7 @@ func powerCut(t *testing.T, h *harness) {
 	if err := os.RemoveAll(filepath.Join(h.home, "run")); err != nil {
 		t.Fatal(err)
 	}
-	links, err := netlink.LinkList()
+	links, err := network.ListLinks()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/banger-sh/banger/internal/network"
 	"github.com/banger-sh/banger/internal/vmm"
 )
 
@@ -69,7 +70,7 @@ func fillSlotTaps(spec vmm.Spec) ([]vmm.NIC, error) {
 // deleteSlotTaps removes the placeholder taps of the VM whose runtime dir
 // is dir (none is not an error).
 func deleteSlotTaps(dir string) error {
-	links, err := netlink.LinkList()
+	links, err := network.ListLinks()
 	if err != nil {
 		return err
 	}
