@@ -352,7 +352,7 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 		delete(b.vms, ws)
 		del = append(del, d)
 		b.log("[%d vCPU] round %d: host build %s, create --workspace %s, exec true %s, first git status %s (guest %s), second %s, clean export %s, delete %s",
-			n, i+1, secs(hostBuild[i]), secs(createWS[i]), secs(execTrue[i]), secs(status1[i]), secs(guest), secs(status2[i]), secs(cleanExport[i]), secs(del[i]))
+			n, i+1, secs(hostBuild[i]), secs(createWS[i]), secs(execTrue[i]), secs(status1[i]), secs(status1Guest[i]), secs(status2[i]), secs(cleanExport[i]), secs(del[i]))
 	}
 	target := func(ok bool) string {
 		if ok {

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -109,6 +110,79 @@ func parseManifest(b []byte) (map[string]*manifestEntry, error) {
 		m[f[3]] = &manifestEntry{mode: uint32(mode), size: size, mtime: mt}
 	}
 	return m, nil
+}
+
+// WarmTree reads every directory and inode under dir (readdir and lstat,
+// with workers goroutines; no file contents but .git's index and pack
+// indexes), so that the first git status, and the export's walk, find them
+// in the guest's caches: on a freshly mounted work disk, git's "refresh
+// index" pass costs 30x more the first time (each inode-table block a
+// separate disk read under emulation; measured 0.29 s vs 0.011 s on 306
+// files), while the index's stat data already matches (core.checkStat=minimal:
+// size and mtime second, which mkfs.ext4 -d keeps). Parallel lstats keep
+// several reads in flight. The agent runs it in the background after
+// mounting a work disk.
+func WarmTree(dir string, workers int) {
+	for _, p := range []string{".git/index", ".git/objects/pack"} {
+		fp := filepath.Join(dir, p)
+		if fi, err := os.Stat(fp); err == nil && fi.IsDir() {
+			if ents, err := os.ReadDir(fp); err == nil {
+				for _, e := range ents {
+					if strings.HasSuffix(e.Name(), ".idx") {
+						readAll(filepath.Join(fp, e.Name()))
+					}
+				}
+			}
+		} else if err == nil {
+			readAll(fp)
+		}
+	}
+	dirs := make(chan string, 1<<16)
+	var pending sync.WaitGroup
+	pending.Add(1)
+	dirs <- dir
+	for range max(workers, 1) {
+		go func() {
+			for d := range dirs {
+				ents, _ := os.ReadDir(d)
+				for _, e := range ents {
+					if e.IsDir() {
+						pending.Add(1)
+						select {
+						case dirs <- filepath.Join(d, e.Name()):
+						default:
+							pending.Done() // queue full: a huge tree is warm enough
+						}
+						continue
+					}
+					e.Info() // lstat: the inode
+				}
+				pending.Done()
+			}
+		}()
+	}
+	pending.Wait()
+	close(dirs)
+}
+
+// warmWorkspace warms a freshly mounted work disk (WarmTree) and git's own
+// program file (the first git of a boot pages it in from the root disk:
+// ~0.15 s of a first git status on 306 files, after WarmTree).
+func warmWorkspace(dir string) {
+	for _, p := range []string{"/usr/bin/git", "/usr/local/bin/git"} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			readAll(p)
+			break
+		}
+	}
+	WarmTree(dir, 8)
+}
+
+func readAll(p string) {
+	if f, err := os.Open(p); err == nil {
+		io.Copy(io.Discard, f)
+		f.Close()
+	}
 }
 
 // errGiveUp ends a walk after an X record.

@@ -132,3 +132,20 @@ func TestParseScanHostile(t *testing.T) {
 		t.Errorf("give up: %q %v", g, err)
 	}
 }
+
+// WarmTree walks a tree (and returns: the workers end).
+func TestWarmTree(t *testing.T) {
+	dir := t.TempDir()
+	for i := range 50 {
+		wsFile(t, dir, fmt.Sprintf("d%d/e%d/f", i%7, i), "x", 0o644, time.Now())
+	}
+	wsFile(t, dir, ".git/index", "idx", 0o644, time.Now())
+	done := make(chan struct{})
+	go func() { WarmTree(dir, 4); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("WarmTree did not return")
+	}
+	WarmTree(filepath.Join(dir, "missing"), 2)
+}
