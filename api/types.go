@@ -185,11 +185,18 @@ type ForwardRequest struct {
 // open file descriptor (POST /v1/uploads): the daemon never opens a path a
 // client names.
 type WorkspaceSpec struct {
-	Upload string `json:"upload"`         // token of the uploaded work disk
-	Disk   string `json:"-"`              // the daemon's own copy (set by the daemon)
-	Path   string `json:"path,omitempty"` // mount point in the guest, default /root/repo
-	Repo   string `json:"repo,omitempty"` // host work tree
-	Base   Base   `json:"base"`
+	Upload string `json:"upload"` // token of the uploaded work disk
+	Disk   string `json:"-"`      // the daemon's own copy (set by the daemon)
+	// Pack is the token of the uploaded pack of the shipped .git (the
+	// base's objects): with it the daemon builds exports with host git
+	// from the files the guest reports changed; without it (older
+	// clients, repositories with submodules) export runs git in the guest.
+	Pack         string `json:"pack,omitempty"`
+	PackFile     string `json:"-"`                       // the daemon's copy (set by the daemon)
+	ObjectFormat string `json:"object_format,omitempty"` // sha1 (default) or sha256
+	Path         string `json:"path,omitempty"`          // mount point in the guest, default /root/repo
+	Repo         string `json:"repo,omitempty"`          // host work tree
+	Base         Base   `json:"base"`
 }
 
 // Base is what a workspace was shipped from: the host's HEAD commit, the
@@ -203,11 +210,15 @@ type Base struct {
 
 // WorkspaceInfo describes a VM's workspace in vm show.
 type WorkspaceInfo struct {
-	Path     string `json:"path"`
-	Repo     string `json:"repo,omitempty"`
-	Base     Base   `json:"base"`
-	Disk     bool   `json:"disk"`               // on its own work disk (else unpacked into the root disk)
-	Exported string `json:"exported,omitempty"` // sha256 of the last exported patch
+	Path string `json:"path"`
+	Repo string `json:"repo,omitempty"`
+	Base Base   `json:"base"`
+	Disk bool   `json:"disk"` // on its own work disk (else unpacked into the root disk)
+	// HostExport: the daemon holds the base's objects and exports with
+	// host git from the files the guest's agent reports changed.
+	HostExport   bool   `json:"host_export,omitempty"`
+	ObjectFormat string `json:"object_format,omitempty"`
+	Exported     string `json:"exported,omitempty"` // sha256 of the last exported patch
 }
 
 // ExportedRequest is the body of POST /v1/vms/{name}/workspace/exported:

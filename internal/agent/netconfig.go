@@ -225,6 +225,7 @@ func (LinuxMachine) MountAll(ms []Mount) error {
 		if err := unix.Mount(mt.Device, mt.Path, fstype, unix.MS_NOATIME, mt.Options); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", mt.Device, mt.Path, err)
 		}
+		go warmWorkspace(mt.Path)
 	}
 	return nil
 }

@@ -95,6 +95,8 @@ const (
 	opPutTar    = "put-tar"
 	opGetTar    = "get-tar"
 	opShutdown  = "shutdown"
+	opWsScan    = "ws-scan"
+	opGetFiles  = "get-files"
 )
 
 // Standard file descriptors of an exec, used by attach.
@@ -186,7 +188,9 @@ type request struct {
 	Config *GuestConfig `json:"config,omitempty"`
 	Exec   *execStart   `json:"exec,omitempty"`
 	Attach *attach      `json:"attach,omitempty"`
-	Path   string       `json:"path,omitempty"` // put-tar: dir; get-tar: path
+	Path   string       `json:"path,omitempty"`  // put-tar: dir; get-tar: path; ws-scan, get-files: workspace
+	Paths  []string     `json:"paths,omitempty"` // get-files: relative to Path
+	Limit  int          `json:"limit,omitempty"` // ws-scan: most change records
 }
 
 type execStart struct {

@@ -125,6 +125,10 @@ func (s *session) handle(ctx context.Context, st *yamux.Stream) {
 		s.putTar(st, req.Path)
 	case opGetTar:
 		s.getTar(st, req.Path)
+	case opWsScan:
+		s.wsScan(st, req.Path, req.Limit)
+	case opGetFiles:
+		s.getFiles(st, req.Path, req.Paths)
 	case opShutdown:
 		s.shutdown(ctx, st)
 	default:

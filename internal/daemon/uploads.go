@@ -258,5 +258,12 @@ func (d *Daemon) resolveWorkspace(ctx context.Context, ws *api.WorkspaceSpec) er
 		return err
 	}
 	ws.Disk = path
+	if ws.Pack != "" { // the base's objects (HostExport); optional
+		if ws.PackFile, err = d.uploads.take(ws.Pack, p.uid); err != nil {
+			os.Remove(path)
+			ws.Disk = ""
+			return err
+		}
+	}
 	return nil
 }

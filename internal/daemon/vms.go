@@ -290,6 +290,9 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		}
 		if req.Workspace != nil {
 			defer os.Remove(req.Workspace.Disk) // the VM took it, or nobody will
+			if req.Workspace.PackFile != "" {
+				defer os.Remove(req.Workspace.PackFile)
+			}
 		}
 		st := newEventStream(w)
 		v, err := d.vms.Create(r.Context(), req, st.Progress)

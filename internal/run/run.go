@@ -140,13 +140,13 @@ type Live struct {
 func (m *Manager) Start(req api.RunRequest, sink Sink) (*Live, error) {
 	if len(req.Exec.Argv) == 0 {
 		if req.VM.Workspace != nil {
-			os.Remove(req.VM.Workspace.Disk)
+			removeWorkUploads(req.VM.Workspace)
 		}
 		return nil, errdefs.InvalidArgument("run: no command given")
 	}
 	if req.TimeoutSeconds < 0 || time.Duration(req.TimeoutSeconds)*time.Second > maxTimeout {
 		if req.VM.Workspace != nil {
-			os.Remove(req.VM.Workspace.Disk)
+			removeWorkUploads(req.VM.Workspace)
 		}
 		return nil, errdefs.InvalidArgument(fmt.Sprintf("run: timeout %d s: want 0 (none) to %d", req.TimeoutSeconds, int(maxTimeout.Seconds())))
 	}
@@ -154,7 +154,7 @@ func (m *Manager) Start(req api.RunRequest, sink Sink) (*Live, error) {
 	if m.closed {
 		m.mu.Unlock()
 		if req.VM.Workspace != nil {
-			os.Remove(req.VM.Workspace.Disk)
+			removeWorkUploads(req.VM.Workspace)
 		}
 		return nil, errdefs.Unavailable("bangerd is stopping")
 	}
@@ -186,7 +186,7 @@ func (m *Manager) Start(req api.RunRequest, sink Sink) (*Live, error) {
 		m.forget(l)
 		m.wg.Done()
 		if req.VM.Workspace != nil {
-			os.Remove(req.VM.Workspace.Disk)
+			removeWorkUploads(req.VM.Workspace)
 		}
 		return nil, err
 	}
@@ -392,7 +392,7 @@ func (l *Live) run() {
 		l.emit(func(s Sink) error { return s.Event(api.Event{Progress: &p}) })
 	})
 	if req.Workspace != nil {
-		os.Remove(req.Workspace.Disk) // the VM took it, or nobody will
+		removeWorkUploads(req.Workspace) // the VM took it, or nobody will
 	}
 	l.phase("create", t0)
 	l.mu.Lock()
@@ -911,4 +911,18 @@ func newID() string {
 	b := make([]byte, 6)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// removeWorkUploads removes the daemon's copies of a workspace's uploads
+// (work disk, pack) that a VM did not take.
+func removeWorkUploads(ws *api.WorkspaceSpec) {
+	if ws == nil {
+		return
+	}
+	if ws.Disk != "" {
+		os.Remove(ws.Disk)
+	}
+	if ws.PackFile != "" {
+		os.Remove(ws.PackFile)
+	}
 }

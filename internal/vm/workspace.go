@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -59,8 +60,23 @@ func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.Workspac
 		}
 		os.Remove(ws.Disk)
 	}
-	return &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}, nil
+	info := &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}
+	if ws.PackFile != "" {
+		// The base's objects, for exports built with host git. A pack that
+		// does not index is the client's fault: say so, boot nothing.
+		err := workspace.ShadowInit(ctx, m.shadowDir(id), ws.PackFile, ws.ObjectFormat, ws.Base.Commit)
+		os.Remove(ws.PackFile)
+		if err != nil {
+			os.RemoveAll(m.shadowDir(id))
+			return nil, errdefs.InvalidArgument(fmt.Sprintf("workspace pack: %v", err))
+		}
+		info.HostExport, info.ObjectFormat = true, ws.ObjectFormat
+	}
+	return info, nil
 }
+
+// shadowDir is the bare repository holding a VM's workspace base objects.
+func (m *Manager) shadowDir(id string) string { return filepath.Join(m.layout.VMDir(id), "shadow.git") }
 
 // workDisks are the extra disks and guest mounts of a VM's workspace.
 func (m *Manager) workDisks(r *record) ([]vmm.Disk, []agent.Mount) {
@@ -145,7 +161,31 @@ func (m *Manager) ExportPatch(ctx context.Context, name string, w io.Writer) err
 	return err
 }
 
-// exportTo runs the export command and returns the patch's sha256.
+// exportGuest is the guest side of a host export: the agent, bound to the
+// workspace directory.
+type exportGuest struct {
+	c   *agent.Client
+	dir string
+}
+
+func (g exportGuest) Scan(ctx context.Context, limit int) ([]agent.ScanRecord, string, error) {
+	return g.c.ScanWorkspace(ctx, g.dir, limit)
+}
+
+func (g exportGuest) Fetch(ctx context.Context, paths []string, w io.Writer, limit int64) error {
+	return g.c.FetchFiles(ctx, g.dir, paths, w, limit)
+}
+
+// exportTo exports the workspace and returns the patch's sha256.
+//
+// A workspace shipped with its pack (WorkspaceInfo.HostExport) is exported
+// by host git from the files the agent reports changed (HostExport: one
+// walk in the guest, no git there). The guest's git (ExportCommand) is the
+// fallback only: for VMs whose workspace came without a pack (prepared by
+// an older client or daemon, unpacked by 'workspace prepare', a repository
+// with submodules) and where HostExport cannot promise the same bytes
+// (ErrFallback: conversion attributes, nested repositories, too many
+// changes).
 func (m *Manager) exportTo(ctx context.Context, r *record, w io.Writer) (string, error) {
 	if r, _ = m.get(ctx, r.row.ID); r == nil {
 		return "", errdefs.NotFound("vm gone")
@@ -156,6 +196,24 @@ func (m *Manager) exportTo(ctx context.Context, r *record, w io.Writer) (string,
 	}
 	h := sha256.New()
 	out := &capWriter{w: io.MultiWriter(w, h), n: workspace.DefaultPatchLimit}
+	if ws := r.spec.Workspace; ws.HostExport {
+		t0 := time.Now()
+		err := workspace.HostExport(ctx, exportGuest{c, ws.Path}, workspace.HostExportOptions{
+			GitDir: m.shadowDir(r.row.ID), Base: ws.Base.Commit, ObjectFormat: ws.ObjectFormat, TmpDir: m.layout.VMDir(r.row.ID),
+		}, out)
+		if err == nil {
+			m.log.Debug("host export", "vm", r.row.Name, "took", time.Since(t0))
+			return hex.EncodeToString(h.Sum(nil)), nil
+		}
+		if out.over {
+			return "", errdefs.InvalidArgument(fmt.Sprintf("vm %s: export: the patch is larger than %d bytes", r.row.Name, int64(workspace.DefaultPatchLimit)))
+		}
+		if !errors.Is(err, workspace.ErrFallback) {
+			return "", fmt.Errorf("vm %s: export: %w", r.row.Name, err)
+		}
+		// Nothing was written (HostExport writes the patch last, whole).
+		m.log.Info("host export not possible: git in the guest", "vm", r.row.Name, "why", err)
+	}
 	var errb strings.Builder
 	p, err := c.Exec(ctx, agent.ExecRequest{Argv: workspace.ExportCommand(r.spec.Workspace.Path), Stdout: out, Stderr: &limited{w: &errb, n: 8 << 10}})
 	if err != nil {

@@ -28,6 +28,10 @@ type DiskOptions struct {
 	// KeepStaging leaves the staged tree (files + .git) in place and
 	// reports it in DiskInfo.Staging; the caller removes it (tests).
 	KeepStaging bool
+	// Pack, when set, receives a copy of the shipped .git's pack (the
+	// base's objects): the daemon indexes it to build exports with host git
+	// (HostExport).
+	Pack string
 }
 
 // DiskInfo describes a built work disk.
@@ -78,6 +82,18 @@ func BuildDisk(ctx context.Context, repo string, set *FileSet, o DiskOptions) (*
 			s.close()
 		}
 	}()
+	if o.Pack != "" {
+		src, err := s.shippedPack()
+		if err != nil {
+			return nil, err
+		}
+		os.Remove(o.Pack)
+		if err := os.Link(src, o.Pack); err != nil {
+			if err := copyFile(src, o.Pack); err != nil {
+				return nil, fmt.Errorf("workspace: copy the pack: %w", err)
+			}
+		}
+	}
 	t0 := time.Now()
 	used, inodes, err := treeUsage(s.tree)
 	if err != nil {

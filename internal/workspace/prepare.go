@@ -171,6 +171,9 @@ func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string) (_ *
 	if err := s.buildGit(ctx, h, set); err != nil {
 		return nil, err
 	}
+	if err := s.writeManifest(set); err != nil {
+		return nil, err
+	}
 	s.tGit = time.Since(t0)
 	return s, nil
 }

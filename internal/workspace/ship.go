@@ -45,7 +45,9 @@ func Ship(ctx context.Context, repo string, o ShipOptions, upload func(*os.File)
 	if set.TotalSize*3/2+(64<<20) <= api.WorkSlotBytes {
 		size = api.WorkSlotBytes
 	}
-	info, err := BuildDisk(ctx, set.Root, set, DiskOptions{Dest: f.Name(), Size: size})
+	pack := f.Name() + ".pack"
+	defer os.Remove(pack)
+	info, err := BuildDisk(ctx, set.Root, set, DiskOptions{Dest: f.Name(), Size: size, Pack: pack})
 	if err != nil {
 		return nil, set.Submodules, err
 	}
@@ -58,7 +60,19 @@ func Ship(ctx context.Context, repo string, o ShipOptions, upload func(*os.File)
 	if err != nil {
 		return nil, set.Submodules, fmt.Errorf("hand the work disk to bangerd: %w", err)
 	}
-	return &api.WorkspaceSpec{Upload: tok, Path: o.Path, Repo: set.Root,
+	// The base's objects, so that the daemon builds exports with its own
+	// git (HostExport). Without them the export runs git in the guest.
+	var packTok string
+	if len(set.Submodules) == 0 {
+		if pf, err := os.Open(pack); err == nil {
+			packTok, err = upload(pf)
+			pf.Close()
+			if err != nil {
+				return nil, set.Submodules, fmt.Errorf("hand the workspace objects to bangerd: %w", err)
+			}
+		}
+	}
+	return &api.WorkspaceSpec{Upload: tok, Pack: packTok, ObjectFormat: info.ObjectFormat, Path: o.Path, Repo: set.Root,
 		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, set.Submodules, nil
 }
 

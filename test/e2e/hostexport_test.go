@@ -1,0 +1,70 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/banger-sh/banger/internal/workspace"
+)
+
+// guestScriptExport runs the old export (git in the guest, ExportCommand)
+// and returns its patch.
+func guestScriptExport(t *testing.T, h *harness, vm string) string {
+	t.Helper()
+	r, code := h.run(t, nil, append([]string{"vm", "exec", vm, "--"}, workspace.ExportCommand("/root/repo")...)...)
+	if code != 0 {
+		t.Fatalf("guest export script: exit %d %s", code, r.stderr)
+	}
+	return r.stdout
+}
+
+// The daemon exports with host git from the files the agent reports
+// changed (issue 12 item 3); its patch has the bytes of git in the guest,
+// for every kind of edit, and an unchanged workspace exports nothing. A
+// conversion attribute makes it fall back to git in the guest, with the
+// same result.
+func TestWorkspaceHostExport(t *testing.T) {
+	h := env(t)
+	repo := fixtureRepo(t)
+	h.must(t, "vm", "create", "hx", "--workspace", repo, "--include-untracked")
+	defer h.run(t, nil, "vm", "delete", "--force", "hx")
+	if v := vmInfo(t, h, "hx"); v.Workspace == nil || !v.Workspace.HostExport {
+		t.Fatalf("workspace %+v: no host export", v.Workspace)
+	}
+	if out := h.must(t, "workspace", "export", "hx"); strings.TrimSpace(out) != "" {
+		t.Fatalf("unchanged workspace exported:\n%s", out)
+	}
+	if r, code := h.run(t, nil, "vm", "exec", "hx", "--", "sh", "-c", guestEdits+`
+echo ignored > new.log; mkdir -p nested-ignored && echo '*' > nested-ignored/.gitignore && echo x > nested-ignored/f
+printf '*.o\n' > .gitignore; echo obj > x.o; echo kept > kept.txt`); code != 0 {
+		t.Fatalf("guest edits: exit %d %s", code, r.stderr)
+	}
+	patch := filepath.Join(t.TempDir(), "hx.patch")
+	h.must(t, "workspace", "export", "hx", "--out", patch)
+	got, _ := os.ReadFile(patch)
+	want := guestScriptExport(t, h, "hx")
+	if string(got) != want {
+		t.Fatalf("host export differs from git in the guest:\n--- host\n%s\n--- guest\n%s", got, want)
+	}
+	for _, s := range []string{"kept.txt", "sub/deep.txt", "rename to dir with space/renamed.txt"} {
+		if !strings.Contains(want, s) {
+			t.Errorf("the patch lacks %q", s)
+		}
+	}
+	if log := h.daemonLogTail(); strings.Contains(log, "host export not possible") {
+		t.Fatalf("the export fell back to git in the guest:%s", log)
+	}
+
+	// A conversion attribute: git in the guest, the same bytes as ever.
+	h.must(t, "vm", "exec", "hx", "--", "sh", "-c", `cd /root/repo && printf '*.txt text eol=crlf\n' > .gitattributes && echo more >> kept.txt`)
+	h.must(t, "workspace", "export", "hx", "--out", patch)
+	got, _ = os.ReadFile(patch)
+	if want := guestScriptExport(t, h, "hx"); string(got) != want {
+		t.Fatalf("fallback export differs from git in the guest:\n--- host\n%s\n--- guest\n%s", got, want)
+	}
+	if log := h.daemonLogTail(); !strings.Contains(log, "host export not possible") {
+		t.Errorf("no fallback logged:%s", log)
+	}
+}
