@@ -236,6 +236,11 @@ func (u unavailableBackend) err() error {
 	return errdefs.Unavailable("no hypervisor backend can run here: " + u.why)
 }
 func (u unavailableBackend) Name() string { return "none" }
+
+// RootFormats: nothing can start, so no format is accepted.
+func (u unavailableBackend) RootFormats() []string              { return nil }
+func (u unavailableBackend) FindProcesses(string) []vmm.Process { return nil }
+func (u unavailableBackend) ExitReason([]byte) string           { return "" }
 func (u unavailableBackend) Available(context.Context) vmm.Availability {
 	return vmm.Availability{Reason: u.why}
 }
