@@ -322,7 +322,7 @@ func (b *bench) spec(dir, rt string) vmm.Spec {
 	return vmm.Spec{
 		ID: "bw" + filepath.Base(dir), VCPUs: vcpus, MemoryMiB: memMiB,
 		Kernel: b.src.Kernel, Initrd: b.src.Initrd,
-		Root:       vmm.Disk{Path: filepath.Join(dir, "root.qcow2"), Format: "qcow2"},
+		// Root: the template's CloneRoot (its strategy names the file).
 		Disks:      []vmm.Disk{{Path: filepath.Join(dir, "work.img"), Format: "raw"}},
 		NICs:       []vmm.NIC{{MAC: "02:ba:00:00:01:02"}},
 		RuntimeDir: rt, ConsoleLog: filepath.Join(dir, "console.log"), VMMLog: filepath.Join(dir, "vmm.log"),
@@ -356,7 +356,7 @@ func (b *bench) floor(ctx context.Context) (time.Duration, vmm.Handle, error) {
 	}
 	spec := b.spec(dir, rt)
 	spec.Restore = b.tpl.Snapshot()
-	if err := b.tpl.CloneRoot(ctx, spec.Root.Path); err != nil {
+	if spec.Root, err = b.tpl.CloneRoot(ctx, filepath.Join(dir, "root")); err != nil {
 		return 0, vmm.Handle{}, err
 	}
 	if err := sparse(spec.Disks[0].Path, workBytes); err != nil {
@@ -385,7 +385,7 @@ func (b *bench) warm(ctx context.Context) (time.Duration, vmm.Handle, *agent.Cli
 	t0 := time.Now()
 	spec := b.spec(dir, rt)
 	spec.Restore = b.tpl.Snapshot()
-	if err := b.tpl.CloneRoot(ctx, spec.Root.Path); err != nil {
+	if spec.Root, err = b.tpl.CloneRoot(ctx, filepath.Join(dir, "root")); err != nil {
 		return 0, vmm.Handle{}, nil, err
 	}
 	if err := sparse(spec.Disks[0].Path, workBytes); err != nil {
