@@ -105,15 +105,15 @@ func (s *suite) snapshot(t *testing.T) {
 	}
 	before := FileDigests(t, dir, spec.Root.Path)
 
-	// cloneSpec describes a clone: its own root overlay over the
-	// template's, its own work image in the slot, its own MAC.
+	// cloneSpec describes a clone: its own root made from the template's
+	// (Env.RootDisk), its own work image in the slot, its own MAC.
 	n := 0
 	cloneSpec := func(t *testing.T) vmm.Spec {
 		n++
 		c := s.newSpec(t)
 		os.Remove(c.Root.Path)
-		c.Root = vmm.Disk{Path: filepath.Join(filepath.Dir(c.RuntimeDir), "clone.qcow2"), Format: disk.FormatQCOW2}
-		if err := disk.CreateOverlay(ctx, spec.Root.Path, disk.FormatQCOW2, c.Root.Path, 0); err != nil {
+		var err error
+		if c.Root, err = s.env.RootDisk(ctx, spec.Root.Path, spec.Root.Format, filepath.Dir(c.RuntimeDir)); err != nil {
 			t.Fatal(err)
 		}
 		c.Disks = []vmm.Disk{{Path: sparseFile(t, filepath.Join(filepath.Dir(c.RuntimeDir), "work.img"), WorkSlotBytes), Format: disk.FormatRaw}}
