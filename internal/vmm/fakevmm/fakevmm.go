@@ -86,6 +86,7 @@ type machine struct {
 	spec  vmm.Spec
 	h     vmm.Handle
 	ln    net.Listener
+	sock  os.FileInfo // the socket file, to remove only it
 	once  sync.Once
 	done  chan struct{} // closed when torn down
 	guest *guestMachine
@@ -167,6 +168,14 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	if err != nil {
 		return vmm.Handle{}, err
 	}
+	// The socket is removed by teardown, and only while it is still this
+	// VM's: a later VM of the same id may have its own there by then.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	sockInfo, err := os.Stat(sock)
+	if err != nil {
+		ln.Close()
+		return vmm.Handle{}, err
+	}
 	pid, err := system.StartDetached(system.Detached{Argv: []string{"sleep", "infinity"}, Dir: spec.RuntimeDir, Stdout: logf, Stderr: logf})
 	if err != nil {
 		ln.Close()
@@ -182,7 +191,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 		return vmm.Handle{}, err
 	}
 	m := &machine{
-		spec: spec, ln: ln, done: make(chan struct{}),
+		spec: spec, ln: ln, sock: sockInfo, done: make(chan struct{}),
 		h:     vmm.Handle{Backend: Name, PID: pid, StartTime: st, BootID: boot, ControlSocket: sock, AgentSocket: sock, Accel: "none"},
 		guest: &guestMachine{b: b, id: spec.ID},
 	}
@@ -290,7 +299,10 @@ func (b *Backend) teardown(m *machine) {
 	m.once.Do(func() {
 		close(m.done)
 		m.ln.Close()
-		os.Remove(filepath.Join(m.spec.RuntimeDir, agentSock))
+		p := filepath.Join(m.spec.RuntimeDir, agentSock)
+		if st, err := os.Stat(p); err == nil && os.SameFile(st, m.sock) {
+			os.Remove(p)
+		}
 		b.mu.Lock()
 		if b.vms[m.h.PID] == m {
 			delete(b.vms, m.h.PID)
