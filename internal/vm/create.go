@@ -341,6 +341,7 @@ func (m *Manager) growRoot(r *record, man *image.Manifest) {
 // waitReady waits until the guest's agent answers, then applies the
 // per-VM configuration.
 func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetConfig, mounts []agent.Mount) error {
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, m.opts.ReadyTimeout)
 	defer cancel()
 	var last error
@@ -361,6 +362,9 @@ func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetCon
 		m.dropAgent(r.row.ID)
 		select {
 		case <-ctx.Done():
+			if parent.Err() != nil { // the request ended, not the ready timeout
+				return fmt.Errorf("vm %s: waiting for the agent: %w", r.row.Name, parent.Err())
+			}
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return errdefs.Unavailable(fmt.Sprintf("vm %s: agent not ready after %s (%v); console: %s", r.row.Name, m.opts.ReadyTimeout, last, consoleTail(m.layout.VMConsoleLog(r.row.ID))))
 			}

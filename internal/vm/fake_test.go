@@ -496,7 +496,7 @@ func TestFakeCreateUndo(t *testing.T) {
 		}, errHas: "injected configure failure"},
 		{name: "request cancelled", setup: func(e *env) {
 			e.b.Silent = func(string) bool { return true }
-		}, ctx: 300 * time.Millisecond, errHas: "agent not ready"},
+		}, ctx: 300 * time.Millisecond, errHas: "waiting for the agent: context deadline exceeded"},
 		{name: "vmm dies during boot", setup: func(e *env) {
 			e.b.Silent = func(string) bool { return true }
 			go func() {
