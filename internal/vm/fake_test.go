@@ -655,3 +655,24 @@ func TestFakeRootFormatRefused(t *testing.T) {
 		t.Errorf("processes: %+v", e.procs())
 	}
 }
+
+// noFormats is a backend that takes no root-disk format (the daemon's
+// stand-in when no hypervisor can run).
+type noFormats struct{ *fakevmm.Backend }
+
+func (noFormats) RootFormats() []string { return nil }
+func (noFormats) Available(context.Context) vmm.Availability {
+	return vmm.Availability{Reason: "no hypervisor here"}
+}
+
+func TestFakeNoDiskStrategy(t *testing.T) {
+	e := newEnv(t)
+	e.close()
+	e.opts.Backend = noFormats{e.b}
+	e.m = New(e.opts)
+	_, err := e.create("a", cold)
+	if !errors.Is(err, errdefs.ErrUnavailable) || !strings.Contains(err.Error(), "no hypervisor here") {
+		t.Fatalf("create without a disk strategy: %v", err)
+	}
+	e.assertOnly()
+}

@@ -173,6 +173,10 @@ func (m *Manager) rootDisk(id string) vmm.Disk {
 // makeRoot creates the VM's root disk from base with m.disk.
 func (m *Manager) makeRoot(ctx context.Context, id string, base disk.Image, sizeBytes int64) (vmm.Disk, error) {
 	if m.disk == nil {
+		if av := m.backend.Available(ctx); !av.OK {
+			// No backend (it takes no disk format): its reason is the one.
+			return vmm.Disk{}, errdefs.Unavailable(fmt.Sprintf("no hypervisor backend can run here (%s): %s", m.backend.Name(), av.Reason))
+		}
 		return vmm.Disk{}, m.diskErr
 	}
 	img, err := disk.Make(ctx, m.disk, base, m.layout.VMRootStem(id), sizeBytes)
