@@ -6,7 +6,9 @@
 //
 // The guest comes from Env. BusyboxGuest builds a small one from Debian's
 // cloud kernel package and busybox, for use until (and alongside) the real
-// image + agent.
+// image + agent. The suite asks nothing of the guest beyond Env.Ready and
+// Env.PowerOff, so it also runs, whole, against internal/vmm/fakevmm
+// (no kernel boots; the agent protocol is answered in-process).
 package vmmtest
 
 import (
