@@ -92,6 +92,7 @@ type bench struct {
 	l    paths.Layout
 	src  template.Source
 	tpl  *template.Template
+	disk disk.Strategy // cold VMs' roots, as the VM manager makes them
 
 	mu  sync.Mutex
 	vms []vmm.Handle
@@ -188,6 +189,9 @@ func (b *bench) run() error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "image %s (%s), agent %s, %s\n", man.Name, man.ShortDigest(), how, sh.VMM)
+	if b.disk, err = disk.Choose(b.b.RootFormats(), b.home, disk.RealHost()); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	if b.tpl, err = store.Build(ctx, sh, b.src); err != nil {
 		return err
@@ -470,9 +474,11 @@ func (b *bench) cold(ctx context.Context) (time.Duration, vmm.Handle, *agent.Cli
 	}
 	t0 := time.Now()
 	spec := b.spec(dir, rt)
-	if err := disk.CreateOverlay(ctx, b.src.RootBase, "raw", spec.Root.Path, 0); err != nil {
+	root, err := disk.Make(ctx, b.disk, disk.Image{Path: b.src.RootBase, Format: disk.FormatRaw}, filepath.Join(dir, "root"), 0)
+	if err != nil {
 		return 0, vmm.Handle{}, nil, err
 	}
+	spec.Root = vmm.Disk{Path: root.Path, Format: root.Format}
 	if err := sparse(spec.Disks[0].Path, workBytes); err != nil {
 		return 0, vmm.Handle{}, nil, err
 	}
