@@ -70,6 +70,12 @@ func Existing(stem string) (Image, bool) {
 	return Image{}, false
 }
 
+// ReadsBase reports whether img, made by a strategy, reads its base for
+// as long as it exists (a qcow2 overlay) rather than being a copy
+// independent of it (reflink and sparse copies): only then must the base
+// be kept.
+func ReadsBase(img Image) bool { return img.Format == FormatQCOW2 }
+
 // Make creates the disk stem+Ext(s.Format()) from base with s.
 func Make(ctx context.Context, s Strategy, base Image, stem string, sizeBytes int64) (Image, error) {
 	img := Image{Path: stem + Ext(s.Format()), Format: s.Format()}

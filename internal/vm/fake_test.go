@@ -439,6 +439,11 @@ func TestFakeCreateFallbacks(t *testing.T) {
 		t.Errorf("cold-served: boot %q, want cold after the restore failed", c.Boot)
 	}
 	e.b.FailStart = nil
+	// The clones' roots are copies (a raw-only backend): the template is
+	// not needed by them, and can be pruned.
+	if e.m.TemplateInUse(ts[0].Key) {
+		t.Error("template in use by clones whose roots are copies")
+	}
 	e.m.DropSpare(ts[0].Key)
 	e.assertOnly(first.ID, v.ID, w.ID, c.ID)
 	for _, id := range []string{first.ID, v.ID, w.ID, c.ID} {

@@ -244,7 +244,12 @@ func (m *Manager) TemplateInUse(key string) bool {
 	}
 	for _, row := range rows {
 		if r, err := load(row); err == nil && r.spec.Template == key {
-			return true
+			// A clone whose root is a copy (not an overlay) does not
+			// need its template.
+			img, ok := disk.Existing(m.layout.VMRootStem(row.ID))
+			if !ok || disk.ReadsBase(img) {
+				return true
+			}
 		}
 	}
 	return false
