@@ -588,6 +588,14 @@ func TestFakeReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A template build's VM, left by a daemon killed mid-build.
+	tplRT := e.layout.TemplateRuntimeDir("tpl-0bad")
+	os.MkdirAll(tplRT, 0o700)
+	tplVM, err := e.b.Start(ctx, vmm.Spec{ID: "tpl-0bad", VCPUs: 1, MemoryMiB: 128, Kernel: man.Path(image.FileVmlinux),
+		Root: vmm.Disk{Path: root, Format: "raw"}, RuntimeDir: tplRT, ConsoleLog: filepath.Join(t.TempDir(), "c"), VMMLog: filepath.Join(t.TempDir(), "v")})
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A row left mid-create.
 	spec, _ := json.Marshal(Spec{VCPUs: 1, MemoryMiB: 128, Backend: fakevmm.Name, Net: "off"})
 	if err := e.store.InsertVM(ctx, &store.VM{ID: "c0ffee00", Name: "halfway", State: StateCreating, ImageID: "img1", Spec: spec}); err != nil {
@@ -617,6 +625,12 @@ func TestFakeReconcile(t *testing.T) {
 	defer cancel()
 	if err := e.b.WaitExit(wctx, orphan); err != nil {
 		t.Errorf("the orphan VMM still runs: %v", err)
+	}
+	if err := e.b.WaitExit(wctx, tplVM); err != nil {
+		t.Errorf("the template build's VMM still runs: %v", err)
+	}
+	if _, err := os.Stat(tplRT); err == nil {
+		t.Error("the template build's runtime dir is left")
 	}
 	e.assertOnly(dead.ID, alive.ID)
 	if ps := e.procs(); len(ps) != 1 || ps[0].ID != alive.ID {

@@ -516,6 +516,14 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			syscall.Kill(o.PID, syscall.SIGKILL)
 		}
 	}
+	// A template VM never outlives its build, and no build runs before
+	// reconcile: one still running was left by a daemon killed mid-build.
+	tplRoot := filepath.Dir(m.layout.TemplateRuntimeDir("x"))
+	for _, o := range m.backend.FindProcesses(tplRoot) {
+		m.log.Info("reconcile: killing the VMM of an interrupted template build", "pid", o.PID, "id", o.ID)
+		syscall.Kill(o.PID, syscall.SIGKILL)
+	}
+	os.RemoveAll(tplRoot)
 	if m.net != nil {
 		ids := make([]string, 0, len(owned))
 		for id := range owned {
