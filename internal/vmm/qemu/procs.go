@@ -44,18 +44,43 @@ func findProcesses(procRoot, runtimeRoot string) []vmm.Process {
 		if err != nil {
 			continue
 		}
-		i := bytes.Index(b, prefix)
-		if i < 0 {
-			continue
+		if id, ok := runtimeID(b, prefix); ok {
+			out = append(out, vmm.Process{PID: pid, ID: id})
 		}
-		rest := b[i+len(prefix):]
-		j := bytes.IndexByte(rest, '/')
-		if j <= 0 {
-			continue
-		}
-		out = append(out, vmm.Process{PID: pid, ID: string(rest[:j])})
 	}
 	return out
+}
+
+// runtimeID finds, in a NUL-separated command line, a path
+// prefix<id>/<file> (a socket in a runtime dir) and returns id. Every
+// occurrence of prefix is tried: another argument may name a file under
+// prefix that is not in a runtime dir (a disk beside it, in tests).
+func runtimeID(cmdline, prefix []byte) (string, bool) {
+	for _, arg := range bytes.Split(cmdline, []byte{0}) {
+		for rest := arg; ; {
+			i := bytes.Index(rest, prefix)
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len(prefix):]
+			j := bytes.IndexByte(rest, '/')
+			if j > 0 && validID(rest[:j]) {
+				return string(rest[:j]), true
+			}
+		}
+	}
+	return "", false
+}
+
+// validID: a runtime dir's name is a VM id (hex) or a template build's
+// (tpl-hex): letters, digits, '-', '_' and '.', never ',' or '='.
+func validID(b []byte) bool {
+	for _, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return len(b) > 0 && string(b) != "." && string(b) != ".."
 }
 
 // ExitReason implements vmm.Backend: QEMU's own output follows a

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/banger-sh/banger/internal/vmm"
 )
 
 // TestFindProcesses uses a fake /proc: only processes whose command line
@@ -21,8 +23,10 @@ func TestFindProcesses(t *testing.T) {
 	write("102", "bash")
 	write("103", "qemu-system-x86_64 -chardev socket,path=/home/a/run/vm/") // no id
 	write("self", "x")
+	// A disk beside the runtime dirs comes first on the command line.
+	write("104", "qemu-system-x86_64 -drive id=root,file=/home/a/run/vm/root.qcow2,format=qcow2 -qmp unix:/home/a/run/vm/def456/qmp.sock,server=on")
 	got := findProcesses(proc, "/home/a/run/vm/")
-	if len(got) != 1 || got[0].PID != 100 || got[0].ID != "abc123" {
+	if len(got) != 2 || got[0] != (vmm.Process{PID: 100, ID: "abc123"}) || got[1] != (vmm.Process{PID: 104, ID: "def456"}) {
 		t.Fatalf("findProcesses = %+v", got)
 	}
 }
