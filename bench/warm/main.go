@@ -92,6 +92,7 @@ type bench struct {
 	l    paths.Layout
 	src  template.Source
 	tpl  *template.Template
+	disk disk.Strategy // cold VMs' roots, as the VM manager makes them
 
 	mu  sync.Mutex
 	vms []vmm.Handle
@@ -188,6 +189,9 @@ func (b *bench) run() error {
 		return err
 	}
 	fmt.Fprintf(os.Stderr, "image %s (%s), agent %s, %s\n", man.Name, man.ShortDigest(), how, sh.VMM)
+	if b.disk, err = disk.Choose(b.b.RootFormats(), b.home, disk.RealHost()); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	if b.tpl, err = store.Build(ctx, sh, b.src); err != nil {
 		return err
@@ -322,7 +326,7 @@ func (b *bench) spec(dir, rt string) vmm.Spec {
 	return vmm.Spec{
 		ID: "bw" + filepath.Base(dir), VCPUs: vcpus, MemoryMiB: memMiB,
 		Kernel: b.src.Kernel, Initrd: b.src.Initrd,
-		Root:       vmm.Disk{Path: filepath.Join(dir, "root.qcow2"), Format: "qcow2"},
+		// Root: the template's CloneRoot (its strategy names the file).
 		Disks:      []vmm.Disk{{Path: filepath.Join(dir, "work.img"), Format: "raw"}},
 		NICs:       []vmm.NIC{{MAC: "02:ba:00:00:01:02"}},
 		RuntimeDir: rt, ConsoleLog: filepath.Join(dir, "console.log"), VMMLog: filepath.Join(dir, "vmm.log"),
@@ -356,7 +360,7 @@ func (b *bench) floor(ctx context.Context) (time.Duration, vmm.Handle, error) {
 	}
 	spec := b.spec(dir, rt)
 	spec.Restore = b.tpl.Snapshot()
-	if err := b.tpl.CloneRoot(ctx, spec.Root.Path); err != nil {
+	if spec.Root, err = b.tpl.CloneRoot(ctx, filepath.Join(dir, "root")); err != nil {
 		return 0, vmm.Handle{}, err
 	}
 	if err := sparse(spec.Disks[0].Path, workBytes); err != nil {
@@ -385,7 +389,7 @@ func (b *bench) warm(ctx context.Context) (time.Duration, vmm.Handle, *agent.Cli
 	t0 := time.Now()
 	spec := b.spec(dir, rt)
 	spec.Restore = b.tpl.Snapshot()
-	if err := b.tpl.CloneRoot(ctx, spec.Root.Path); err != nil {
+	if spec.Root, err = b.tpl.CloneRoot(ctx, filepath.Join(dir, "root")); err != nil {
 		return 0, vmm.Handle{}, nil, err
 	}
 	if err := sparse(spec.Disks[0].Path, workBytes); err != nil {
@@ -470,9 +474,11 @@ func (b *bench) cold(ctx context.Context) (time.Duration, vmm.Handle, *agent.Cli
 	}
 	t0 := time.Now()
 	spec := b.spec(dir, rt)
-	if err := disk.CreateOverlay(ctx, b.src.RootBase, "raw", spec.Root.Path, 0); err != nil {
+	root, err := disk.Make(ctx, b.disk, disk.Image{Path: b.src.RootBase, Format: disk.FormatRaw}, filepath.Join(dir, "root"), 0)
+	if err != nil {
 		return 0, vmm.Handle{}, nil, err
 	}
+	spec.Root = vmm.Disk{Path: root.Path, Format: root.Format}
 	if err := sparse(spec.Disks[0].Path, workBytes); err != nil {
 		return 0, vmm.Handle{}, nil, err
 	}

@@ -56,7 +56,6 @@ func (d *Daemon) init(ctx context.Context) error {
 	}
 	d.log.Info("backend", "backend", ch.Backend, "accel", ch.Accel, "why", ch.Reason)
 	d.removeStaleSpools()
-	d.removeStaleTemplateBuilds()
 	d.images = &images{store: d.store, layout: d.layout, cfg: d.cfg, log: d.log, building: map[string]*sync.Mutex{}}
 	netm := d.startNetwork(ctx)
 	var keys []string
@@ -242,6 +241,11 @@ func (u unavailableBackend) err() error {
 	return errdefs.Unavailable("no hypervisor backend can run here: " + u.why)
 }
 func (u unavailableBackend) Name() string { return "none" }
+
+// RootFormats: nothing can start, so no format is accepted.
+func (u unavailableBackend) RootFormats() []string              { return nil }
+func (u unavailableBackend) FindProcesses(string) []vmm.Process { return nil }
+func (u unavailableBackend) ExitReason([]byte) string           { return "" }
 func (u unavailableBackend) Available(context.Context) vmm.Availability {
 	return vmm.Availability{Reason: u.why}
 }
@@ -498,19 +502,6 @@ func (e *errWriter) Write(p []byte) (int, error) {
 		e.err = fmt.Errorf("spool the export: %w", err)
 	}
 	return n, err
-}
-
-// removeStaleTemplateBuilds kills the VMMs of template builds a daemon
-// that died mid-build left running, and removes their runtime dirs (their
-// half templates go with pruneTemplates). The caller holds the pid lock.
-func (d *Daemon) removeStaleTemplateBuilds() {
-	root := filepath.Dir(d.layout.TemplateRuntimeDir("x"))
-	if pids := vm.KillVMMs(root); len(pids) > 0 {
-		d.log.Info("killed the VMMs of interrupted template builds", "pids", pids)
-	}
-	if err := os.RemoveAll(root); err != nil {
-		d.log.Warn("remove template build runtime dirs", "err", err)
-	}
 }
 
 // removeStaleSpools removes export spools a daemon that died mid-export

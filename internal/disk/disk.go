@@ -1,18 +1,23 @@
 // Package disk makes and inspects copy-on-write root disks.
 //
-// Today the only means is a qcow2 overlay over a read-only base (raw or
-// qcow2), made with qemu-img: creating one never copies the base (about
-// 10 ms and 200 KiB whatever the base's size), and any number of VMs can
-// run at once on overlays of one base. The base must not change while
-// overlays depend on it, and must never be booted read-write itself.
+// Strategies (strategy.go; Choose picks the first the backend and host
+// allow, in this order):
+//   - qcow2 overlay over a read-only base (raw or qcow2), made with
+//     qemu-img, when the backend takes qcow2 (QEMU): creating one never
+//     copies the base (about 10 ms and 200 KiB whatever the base's size),
+//     and any number of VMs can run at once on overlays of one base;
+//   - reflink copy (FICLONE) of a raw base, on btrfs and xfs: a raw file
+//     sharing the base's extents, for raw-only backends (Firecracker);
+//   - dm-snapshot: detected, not implemented (no device-mapper here);
+//   - sparse copy of the base's data extents: the last resort.
+//
+// The base must not change while disks made from it exist, and must never
+// be booted read-write itself.
 //
 // Growing: an overlay may be given a virtual size larger than its base;
 // the guest then sees a larger block device, but the filesystem on it is
 // not resized (the guest must run resize2fs, or the image builder must
 // leave room). An overlay smaller than its base is refused.
-//
-// dm-snapshot, reflink and sparse copies (for Firecracker, which takes raw
-// files only) will live here too.
 package disk
 
 import (

@@ -170,8 +170,9 @@ func (l Layout) VMsDir() string { return filepath.Join(l.State, "vms") }
 // VMDir is one VM's persistent directory.
 func (l Layout) VMDir(id string) string { return filepath.Join(l.VMsDir(), id) }
 
-// VMRootDisk is a VM's copy-on-write root disk.
-func (l Layout) VMRootDisk(id string) string { return filepath.Join(l.VMDir(id), "root.qcow2") }
+// VMRootStem is a VM's copy-on-write root disk without its extension,
+// which is the disk format's (disk.Ext: the strategy that made it).
+func (l Layout) VMRootStem(id string) string { return filepath.Join(l.VMDir(id), "root") }
 
 // VMConsoleLog is a VM's serial console output.
 func (l Layout) VMConsoleLog(id string) string { return filepath.Join(l.VMDir(id), "console.log") }

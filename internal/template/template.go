@@ -12,10 +12,11 @@
 //
 // Files, in TemplatesDir/<key>/ (paths.Layout.TemplateDir):
 //
-//	root.qcow2   the template's root disk: a qcow2 overlay over the image's
-//	             base, frozen after the snapshot. Each clone's root is its
-//	             own overlay backed by it (CloneRoot); it is never booted
-//	             or written again.
+//	root.*       the template's root disk, made from the image's base by
+//	             the disk strategy (disk.Choose for the backend; the
+//	             extension is the format's, disk.Ext), frozen after the
+//	             snapshot. Each clone's root is made from it by the same
+//	             strategy (CloneRoot); it is never booted or written again.
 //	work.img     the spare work-disk slot (/dev/vdb), an empty sparse raw
 //	             file, when Shape.WorkDiskBytes > 0. A clone is given its
 //	             own image of exactly that size in the same slot.
@@ -31,10 +32,10 @@
 // truncated, another format — is reported absent, never an error: the
 // caller boots cold. Verify checks the digests.
 //
-// A clone's root overlay depends on its template's root.qcow2 for as long
-// as the clone's disk exists (running or stopped). Prune and RemoveStale
-// take an inUse predicate for that, and DetachRoot rebases a stopped
-// clone's root onto the image base so its template can go.
+// A clone's root disk may depend on its template's root for as long as
+// the clone's disk exists (running or stopped: an overlay does). Prune
+// and RemoveStale take an inUse predicate for that, and disk.Detach makes
+// a stopped clone's root independent so its template can go.
 package template
 
 import (
@@ -61,7 +62,6 @@ import (
 	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/paths"
-	"github.com/banger-sh/banger/internal/system"
 	"github.com/banger-sh/banger/internal/vmm"
 )
 
@@ -74,9 +74,22 @@ const FormatVersion = 3
 // File names inside a template directory.
 const (
 	FileMeta = "meta.json"
-	FileRoot = "root.qcow2"
-	FileWork = "work.img"
+	// FileRootStem is the root disk's name without its extension
+	// (disk.Ext of its format).
+	FileRootStem = "root"
+	FileWork     = "work.img"
 )
+
+// rootImage finds the root disk of the template in dir; meta.json must
+// list it.
+func rootImage(dir string, files map[string]FileInfo) (disk.Image, bool) {
+	img, ok := disk.Existing(filepath.Join(dir, FileRootStem))
+	if !ok {
+		return disk.Image{}, false
+	}
+	_, listed := files[filepath.Base(img.Path)]
+	return img, listed
+}
 
 // Shape is everything a template is made from. Two VMs with equal keys
 // can be clones of one template.
@@ -143,19 +156,30 @@ type Meta struct {
 // Template is a complete template on disk.
 type Template struct {
 	Meta
-	Dir string
+	Dir  string
+	root disk.Image
+	disk disk.Strategy // makes clones' roots; nil: none can be made
+	derr error         // why not
 }
 
 // Snapshot is what a clone's vmm.Spec.Restore must be.
 func (t *Template) Snapshot() *vmm.Snapshot { return &vmm.Snapshot{Dir: t.Dir} }
 
-// RootDisk is the frozen root disk that clones' roots are backed by.
-func (t *Template) RootDisk() string { return filepath.Join(t.Dir, FileRoot) }
+// RootDisk is the frozen root disk that clones' roots are made from.
+func (t *Template) RootDisk() string { return t.root.Path }
 
-// CloneRoot creates a clone's root disk at dest: a qcow2 overlay backed
-// by the template's frozen root (same virtual size, as the guest expects).
-func (t *Template) CloneRoot(ctx context.Context, dest string) error {
-	return disk.CreateOverlay(ctx, t.RootDisk(), disk.FormatQCOW2, dest, 0)
+// CloneRoot creates a clone's root disk at stem + the format's extension
+// (disk.Ext) from the template's frozen root, with the store's disk
+// strategy (same virtual size, as the guest expects), and returns it.
+func (t *Template) CloneRoot(ctx context.Context, stem string) (vmm.Disk, error) {
+	if t.disk == nil {
+		return vmm.Disk{}, t.derr
+	}
+	img, err := disk.Make(ctx, t.disk, t.root, stem, 0)
+	if err != nil {
+		return vmm.Disk{}, fmt.Errorf("clone root of template %s: %w", t.Key[:12], err)
+	}
+	return vmm.Disk{Path: img.Path, Format: img.Format}, nil
 }
 
 // Bytes is the disk space the template uses (allocated blocks: the RAM
@@ -175,6 +199,8 @@ type Store struct {
 	backend vmm.Backend
 	log     *slog.Logger
 	opts    Options
+	disk    disk.Strategy // makes templates' and clones' roots
+	diskErr error
 
 	mu       sync.Mutex
 	building map[string]*build // by key
@@ -200,9 +226,12 @@ type Options struct {
 	// InUse reports whether a clone's disk depends on the template with
 	// this key. Build then never replaces a broken template directory
 	// with that key, and Prune never removes it (a stopped clone's root
-	// overlay is backed by the template's root.qcow2).
+	// disk may be backed by the template's root).
 	InUse  func(key string) bool
 	Logger *slog.Logger
+	// Disk makes root disks; nil: disk.Choose for the backend's root
+	// formats and the templates directory.
+	Disk disk.Strategy
 }
 
 // New returns the store in layout.TemplatesDir(); b must implement
@@ -218,7 +247,11 @@ func New(layout paths.Layout, b vmm.Backend, opts Options) *Store {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Store{layout: layout, backend: b, log: log, opts: opts, building: map[string]*build{}, temps: map[string]bool{}}
+	s := &Store{layout: layout, backend: b, log: log, opts: opts, building: map[string]*build{}, temps: map[string]bool{}, disk: opts.Disk}
+	if s.disk == nil {
+		s.disk, s.diskErr = disk.Choose(b.RootFormats(), layout.TemplatesDir(), disk.RealHost())
+	}
+	return s
 }
 
 // Supported reports whether the backend can make templates.
@@ -285,8 +318,9 @@ func (s *Store) load(key string) (*Template, error) {
 	if m.Format != FormatVersion || m.Key != key || m.Shape.Key() != key || len(m.Files) == 0 {
 		return nil, fmt.Errorf("template %s: meta names format %d key %s", key, m.Format, m.Key)
 	}
-	if _, ok := m.Files[FileRoot]; !ok {
-		return nil, fmt.Errorf("template %s: no %s", key, FileRoot)
+	root, ok := rootImage(dir, m.Files)
+	if !ok {
+		return nil, fmt.Errorf("template %s: no root disk", key)
 	}
 	for name, fi := range m.Files {
 		st, err := os.Stat(filepath.Join(dir, name))
@@ -297,7 +331,7 @@ func (s *Store) load(key string) (*Template, error) {
 			return nil, fmt.Errorf("template %s: %s is %d bytes, recorded %d", key, name, st.Size(), fi.Size)
 		}
 	}
-	return &Template{Meta: m, Dir: dir}, nil
+	return &Template{Meta: m, Dir: dir, root: root, disk: s.disk, derr: s.diskErr}, nil
 }
 
 func validKey(k string) bool {
@@ -328,7 +362,7 @@ type Source struct {
 	Kernel         string
 	Initrd         string
 	RootBase       string
-	RootBaseFormat string // "raw" (default) or "qcow2"
+	RootBaseFormat string // disk.FormatRaw (default) or another disk.Format*
 }
 
 // Build makes the template for sh (completed with Complete) unless it
@@ -411,15 +445,18 @@ func (s *Store) build(ctx context.Context, sh Shape, key string, src Source) (_ 
 	if format == "" {
 		format = disk.FormatRaw
 	}
-	root := filepath.Join(tmp, FileRoot)
-	if err := disk.CreateOverlay(ctx, src.RootBase, format, root, sh.RootBytes); err != nil {
+	if s.disk == nil {
+		return nil, s.diskErr
+	}
+	root, err := disk.Make(ctx, s.disk, disk.Image{Path: src.RootBase, Format: format}, filepath.Join(tmp, FileRootStem), sh.RootBytes)
+	if err != nil {
 		return nil, err
 	}
 	crashpoint.Hit("template.disk")
 	spec := vmm.Spec{
 		ID: id, VCPUs: sh.VCPUs, MemoryMiB: sh.MemoryMiB,
 		Kernel: src.Kernel, Initrd: src.Initrd, KernelArgs: sh.KernelArgs,
-		Root:        vmm.Disk{Path: root, Format: disk.FormatQCOW2},
+		Root:        vmm.Disk{Path: root.Path, Format: root.Format},
 		RuntimeDir:  rt,
 		ConsoleLog:  filepath.Join(tmp, "console.log"),
 		VMMLog:      filepath.Join(tmp, "vmm.log"),
@@ -575,7 +612,7 @@ func (s *Store) commit(tmp, key string, sh Shape, took time.Duration) (*Template
 		// open the root only as a backing file). The backend's files
 		// keep their modes: QEMU opens the RAM file read-write even to
 		// map it privately.
-		if e.Name() == FileRoot || e.Name() == FileWork {
+		if strings.HasPrefix(e.Name(), FileRootStem+".") || e.Name() == FileWork {
 			if err := os.Chmod(p, 0o444); err != nil {
 				return nil, err
 			}
@@ -718,24 +755,6 @@ func (s *Store) RemoveStale(cur Shape, imageDigest func(name string) (string, bo
 		d, ok := imageDigest(sh.ImageName)
 		return ok && d == sh.ImageDigest
 	})
-}
-
-// DetachRoot rebases a clone's root overlay (not in use by a running VM)
-// from its template's root onto the image's base, so that the template
-// can be removed: what the clone read from the template is copied into
-// the overlay (qemu-img rebase, safe mode).
-func DetachRoot(ctx context.Context, overlay, base, baseFormat string) error {
-	if baseFormat == "" {
-		baseFormat = disk.FormatRaw
-	}
-	abs, err := filepath.Abs(base)
-	if err != nil {
-		return err
-	}
-	if _, err := system.Run(ctx, "qemu-img", "rebase", "-q", "-f", disk.FormatQCOW2, "-b", abs, "-F", baseFormat, overlay); err != nil {
-		return fmt.Errorf("detach %s from its template: %w", overlay, err)
-	}
-	return nil
 }
 
 // Identity is the per-clone identity a restored VM must receive through

@@ -181,8 +181,11 @@ func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, m
 		spec.NICs[0].Tap, addr = tapAddr[0], tapAddr[1]
 	}
 	t0 := time.Now()
-	if err := tpl.CloneRoot(ctx, spec.Root.Path); err != nil {
+	if spec.Root, err = tpl.CloneRoot(ctx, filepath.Join(dir, "root")); err != nil {
 		t.Fatal(err)
+	}
+	if spec.Root.Path != filepath.Join(dir, "root.qcow2") || spec.Root.Format != "qcow2" {
+		t.Fatalf("a QEMU template's clone root is %+v, want a qcow2 overlay", spec.Root)
 	}
 	h, err := f.b.Start(ctx, spec)
 	if err != nil {
@@ -426,11 +429,12 @@ func TestFallbacks(t *testing.T) {
 	}
 	// A stopped clone's root can be detached from its template: the
 	// same content, backed by the image's base instead.
-	overlay := filepath.Join(t.TempDir(), "clone.qcow2")
-	if err := tpl.CloneRoot(ctx, overlay); err != nil {
+	clone, err := tpl.CloneRoot(ctx, filepath.Join(t.TempDir(), "clone"))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := template.DetachRoot(ctx, overlay, f.env.RootBase, "raw"); err != nil {
+	overlay := clone.Path
+	if err := disk.Detach(ctx, disk.Image{Path: clone.Path, Format: clone.Format}, disk.Image{Path: f.env.RootBase, Format: "raw"}); err != nil {
 		t.Fatal(err)
 	}
 	if info, err := disk.Info(ctx, overlay); err != nil || info.Backing != f.env.RootBase {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -218,7 +219,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 			return api.VM{}, err
 		}
 	}
-	if err := disk.CreateOverlay(ctx, man.Path("rootfs.ext4"), "raw", m.layout.VMRootDisk(id), spec.DiskBytes); err != nil {
+	if _, err := m.makeRoot(ctx, id, disk.Image{Path: man.Path(image.FileRootfs), Format: disk.FormatRaw}, spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}
 	crashpoint.Hit("create.disk")
@@ -276,18 +277,11 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 		return err
 	}
 	u.push(func(context.Context) { os.RemoveAll(rt) })
-	kernel := man.Path("vmlinux")
-	if !man.Has("vmlinux") {
-		kernel = man.Path("bzImage")
+	root := m.rootDisk(id)
+	if !slices.Contains(m.backend.RootFormats(), root.Format) {
+		return errdefs.Conflict(fmt.Sprintf("vm %s: its root disk is %s, which backend %s does not take (it takes %v)", r.row.Name, root.Format, m.backend.Name(), m.backend.RootFormats()))
 	}
-	spec := vmm.Spec{
-		ID: id, VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB,
-		Kernel: kernel, Initrd: initrdPath,
-		Root:       vmm.Disk{Path: m.layout.VMRootDisk(id), Format: "qcow2"},
-		Disks:      disks,
-		NICs:       nics,
-		RuntimeDir: rt, ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
-	}
+	spec := m.vmSpec(id, r.spec.VCPUs, r.spec.MemoryMiB, m.templateSource(man, initrdPath), root, disks, nics, nil)
 	progress.Phase("boot", fmt.Sprintf("%s, %d vCPU, %d MiB", m.backend.Name(), spec.VCPUs, spec.MemoryMiB))
 	start := time.Now()
 	h, err := m.backend.Start(ctx, spec)
@@ -369,6 +363,7 @@ func (m *Manager) growRoot(r *record, man *image.Manifest) {
 // waitReady waits until the guest's agent answers, then applies the
 // per-VM configuration.
 func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetConfig, mounts []agent.Mount) error {
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, m.opts.ReadyTimeout)
 	defer cancel()
 	var last error
@@ -389,6 +384,9 @@ func (m *Manager) waitReady(ctx context.Context, r *record, netcfg *agent.NetCon
 		m.dropAgent(r.row.ID)
 		select {
 		case <-ctx.Done():
+			if parent.Err() != nil { // the request ended, not the ready timeout
+				return fmt.Errorf("vm %s: waiting for the agent: %w", r.row.Name, parent.Err())
+			}
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 				return errdefs.Unavailable(fmt.Sprintf("vm %s: agent not ready after %s (%v); console: %s", r.row.Name, m.opts.ReadyTimeout, last, consoleTail(m.layout.VMConsoleLog(r.row.ID))))
 			}

@@ -68,7 +68,10 @@ func newHostileBackend(mode guestMode) *hostileBackend {
 	return &hostileBackend{mode: mode, alive: true, dials: make(chan struct{}, 16), gone: make(chan struct{})}
 }
 
-func (b *hostileBackend) Name() string { return "hostile" }
+func (b *hostileBackend) Name() string                       { return "hostile" }
+func (b *hostileBackend) RootFormats() []string              { return []string{"raw"} }
+func (b *hostileBackend) FindProcesses(string) []vmm.Process { return nil }
+func (b *hostileBackend) ExitReason([]byte) string           { return "" }
 func (b *hostileBackend) Available(context.Context) vmm.Availability {
 	return vmm.Availability{OK: true}
 }

@@ -323,7 +323,7 @@ func (m *Manager) startWatch(r *record) {
 			return
 		}
 		m.dropAgent(id)
-		reason := exitReason(m.layout.VMConsoleLog(id), m.layout.VMVMMLog(id), conOff, vmmOff)
+		reason := exitReason(m.backend, m.layout.VMConsoleLog(id), m.layout.VMVMMLog(id), conOff, vmmOff)
 		m.markStopped(context.Background(), cur, reason)
 		m.log.Info("vmm exited on its own", "vm", name, "reason", reason)
 	}()
@@ -341,8 +341,9 @@ func (m *Manager) stopWatch(id string) {
 // exitReason reads why a VMM ended from what its logs gained after the
 // given offsets (their sizes when the VMM was last known to run; -1 when
 // unknown: then only the last boot's part of each log is read): "" for a
-// clean guest power-off, else a short reason.
-func exitReason(consoleLog, vmmLog string, conOff, vmmOff int64) string {
+// clean guest power-off, else a short reason. The guest's console is read
+// here; the VMM's own log is the backend's to read (vmm.Backend.ExitReason).
+func exitReason(b vmm.Backend, consoleLog, vmmLog string, conOff, vmmOff int64) string {
 	if conOff > fileSize(consoleLog) {
 		conOff = -1 // trimmed since (see consolelog): the last boot's part
 	}
@@ -351,18 +352,7 @@ func exitReason(consoleLog, vmmLog string, conOff, vmmOff int64) string {
 		con = lastBoot(con)
 	}
 	c := string(con)
-	// QEMU's own output follows a "banger: starting ARGV" line per start;
-	// that line is not a reason.
-	vl := string(readFrom(vmmLog, vmmOff, 8192))
-	if i := strings.LastIndex(vl, " banger: starting "); i >= 0 {
-		vl = vl[i:]
-		if j := strings.IndexByte(vl, '\n'); j >= 0 {
-			vl = vl[j+1:]
-		} else {
-			vl = ""
-		}
-	}
-	vl = strings.TrimSpace(vl)
+	vl := strings.TrimSpace(b.ExitReason(readFrom(vmmLog, vmmOff, 8192)))
 	switch {
 	case strings.Contains(c, "Kernel panic"):
 		i := strings.LastIndex(c, "Kernel panic")
@@ -486,7 +476,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 			owned[row.ID] = true
 			if m.backend.Status(ctx, r.handle) == vmm.StateExited {
 				m.log.Info("reconcile: vm's VMM is gone", "vm", row.Name, "pid", r.handle.PID)
-				m.markStopped(ctx, r, exitReason(m.layout.VMConsoleLog(row.ID), m.layout.VMVMMLog(row.ID), -1, -1))
+				m.markStopped(ctx, r, exitReason(m.backend, m.layout.VMConsoleLog(row.ID), m.layout.VMVMMLog(row.ID), -1, -1))
 			} else {
 				m.log.Info("reconcile: re-attached", "vm", row.Name, "pid", r.handle.PID)
 				m.startWatch(r)
@@ -525,12 +515,20 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	// recorded VMM of a re-attached VM (or belongs to an unreadable row):
 	// that covers VMs no row owns, a VMM started but not yet recorded when
 	// the daemon died, and a second VMM of one VM.
-	for _, o := range findVMMs("/proc", filepath.Dir(m.layout.VMRuntimeDir("x"))) {
-		if livePID[o.id] != o.pid && !unreadable[o.id] {
-			m.log.Info("reconcile: killing orphan VMM", "pid", o.pid, "id", o.id, "owned", owned[o.id])
-			syscall.Kill(o.pid, syscall.SIGKILL)
+	for _, o := range m.backend.FindProcesses(filepath.Dir(m.layout.VMRuntimeDir("x"))) {
+		if livePID[o.ID] != o.PID && !unreadable[o.ID] {
+			m.log.Info("reconcile: killing orphan VMM", "pid", o.PID, "id", o.ID, "owned", owned[o.ID])
+			syscall.Kill(o.PID, syscall.SIGKILL)
 		}
 	}
+	// A template VM never outlives its build, and no build runs before
+	// reconcile: one still running was left by a daemon killed mid-build.
+	tplRoot := filepath.Dir(m.layout.TemplateRuntimeDir("x"))
+	for _, o := range m.backend.FindProcesses(tplRoot) {
+		m.log.Info("reconcile: killing the VMM of an interrupted template build", "pid", o.PID, "id", o.ID)
+		syscall.Kill(o.PID, syscall.SIGKILL)
+	}
+	os.RemoveAll(tplRoot)
 	if m.net != nil {
 		ids := make([]string, 0, len(owned))
 		for id := range owned {

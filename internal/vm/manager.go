@@ -29,6 +29,7 @@ import (
 	"github.com/banger-sh/banger/api"
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/config"
+	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/network"
 	"github.com/banger-sh/banger/internal/paths"
@@ -101,6 +102,9 @@ type Options struct {
 	// Spares is how many clones are kept restored ahead of demand, for
 	// the shapes used most recently (0: none; see spare.go).
 	Spares int
+	// Disk makes root disks; nil: disk.Choose for the backend's root
+	// formats and the VMs directory.
+	Disk disk.Strategy
 }
 
 // Manager runs VMs.
@@ -111,6 +115,8 @@ type Manager struct {
 	backend vmm.Backend
 	net     *network.Manager
 	log     *slog.Logger
+	disk    disk.Strategy // how root disks are made
+	diskErr error         // why none can be (then creates fail with it)
 
 	mu       sync.Mutex
 	forwards map[string][]*network.PortForward // VM id → its live forwards
@@ -139,7 +145,68 @@ func New(o Options) *Manager {
 		spares: map[string]*spare{},
 	}
 	m.bgCtx, m.bgCancel = context.WithCancel(context.Background())
+	m.disk = o.Disk
+	if m.disk == nil {
+		m.disk, m.diskErr = disk.Choose(o.Backend.RootFormats(), o.Layout.VMsDir(), disk.RealHost())
+	}
+	if m.disk != nil && m.log != nil {
+		m.log.Info("root disks", "strategy", m.disk.Name(), "format", m.disk.Format())
+	}
 	return m
+}
+
+// rootDisk is the VM's root disk: the one it has (made by whichever
+// strategy was chosen then), else the one m.disk would make.
+func (m *Manager) rootDisk(id string) vmm.Disk {
+	stem := m.layout.VMRootStem(id)
+	img, ok := disk.Existing(stem)
+	if !ok {
+		f := disk.FormatRaw
+		if m.disk != nil {
+			f = m.disk.Format()
+		}
+		img = disk.Image{Path: stem + disk.Ext(f), Format: f}
+	}
+	return vmm.Disk{Path: img.Path, Format: img.Format}
+}
+
+// makeRoot creates the VM's root disk from base with m.disk.
+func (m *Manager) makeRoot(ctx context.Context, id string, base disk.Image, sizeBytes int64) (vmm.Disk, error) {
+	if m.disk == nil {
+		if av := m.backend.Available(ctx); !av.OK {
+			// No backend (it takes no disk format): its reason is the one.
+			return vmm.Disk{}, errdefs.Unavailable(fmt.Sprintf("no hypervisor backend can run here (%s): %s", m.backend.Name(), av.Reason))
+		}
+		return vmm.Disk{}, m.diskErr
+	}
+	img, err := disk.Make(ctx, m.disk, base, m.layout.VMRootStem(id), sizeBytes)
+	if err != nil {
+		return vmm.Disk{}, err
+	}
+	return vmm.Disk{Path: img.Path, Format: img.Format}, nil
+}
+
+// removeRoot removes the VM's root disk, whatever its format.
+func (m *Manager) removeRoot(id string) {
+	if img, ok := disk.Existing(m.layout.VMRootStem(id)); ok {
+		os.Remove(img.Path)
+	}
+}
+
+// vmSpec is the vmm.Spec of VM id: the one function that builds it, for
+// a cold boot (t nil) and a restore of template t (spare or warm create).
+func (m *Manager) vmSpec(id string, vcpus, mem int, src template.Source, root vmm.Disk, disks []vmm.Disk, nics []vmm.NIC, t *template.Template) vmm.Spec {
+	spec := vmm.Spec{
+		ID: id, VCPUs: vcpus, MemoryMiB: mem,
+		Kernel: src.Kernel, Initrd: src.Initrd,
+		Root: root, Disks: disks, NICs: nics,
+		RuntimeDir: m.layout.VMRuntimeDir(id),
+		ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
+	}
+	if t != nil {
+		spec.Restore = t.Snapshot()
+	}
+	return spec
 }
 
 // Close stops watchers, closes agent connections and kills the spare
@@ -271,7 +338,7 @@ func (m *Manager) toAPI(ctx context.Context, r *record) api.VM {
 		ID: r.row.ID, Name: r.row.Name, State: m.derive(ctx, r), Image: r.spec.ImageName, ImageDigest: r.spec.ImageDigest,
 		VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB, DiskBytes: r.spec.DiskBytes,
 		Backend: r.spec.Backend, CreatedAt: r.row.CreatedAt, Boot: r.spec.Boot,
-		ConsoleLog: m.layout.VMConsoleLog(r.row.ID), RootDisk: m.layout.VMRootDisk(r.row.ID),
+		ConsoleLog: m.layout.VMConsoleLog(r.row.ID), RootDisk: m.rootDisk(r.row.ID).Path,
 		LastError: r.row.LastError,
 	}
 	if v.State == StateRunning {

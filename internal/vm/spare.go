@@ -192,7 +192,8 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	if err := os.MkdirAll(m.layout.VMDir(id), 0o755); err != nil {
 		return err
 	}
-	if err := t.CloneRoot(ctx, m.layout.VMRootDisk(id)); err != nil {
+	root, err := t.CloneRoot(ctx, m.layout.VMRootStem(id))
+	if err != nil {
 		return err
 	}
 	crashpoint.Hit("spare.disk")
@@ -218,14 +219,7 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 		return err
 	}
 	src := m.templateSource(man, initrd)
-	s.h, err = m.backend.Start(ctx, vmm.Spec{
-		ID: id, VCPUs: sh.VCPUs, MemoryMiB: sh.MemoryMiB,
-		Kernel: src.Kernel, Initrd: src.Initrd,
-		Root:  vmm.Disk{Path: m.layout.VMRootDisk(id), Format: "qcow2"},
-		Disks: []vmm.Disk{{Path: slot, Format: "raw"}}, NICs: nics, RuntimeDir: rt,
-		ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
-		Restore: t.Snapshot(),
-	})
+	s.h, err = m.backend.Start(ctx, m.vmSpec(id, sh.VCPUs, sh.MemoryMiB, src, root, []vmm.Disk{{Path: slot, Format: disk.FormatRaw}}, nics, t))
 	if err != nil {
 		return err
 	}
@@ -379,7 +373,7 @@ func (m *Manager) destroySpare(s *spare, vmOwnsFiles bool) {
 	}
 	os.RemoveAll(m.layout.VMRuntimeDir(s.id))
 	if vmOwnsFiles {
-		os.Remove(m.layout.VMRootDisk(s.id))
+		m.removeRoot(s.id)
 		if !s.holdsWorkspace {
 			os.Remove(m.layout.VMWorkDisk(s.id))
 		}

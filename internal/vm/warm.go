@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/banger-sh/banger/api"
+	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/network"
 	"github.com/banger-sh/banger/internal/template"
@@ -96,11 +97,11 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 			local.run()
 		}
 	}()
-	root := m.layout.VMRootDisk(id)
-	if err := t.CloneRoot(ctx, root); err != nil {
+	root, err := t.CloneRoot(ctx, m.layout.VMRootStem(id))
+	if err != nil {
 		return err
 	}
-	local.push(func(context.Context) { os.Remove(root) })
+	local.push(func(context.Context) { os.Remove(root.Path) })
 	nics, netcfg, err := m.attachNet(ctx, r, u, true)
 	if err != nil {
 		return err
@@ -115,7 +116,7 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 			return err
 		}
 		local.push(func(context.Context) { os.Remove(slot) })
-		disks = []vmm.Disk{{Path: slot, Format: "raw"}}
+		disks = []vmm.Disk{{Path: slot, Format: disk.FormatRaw}}
 	}
 	rt := m.layout.VMRuntimeDir(id)
 	os.RemoveAll(rt)
@@ -125,14 +126,7 @@ func (m *Manager) bootWarm(ctx context.Context, r *record, man *image.Manifest, 
 	local.push(func(context.Context) { os.RemoveAll(rt) })
 	progress.Phase("restore", "warm start from template "+t.Key[:12])
 	src := m.templateSource(man, initrd)
-	h, err := m.backend.Start(ctx, vmm.Spec{
-		ID: id, VCPUs: r.spec.VCPUs, MemoryMiB: r.spec.MemoryMiB,
-		Kernel: src.Kernel, Initrd: src.Initrd,
-		Root:  vmm.Disk{Path: root, Format: "qcow2"},
-		Disks: disks, NICs: nics, RuntimeDir: rt,
-		ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
-		Restore: t.Snapshot(),
-	})
+	h, err := m.backend.Start(ctx, m.vmSpec(id, r.spec.VCPUs, r.spec.MemoryMiB, src, root, disks, nics, t))
 	if err != nil {
 		return err
 	}
@@ -217,7 +211,7 @@ func (m *Manager) templateSource(man *image.Manifest, initrd string) template.So
 	if !man.Has("vmlinux") {
 		kernel = man.Path("bzImage")
 	}
-	return template.Source{Kernel: kernel, Initrd: initrd, RootBase: man.Path("rootfs.ext4"), RootBaseFormat: "raw"}
+	return template.Source{Kernel: kernel, Initrd: initrd, RootBase: man.Path(image.FileRootfs), RootBaseFormat: disk.FormatRaw}
 }
 
 // WarmImage builds the template of an image for a shape now (banger image
@@ -250,7 +244,12 @@ func (m *Manager) TemplateInUse(key string) bool {
 	}
 	for _, row := range rows {
 		if r, err := load(row); err == nil && r.spec.Template == key {
-			return true
+			// A clone whose root is a copy (not an overlay) does not
+			// need its template.
+			img, ok := disk.Existing(m.layout.VMRootStem(row.ID))
+			if !ok || disk.ReadsBase(img) {
+				return true
+			}
 		}
 	}
 	return false

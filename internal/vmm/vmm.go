@@ -152,6 +152,23 @@ type Backend interface {
 	// DialAgent connects to the guest agent's transport. Only one
 	// connection at a time is supported; callers multiplex over it.
 	DialAgent(ctx context.Context, h Handle) (net.Conn, error)
+	// RootFormats lists the root-disk formats Start accepts, preferred
+	// first ("qcow2", "raw"). internal/disk picks the copy-on-write
+	// strategy from it and from what the host offers.
+	RootFormats() []string
+	// FindProcesses lists live processes this backend started whose
+	// Spec.RuntimeDir was under runtimeRoot (reconcile kills those no VM
+	// owns). Another banger's processes (other runtime root) never match.
+	FindProcesses(runtimeRoot string) []Process
+	// ExitReason turns the tail of a VMM log (Spec.VMMLog) into a one-line
+	// reason the VMM exited ("" when it does not know).
+	ExitReason(vmmLogTail []byte) string
+}
+
+// Process is a live VMM process found on the host.
+type Process struct {
+	PID int
+	ID  string // the name of its runtime dir: Spec.RuntimeDir was runtimeRoot/ID
 }
 
 // ErrUnsupported is returned for an operation a backend cannot do.

@@ -6,7 +6,9 @@
 //
 // The guest comes from Env. BusyboxGuest builds a small one from Debian's
 // cloud kernel package and busybox, for use until (and alongside) the real
-// image + agent.
+// image + agent. The suite asks nothing of the guest beyond Env.Ready and
+// Env.PowerOff, so it also runs, whole, against internal/vmm/fakevmm
+// (no kernel boots; the agent protocol is answered in-process).
 package vmmtest
 
 import (
@@ -19,6 +21,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,8 +41,10 @@ type Env struct {
 	KernelArgs     []string
 	MemoryMiB      int // default 256
 	VCPUs          int // default 1
-	// RootDisk makes a VM's writable root over RootBase in dir. Default:
-	// a qcow2 overlay (disk.CreateOverlay).
+	// RootDisk makes a VM's writable root over base in dir. Default: the
+	// disk strategy disk.Choose picks for the backend's RootFormats and
+	// dir (a qcow2 overlay for QEMU, a reflink or sparse copy for
+	// raw-only backends).
 	RootDisk func(ctx context.Context, base, baseFormat, dir string) (vmm.Disk, error)
 	// Ready is called with a fresh DialAgent connection and returns once
 	// the guest answers on it (a ping for the real agent). nil: the suite
@@ -54,7 +59,7 @@ type Env struct {
 	BootTimeout time.Duration
 }
 
-func (e Env) withDefaults() Env {
+func (e Env) withDefaults(b vmm.Backend) Env {
 	if e.RootBaseFormat == "" {
 		e.RootBaseFormat = disk.FormatRaw
 	}
@@ -69,11 +74,15 @@ func (e Env) withDefaults() Env {
 	}
 	if e.RootDisk == nil {
 		e.RootDisk = func(ctx context.Context, base, format, dir string) (vmm.Disk, error) {
-			p := filepath.Join(dir, "root.qcow2")
-			if err := disk.CreateOverlay(ctx, base, format, p, 0); err != nil {
+			s, err := disk.Choose(b.RootFormats(), dir, disk.RealHost())
+			if err != nil {
 				return vmm.Disk{}, err
 			}
-			return vmm.Disk{Path: p, Format: disk.FormatQCOW2}, nil
+			img, err := disk.Make(ctx, s, disk.Image{Path: base, Format: format}, filepath.Join(dir, "root"), 0)
+			if err != nil {
+				return vmm.Disk{}, err
+			}
+			return vmm.Disk{Path: img.Path, Format: img.Format}, nil
 		}
 	}
 	return e
@@ -81,7 +90,7 @@ func (e Env) withDefaults() Env {
 
 // Run runs the conformance suite against b.
 func Run(t *testing.T, b vmm.Backend, env Env) {
-	env = env.withDefaults()
+	env = env.withDefaults(b)
 	s := &suite{b: b, env: env}
 	t.Run("Lifecycle", s.lifecycle)
 	t.Run("BadKernel", s.badKernel)
@@ -200,6 +209,14 @@ func (s *suite) lifecycle(t *testing.T) {
 	if st := s.b.Status(ctx, v.h); st != vmm.StateRunning {
 		t.Fatalf("Status after Start = %s, want running", st)
 	}
+	// FindProcesses knows it by its runtime dir (reconcile relies on it).
+	runtimeRoot, id := filepath.Dir(spec.RuntimeDir), filepath.Base(spec.RuntimeDir)
+	if ps := s.b.FindProcesses(runtimeRoot); !slices.Contains(ps, vmm.Process{PID: v.h.PID, ID: id}) {
+		t.Errorf("FindProcesses(%s) = %+v, want pid %d id %s among them", runtimeRoot, ps, v.h.PID, id)
+	}
+	if ps := s.b.FindProcesses(spec.RuntimeDir + "-other"); len(ps) != 0 {
+		t.Errorf("FindProcesses of another runtime root = %+v", ps)
+	}
 	s.ready(t, ctx, v)
 	t.Logf("%s: Start call -> guest ready: %v", spec.ID, time.Since(t0).Round(time.Millisecond))
 
@@ -225,6 +242,9 @@ func (s *suite) lifecycle(t *testing.T) {
 	assertNoSockets(t, spec.RuntimeDir)
 	if _, err := s.b.DialAgent(ctx, v.h); err == nil {
 		t.Error("DialAgent succeeded on a killed VM")
+	}
+	if ps := s.b.FindProcesses(runtimeRoot); slices.ContainsFunc(ps, func(p vmm.Process) bool { return p.PID == v.h.PID }) {
+		t.Errorf("FindProcesses after Kill = %+v", ps)
 	}
 }
 
