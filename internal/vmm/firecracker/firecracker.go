@@ -96,6 +96,7 @@ import (
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/system"
 	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/procfs"
 )
 
 // Name is the backend's name in config and in Handle.Backend.
@@ -144,7 +145,7 @@ type Backend struct {
 	versions map[string]string // SnapshotIdentity's cache: binary stat -> version
 	binary   string
 	hostRoot string
-	proc     proc
+	proc     procfs.Proc
 	log      *slog.Logger
 	// version runs `firecracker --version` (tests substitute it).
 	version func(ctx context.Context, path string) (string, error)
@@ -181,7 +182,7 @@ func New(opts ...Option) *Backend {
 		binary:   DefaultBinary,
 		versions: map[string]string{},
 		hostRoot: "/",
-		proc:     proc{root: "/proc"},
+		proc:     procfs.Proc{Root: "/proc"},
 		log:      slog.New(slog.DiscardHandler),
 		version:  Version,
 	}
@@ -413,7 +414,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 			return vmm.Handle{}, fmt.Errorf("firecracker start %s: %w", spec.ID, err)
 		}
 	}
-	bootID, err := b.proc.bootID()
+	bootID, err := b.proc.BootID()
 	if err != nil {
 		if spec.SnapshotDir != "" {
 			_ = os.Remove(templateFile(spec.SnapshotDir))
@@ -482,7 +483,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 		b.log.Warn("no log relay: firecracker's log lines are lost", "vm", spec.ID, "err", err)
 	}
 	h.PID = pid
-	if st, err := b.proc.stat(pid); err == nil {
+	if st, err := b.proc.Stat(pid); err == nil {
 		h.StartTime = st.StartTime
 	}
 	wctx, cancel := context.WithTimeout(ctx, maxStartWait)
@@ -611,7 +612,7 @@ func (b *Backend) waitAPI(ctx context.Context, h vmm.Handle) error {
 	var lastErr error
 	t0 := time.Now()
 	for {
-		if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok || h.StartTime == 0 {
+		if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok || h.StartTime == 0 {
 			return errExited
 		}
 		if _, err := os.Stat(h.ControlSocket); err == nil {
@@ -638,7 +639,7 @@ func (b *Backend) waitAPI(ctx context.Context, h vmm.Handle) error {
 // Status implements vmm.Backend: the process identity first, then GET /
 // on the API socket (bounded: a VMM that does not answer is "unknown").
 func (b *Backend) Status(ctx context.Context, h vmm.Handle) vmm.State {
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return vmm.StateExited
 	}
 	actx, cancel := context.WithTimeout(ctx, apiTimeout)
@@ -648,7 +649,7 @@ func (b *Backend) Status(ctx context.Context, h vmm.Handle) vmm.State {
 			return vmm.StateRunning
 		}
 	}
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return vmm.StateExited
 	}
 	return vmm.StateUnknown
@@ -658,7 +659,7 @@ func (b *Backend) Status(ctx context.Context, h vmm.Handle) vmm.State {
 // process to go whatever ctx says (so Kill never returns with the process
 // half gone).
 func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); ok {
 		if err := b.signal(h, unix.SIGKILL); err != nil {
 			return fmt.Errorf("firecracker kill pid %d: %w", h.PID, err)
 		}
@@ -710,14 +711,14 @@ func (b *Backend) stopLogRelay(dir string) {
 // relayPIDs lists the live processes whose command line is exactly
 // `cat FIFO`.
 func (b *Backend) relayPIDs(fifo string) []int {
-	entries, _ := os.ReadDir(b.proc.root)
+	entries, _ := os.ReadDir(b.proc.Root)
 	var out []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		cmd, err := os.ReadFile(filepath.Join(b.proc.root, e.Name(), "cmdline"))
+		cmd, err := os.ReadFile(filepath.Join(b.proc.Root, e.Name(), "cmdline"))
 		if err != nil {
 			continue
 		}
@@ -725,7 +726,7 @@ func (b *Backend) relayPIDs(fifo string) []int {
 		if len(args) != 2 || filepath.Base(args[0]) != "cat" || args[1] != fifo {
 			continue
 		}
-		if st, err := b.proc.stat(pid); err == nil && !st.gone() {
+		if st, err := b.proc.Stat(pid); err == nil && !st.Gone() {
 			out = append(out, pid)
 		}
 	}
@@ -766,7 +767,7 @@ func (b *Backend) signal(h vmm.Handle, sig unix.Signal) error {
 		return fmt.Errorf("pidfd_open: %w", err)
 	}
 	defer unix.Close(fd)
-	st, ok := b.proc.alive(h.PID, h.StartTime, h.BootID)
+	st, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID)
 	if !ok {
 		return nil // gone, or not ours: never signal a stranger
 	}
@@ -786,7 +787,7 @@ func (b *Backend) waitGone(ctx context.Context, h vmm.Handle) error {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
 	for {
-		if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+		if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 			return nil
 		}
 		select {
@@ -811,7 +812,7 @@ func (b *Backend) WaitExit(ctx context.Context, h vmm.Handle) error {
 		return b.waitGone(ctx, h)
 	}
 	defer unix.Close(pfd)
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return nil
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
@@ -845,7 +846,7 @@ func (b *Backend) WaitExit(ctx context.Context, h vmm.Handle) error {
 // VM's v.sock (CONNECT <port>\n, then OK <n>\n), read byte by byte so
 // that no guest byte after the ack is consumed here.
 func (b *Backend) DialAgent(ctx context.Context, h vmm.Handle) (net.Conn, error) {
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return nil, errdefs.NotRunning(fmt.Sprintf("firecracker pid %d is not running", h.PID))
 	}
 	return DialVsock(ctx, h.AgentSocket, AgentPort)
@@ -929,14 +930,14 @@ func dialVsockOnce(ctx context.Context, sock string, port uint32) (net.Conn, err
 // line has --api-sock runtimeRoot/ID/fc.sock.
 func (b *Backend) FindProcesses(runtimeRoot string) []vmm.Process {
 	root := filepath.Clean(runtimeRoot)
-	entries, _ := os.ReadDir(b.proc.root)
+	entries, _ := os.ReadDir(b.proc.Root)
 	var out []vmm.Process
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
 			continue
 		}
-		cmd, err := os.ReadFile(filepath.Join(b.proc.root, e.Name(), "cmdline"))
+		cmd, err := os.ReadFile(filepath.Join(b.proc.Root, e.Name(), "cmdline"))
 		if err != nil {
 			continue
 		}
@@ -944,7 +945,7 @@ func (b *Backend) FindProcesses(runtimeRoot string) []vmm.Process {
 		if !ok {
 			continue
 		}
-		if st, err := b.proc.stat(pid); err != nil || st.gone() {
+		if st, err := b.proc.Stat(pid); err != nil || st.Gone() {
 			continue
 		}
 		out = append(out, vmm.Process{PID: pid, ID: id})

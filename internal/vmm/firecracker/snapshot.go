@@ -104,7 +104,7 @@ func (b *Backend) Snapshot(ctx context.Context, h vmm.Handle, dir string) error 
 	if err != nil || json.Unmarshal(raw, &ti) != nil || ti.ControlSocket != h.ControlSocket {
 		return fmt.Errorf("firecracker snapshot: the VM on %s is not the template of %s: %w", h.ControlSocket, dir, errdefs.ErrInvalidArgument)
 	}
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return errdefs.NotRunning(fmt.Sprintf("firecracker pid %d is not running", h.PID))
 	}
 	err = b.snapshot(ctx, h, dir)

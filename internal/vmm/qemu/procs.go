@@ -25,7 +25,7 @@ func (b *Backend) RootFormats() []string { return []string{formatQCOW2, formatRa
 // arguments name Spec.RuntimeDir). Another banger's VMs, with other
 // directories, are never matched; nor is this process.
 func (b *Backend) FindProcesses(runtimeRoot string) []vmm.Process {
-	return findProcesses(b.proc.root, runtimeRoot)
+	return findProcesses(b.proc.Root, runtimeRoot)
 }
 
 func findProcesses(procRoot, runtimeRoot string) []vmm.Process {

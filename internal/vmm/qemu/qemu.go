@@ -64,6 +64,7 @@ import (
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/system"
 	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/vmm/procfs"
 	"github.com/banger-sh/banger/internal/vmm/qmp"
 )
 
@@ -97,7 +98,7 @@ type Backend struct {
 	binary   string
 	hostRoot string
 	accel    string // forced, or "" to detect
-	proc     proc
+	proc     procfs.Proc
 	log      *slog.Logger
 }
 
@@ -126,7 +127,7 @@ func New(opts ...Option) *Backend {
 		binary:   DefaultBinary,
 		versions: map[string]string{},
 		hostRoot: "/",
-		proc:     proc{root: "/proc"},
+		proc:     procfs.Proc{Root: "/proc"},
 		log:      slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {
@@ -221,7 +222,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 			return vmm.Handle{}, fmt.Errorf("qemu start %s: %w", spec.ID, err)
 		}
 	}
-	bootID, err := b.proc.bootID()
+	bootID, err := b.proc.BootID()
 	if err != nil {
 		return vmm.Handle{}, fmt.Errorf("qemu start %s: read boot id: %w", spec.ID, err)
 	}
@@ -256,7 +257,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 		return vmm.Handle{}, fmt.Errorf("qemu start %s: %w", spec.ID, err)
 	}
 	h.PID = pid
-	if st, err := b.proc.stat(pid); err == nil {
+	if st, err := b.proc.Stat(pid); err == nil {
 		h.StartTime = st.StartTime
 	}
 	wctx, cancel := context.WithTimeout(ctx, maxStartWait)
@@ -313,7 +314,7 @@ func (b *Backend) waitQMP(ctx context.Context, h vmm.Handle) error {
 	var lastErr error
 	t0 := time.Now()
 	for {
-		if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok || h.StartTime == 0 {
+		if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok || h.StartTime == 0 {
 			return errExited
 		}
 		actx, cancel := context.WithTimeout(ctx, statusTimeout)
@@ -347,7 +348,7 @@ func queryStatus(ctx context.Context, sock string) error {
 
 // Status implements vmm.Backend.
 func (b *Backend) Status(ctx context.Context, h vmm.Handle) vmm.State {
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return vmm.StateExited
 	}
 	qctx, cancel := context.WithTimeout(ctx, statusTimeout)
@@ -355,7 +356,7 @@ func (b *Backend) Status(ctx context.Context, h vmm.Handle) vmm.State {
 	if h.ControlSocket != "" && queryStatus(qctx, h.ControlSocket) == nil {
 		return vmm.StateRunning
 	}
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return vmm.StateExited
 	}
 	return vmm.StateUnknown
@@ -365,7 +366,7 @@ func (b *Backend) Status(ctx context.Context, h vmm.Handle) vmm.State {
 // its grace period); after SIGKILL, Kill waits up to 10 s for the process
 // to go whatever ctx says.
 func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); ok {
 		if h.ControlSocket != "" {
 			qctx, cancel := context.WithTimeout(ctx, quitTimeout)
 			c, err := qmp.Dial(qctx, h.ControlSocket)
@@ -409,7 +410,7 @@ func (b *Backend) signal(h vmm.Handle, sig unix.Signal) error {
 		return fmt.Errorf("pidfd_open: %w", err)
 	}
 	defer unix.Close(fd)
-	st, ok := b.proc.alive(h.PID, h.StartTime, h.BootID)
+	st, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID)
 	if !ok {
 		return nil // gone, or not ours: never signal a stranger
 	}
@@ -429,7 +430,7 @@ func (b *Backend) waitGone(ctx context.Context, h vmm.Handle) error {
 	t := time.NewTicker(pollInterval)
 	defer t.Stop()
 	for {
-		if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+		if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 			return nil
 		}
 		select {
@@ -454,7 +455,7 @@ func (b *Backend) WaitExit(ctx context.Context, h vmm.Handle) error {
 	defer unix.Close(pfd)
 	// Opened first, checked second: the pidfd is h's process or the
 	// process is gone.
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return nil
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
@@ -488,7 +489,7 @@ func (b *Backend) WaitExit(ctx context.Context, h vmm.Handle) error {
 // socket. QEMU serves one client at a time; a second connection waits
 // (unserved) until the first closes.
 func (b *Backend) DialAgent(ctx context.Context, h vmm.Handle) (net.Conn, error) {
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return nil, errdefs.NotRunning(fmt.Sprintf("qemu pid %d is not running", h.PID))
 	}
 	var d net.Dialer

@@ -288,10 +288,10 @@ func (b *Backend) Snapshot(ctx context.Context, h vmm.Handle, dir string) (err e
 	if m.Complete {
 		return fmt.Errorf("qemu snapshot: %s already holds a snapshot: %w", dir, errdefs.ErrAlreadyExists)
 	}
-	if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+	if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 		return errdefs.NotRunning(fmt.Sprintf("qemu snapshot: pid %d is not running", h.PID))
 	}
-	cmdline, _ := os.ReadFile(filepath.Join(b.proc.root, strconv.Itoa(h.PID), "cmdline"))
+	cmdline, _ := os.ReadFile(filepath.Join(b.proc.Root, strconv.Itoa(h.PID), "cmdline"))
 	if !strings.Contains(string(cmdline), "mem-path="+strings.ReplaceAll(SnapshotRAM(dir), ",", ",,")+",share=on") {
 		return fmt.Errorf("qemu snapshot: pid %d was not started with its RAM in %s: %w", h.PID, SnapshotRAM(dir), errdefs.ErrInvalidArgument)
 	}
@@ -395,7 +395,7 @@ func (b *Backend) incoming(ctx context.Context, h vmm.Handle, dir string) error 
 	for {
 		st, err := c.QueryStatus(ctx)
 		if err != nil {
-			if _, ok := b.proc.alive(h.PID, h.StartTime, h.BootID); !ok {
+			if _, ok := b.proc.Alive(h.PID, h.StartTime, h.BootID); !ok {
 				return fmt.Errorf("qemu exited loading the snapshot: %w", vmm.ErrSnapshotMismatch)
 			}
 			return err
