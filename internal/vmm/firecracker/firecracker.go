@@ -429,7 +429,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 		Accel:         "kvm",
 	}
 	for _, sock := range []string{h.ControlSocket, h.AgentSocket} {
-		if listening(sock) {
+		if procfs.Listening(sock) {
 			if spec.SnapshotDir != "" {
 				_ = os.Remove(templateFile(spec.SnapshotDir))
 			}
@@ -437,7 +437,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 		}
 	}
 	// Firecracker refuses to bind over a stale socket file.
-	removeStaleSockets(h)
+	vmm.RemoveStaleSockets(h)
 	fail := func(err error) (vmm.Handle, error) {
 		_ = deleteSlotTaps(spec.RuntimeDir)
 		releaseLogRelay(spec.RuntimeDir)
@@ -671,13 +671,13 @@ func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
 	}
 	// Only once nothing serves the runtime dir (a stale handle never
 	// breaks a live VM that reuses it).
-	if h.ControlSocket != "" && !listening(h.ControlSocket) {
+	if h.ControlSocket != "" && !procfs.Listening(h.ControlSocket) {
 		if err := deleteSlotTaps(filepath.Dir(h.ControlSocket)); err != nil {
 			b.log.Warn("placeholder taps left", "err", err)
 		}
 	}
-	removeStaleSockets(h)
-	if h.ControlSocket != "" && !listening(h.ControlSocket) {
+	vmm.RemoveStaleSockets(h)
+	if h.ControlSocket != "" && !procfs.Listening(h.ControlSocket) {
 		b.stopLogRelay(filepath.Dir(h.ControlSocket))
 	}
 	return nil
@@ -1048,39 +1048,6 @@ func sanitize(s string) string {
 		}
 		return r
 	}, s)
-}
-
-// removeStaleSockets removes h's socket files unless a process still
-// listens on them.
-func removeStaleSockets(h vmm.Handle) {
-	for _, s := range []string{h.ControlSocket, h.AgentSocket} {
-		if s == "" || listening(s) {
-			continue
-		}
-		_ = os.Remove(s)
-	}
-}
-
-// listening reports whether a unix socket bound to path is listening in
-// this network namespace (from /proc/net/unix, without connecting).
-func listening(path string) bool {
-	f, err := os.Open("/proc/net/unix")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(io.LimitReader(f, 64<<20))
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 8 || fields[7] != path {
-			continue
-		}
-		if flags, err := strconv.ParseUint(fields[3], 16, 32); err == nil && flags&0x10000 != 0 { // __SO_ACCEPTCON
-			return true
-		}
-	}
-	return false
 }
 
 // logTail returns "; vmm log: <last bytes of the log from offset>" or "".

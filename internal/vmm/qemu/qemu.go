@@ -44,7 +44,6 @@
 package qemu
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -237,11 +236,11 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (vmm.Handle, error) 
 	// second VM on a runtime dir in use would silently steal the first
 	// one's sockets: refuse instead.
 	for _, sock := range []string{h.ControlSocket, h.AgentSocket} {
-		if listening(sock) {
+		if procfs.Listening(sock) {
 			return vmm.Handle{}, fmt.Errorf("qemu start %s: %s is in use by a running process: %w", spec.ID, sock, errdefs.ErrConflict)
 		}
 	}
-	removeStaleSockets(h)
+	vmm.RemoveStaleSockets(h)
 
 	logf, err := os.OpenFile(spec.VMMLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
@@ -394,7 +393,7 @@ func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
 			return fmt.Errorf("qemu kill pid %d: still running after SIGKILL: %w", h.PID, err)
 		}
 	}
-	removeStaleSockets(h)
+	vmm.RemoveStaleSockets(h)
 	return nil
 }
 
@@ -498,42 +497,6 @@ func (b *Backend) DialAgent(ctx context.Context, h vmm.Handle) (net.Conn, error)
 		return nil, fmt.Errorf("dial agent: %w", err)
 	}
 	return conn, nil
-}
-
-// removeStaleSockets removes h's socket files unless a process still
-// listens on them (so a stale handle never breaks a live VM that reuses
-// the runtime dir).
-func removeStaleSockets(h vmm.Handle) {
-	for _, s := range []string{h.ControlSocket, h.AgentSocket} {
-		if s == "" || listening(s) {
-			continue
-		}
-		_ = os.Remove(s)
-	}
-}
-
-// listening reports whether a unix socket bound to path is listening in
-// this network namespace (from /proc/net/unix; without connecting, which
-// would disturb a one-client chardev).
-func listening(path string) bool {
-	f, err := os.Open("/proc/net/unix")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(io.LimitReader(f, 64<<20))
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	for sc.Scan() {
-		// Num RefCount Protocol Flags Type St Inode Path
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 8 || fields[7] != path {
-			continue
-		}
-		if flags, err := strconv.ParseUint(fields[3], 16, 32); err == nil && flags&0x10000 != 0 { // __SO_ACCEPTCON
-			return true
-		}
-	}
-	return false
 }
 
 // logTail returns ": <last lines of the log from offset>" or "".
