@@ -7,7 +7,7 @@
 //     Spec.Restore and agent.Dial + Ping;
 //   - clone create → ready through the API the VM manager uses:
 //     Template.CloneRoot + an empty work image + Start(Restore) + agent
-//     handshake + Configure(template.Identity(...)) (fresh RNG seed,
+//     handshake + Configure(warm.Identity(...)) (fresh RNG seed,
 //     clock, hostname, machine-id, MAC + address);
 //   - spare clone → ready: the Configure of the clone's own identity on a
 //     clone restored, configured with throw-away values and run `true`
@@ -50,10 +50,10 @@ import (
 	"github.com/banger-sh/banger/internal/initrd"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/system"
-	"github.com/banger-sh/banger/internal/template"
 	"github.com/banger-sh/banger/internal/vmm"
 	"github.com/banger-sh/banger/internal/vmm/qemu"
 	"github.com/banger-sh/banger/internal/vmm/vmmtest"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 var verbose = flag.Bool("v", false, "print the phases of each create")
@@ -90,8 +90,8 @@ type bench struct {
 	b    *qemu.Backend
 	home string
 	l    paths.Layout
-	src  template.Source
-	tpl  *template.Template
+	src  warm.Source
+	tpl  *warm.Template
 	disk disk.Strategy // cold VMs' roots, as the VM manager makes them
 
 	mu  sync.Mutex
@@ -179,9 +179,9 @@ func (b *bench) run() error {
 	if !man.Has(image.FileVmlinux) {
 		kernel = man.Path(image.FileBzImage)
 	}
-	b.src = template.Source{Kernel: kernel, Initrd: rd, RootBase: man.Path(image.FileRootfs), RootBaseFormat: "raw"}
-	store := template.New(b.l, b.b, template.Options{})
-	sh, err := store.Complete(ctx, template.Shape{
+	b.src = warm.Source{Kernel: kernel, Initrd: rd, RootBase: man.Path(image.FileRootfs), RootBaseFormat: "raw"}
+	store := warm.NewStore(b.l, b.b, warm.StoreOptions{})
+	sh, err := store.Complete(ctx, warm.Shape{
 		ImageName: man.Name, ImageDigest: man.Digest, AgentDigest: agentDigest,
 		VCPUs: vcpus, MemoryMiB: memMiB, WorkDiskBytes: workBytes, NICs: 1,
 	})
@@ -401,7 +401,7 @@ func (b *bench) warm(ctx context.Context) (time.Duration, vmm.Handle, *agent.Cli
 		return 0, h, nil, err
 	}
 	tStart := time.Since(t0)
-	id, err := template.Identity(spec.ID, &agent.NetConfig{Interface: "eth0", MAC: "02:ba:00:00:01:03", Address: "10.99.0.2/24"}, nil)
+	id, err := warm.Identity(spec.ID, &agent.NetConfig{Interface: "eth0", MAC: "02:ba:00:00:01:03", Address: "10.99.0.2/24"}, nil)
 	if err != nil {
 		return 0, h, nil, err
 	}
@@ -450,7 +450,7 @@ func (b *bench) spare(ctx context.Context) (time.Duration, vmm.Handle, error) {
 		return 0, h, err
 	}
 	time.Sleep(200 * time.Millisecond) // idle, as a spare waits
-	id, err := template.Identity("spare-served", &agent.NetConfig{Interface: "eth0", MAC: "02:ba:00:00:01:04", Address: "10.99.0.3/24", Gateway: "10.99.0.1"}, nil)
+	id, err := warm.Identity("spare-served", &agent.NetConfig{Interface: "eth0", MAC: "02:ba:00:00:01:04", Address: "10.99.0.3/24", Gateway: "10.99.0.1"}, nil)
 	if err != nil {
 		return 0, h, err
 	}
@@ -501,7 +501,7 @@ func (b *bench) configure(ctx context.Context, h vmm.Handle, name string) (*agen
 			fmt.Fprintf(os.Stderr, "  agent pong after %v, Configure took %v\n", t1.Sub(t0), time.Since(t1))
 		}(time.Now())
 	}
-	id, err := template.Identity(name, &agent.NetConfig{Interface: "eth0", MAC: "02:ba:00:00:01:03", Address: "10.99.0.2/24"}, nil)
+	id, err := warm.Identity(name, &agent.NetConfig{Interface: "eth0", MAC: "02:ba:00:00:01:03", Address: "10.99.0.2/24"}, nil)
 	if err != nil {
 		c.Close()
 		return nil, err

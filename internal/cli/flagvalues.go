@@ -5,8 +5,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strings"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -30,7 +30,7 @@ func (d *durationRange) String() string {
 	}
 	return d.p.String()
 }
-func (d *durationRange) Type() string   { return "duration" }
+func (d *durationRange) Type() string { return "duration" }
 func (d *durationRange) Set(s string) error {
 	v, err := time.ParseDuration(s)
 	if err != nil {

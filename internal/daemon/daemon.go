@@ -24,9 +24,9 @@ import (
 	"github.com/banger-sh/banger/internal/config"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/store"
-	"github.com/banger-sh/banger/internal/template"
 	"github.com/banger-sh/banger/internal/vm"
 	"github.com/banger-sh/banger/internal/vmm/auto"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 // Options configure a daemon.
@@ -63,7 +63,7 @@ type Daemon struct {
 	choice    auto.Choice
 	netErr    error // why networking is off, if it is
 	vms       *vm.Manager
-	templates *template.Store
+	templates *warm.Store
 	images    *images
 	uploads   *uploads
 	runs      *runs

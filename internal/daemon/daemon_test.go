@@ -19,28 +19,10 @@ import (
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/testhome"
 )
 
-// testLayout is an isolated BANGER_HOME with a short path (unix sockets
-// are limited to 107 bytes).
-func testLayout(t testing.TB) paths.Layout {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "bgd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	l, err := paths.Resolve(func(k string) string {
-		if k == "BANGER_HOME" {
-			return dir
-		}
-		return ""
-	}, os.Geteuid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
+func testLayout(t testing.TB) paths.Layout { return testhome.Layout(t) }
 
 // startDaemon runs an in-process daemon and returns a client of it.
 func startDaemon(t testing.TB, l paths.Layout) (*client.Client, *bytes.Buffer) {

@@ -18,8 +18,8 @@ import (
 	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/store"
-	"github.com/banger-sh/banger/internal/template"
 	"github.com/banger-sh/banger/internal/vm"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 // images is the image registry: image directories under the cache dir,
@@ -31,7 +31,7 @@ type images struct {
 	cfg       config.Config
 	log       interface{ Info(string, ...any) }
 	vms       *vm.Manager
-	templates *template.Store
+	templates *warm.Store
 
 	mu       sync.Mutex
 	building map[string]*sync.Mutex // name → build lock
@@ -132,7 +132,7 @@ func (s *images) Import(ctx context.Context, req api.ImportImageRequest, progres
 }
 
 // warmImage builds the warm-start template of an image for a shape now.
-func (d *Daemon) warmImage(ctx context.Context, name string, req api.WarmRequest, progress vm.Progress) (*template.Template, error) {
+func (d *Daemon) warmImage(ctx context.Context, name string, req api.WarmRequest, progress vm.Progress) (*warm.Template, error) {
 	if err := checkWarm(d.cfg, req); err != nil {
 		return nil, err
 	}
@@ -199,7 +199,7 @@ func (s *images) Remove(ctx context.Context, name string) error {
 	if list, err := s.templates.List(); err == nil {
 		for _, t := range list {
 			if t.Shape.ImageDigest == im.Digest {
-				s.vms.DropSpare(t.Key) // its clone goes now, the template at the next start
+				s.vms.Warm().DropSpare(t.Key) // its clone goes now, the template at the next start
 			}
 		}
 	}
@@ -227,7 +227,7 @@ func (s *images) toAPI(ctx context.Context, im *store.Image) api.Image {
 				out.Templates = append(out.Templates, api.Template{
 					Key: t.Key, VCPUs: t.Shape.VCPUs, MemoryMiB: t.Shape.MemoryMiB, DiskBytes: t.Shape.RootBytes,
 					SizeBytes: t.Bytes(), Created: t.Created, InUse: s.vms.TemplateInUse(t.Key),
-					Spare: s.vms.SpareState(t.Key),
+					Spare: s.vms.Warm().SpareState(t.Key),
 				})
 			}
 		}
@@ -301,7 +301,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 				sizes[t.Key] = t.Bytes()
 			}
 		}
-		removed, err := d.templates.Prune(func(t *template.Template) bool { return d.vms.TemplateInUse(t.Key) })
+		removed, err := d.templates.Prune(func(t *warm.Template) bool { return d.vms.TemplateInUse(t.Key) })
 		if err != nil {
 			writeError(w, r, err)
 			return
@@ -310,7 +310,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 		for _, t := range removed {
 			res.Removed = append(res.Removed, t.Key)
 			res.Bytes += sizes[t.Key]
-			d.vms.DropSpare(t.Key)
+			d.vms.Warm().DropSpare(t.Key)
 		}
 		writeJSON(w, 200, res)
 	})

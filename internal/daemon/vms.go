@@ -29,13 +29,13 @@ import (
 	"github.com/banger-sh/banger/internal/network"
 	"github.com/banger-sh/banger/internal/run"
 	"github.com/banger-sh/banger/internal/system"
-	"github.com/banger-sh/banger/internal/template"
 	"github.com/banger-sh/banger/internal/version"
 	"github.com/banger-sh/banger/internal/vm"
 	"github.com/banger-sh/banger/internal/vmm"
 	"github.com/banger-sh/banger/internal/vmm/auto"
 	"github.com/banger-sh/banger/internal/vmm/firecracker"
 	"github.com/banger-sh/banger/internal/vmm/qemu"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 // init prepares the daemon's services before the socket is served: the
@@ -65,7 +65,7 @@ func (d *Daemon) init(ctx context.Context) error {
 		keys = []string{pub}
 	}
 	var inUse func(string) bool
-	d.templates = template.New(d.layout, backend, template.Options{
+	d.templates = warm.NewStore(d.layout, backend, warm.StoreOptions{
 		Logger: d.log.With("component", "template"),
 		InUse:  func(key string) bool { return inUse != nil && inUse(key) },
 	})
@@ -175,12 +175,12 @@ func (d *Daemon) pruneTemplates(ctx context.Context) {
 	if !d.templates.Supported() {
 		return
 	}
-	if removed, err := d.templates.Prune(func(*template.Template) bool { return true }); err != nil {
+	if removed, err := d.templates.Prune(func(*warm.Template) bool { return true }); err != nil {
 		d.log.Warn("prune templates", "err", err)
 	} else if len(removed) > 0 {
 		d.log.Info("removed broken templates", "n", len(removed))
 	}
-	cur, err := d.templates.Complete(ctx, template.Shape{})
+	cur, err := d.templates.Complete(ctx, warm.Shape{})
 	if err != nil {
 		return
 	}

@@ -217,7 +217,7 @@ func (l Layout) SSHKey() string { return filepath.Join(l.State, "ssh", "id_ed255
 func (l Layout) VMKnownHosts(id string) string { return filepath.Join(l.VMDir(id), "known_hosts") }
 
 // TemplatesDir holds the warm-start templates, one directory per key
-// (internal/template owns what is inside).
+// (internal/warm owns what is inside).
 func (l Layout) TemplatesDir() string { return filepath.Join(l.Cache, "templates") }
 
 // TemplateDir is one template's directory.

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/banger-sh/banger/internal/initrd"
 	"github.com/banger-sh/banger/internal/store"
 	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 // undo is a stack of cleanup steps run in reverse order when an operation
@@ -135,27 +135,24 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	}()
 
 	r := &record{row: &store.VM{ID: newID(), Name: req.Name, ImageID: img.ID, State: StateCreating}, spec: spec}
-	// A spare clone of this shape, when one is ready (or being made),
-	// serves this VM: the VM takes its id (its files are that id's).
-	var sp *spare
-	if net := spec.Net != "off" && spec.Net != ""; m.spareFits(req, net) {
-		if sh, err := m.shape(ctx, r, man); err == nil {
-			if sp = m.takeSpare(ctx, sh.Key(), net); sp != nil {
-				r.row.ID = sp.id
-			}
-		}
+	// What can serve this VM warm: a spare clone of its shape, when one
+	// is ready (or being made), whose id the VM takes (its files are that
+	// id's), or the shape's template.
+	initrd, err := m.initrd(man)
+	if err != nil {
+		return api.VM{}, err
+	}
+	claim := m.claim(ctx, r, man, initrd, req)
+	if id := claim.ID(); id != "" {
+		r.row.ID = id
 	}
 	r.row.Spec, _ = jsonMarshal(spec)
 	if err := m.store.InsertVM(ctx, r.row); err != nil {
-		if sp != nil { // e.g. the name is taken: the spare is still pristine
-			m.returnSpare(sp)
-		}
+		claim.Return() // e.g. the name is taken: a spare is still pristine
 		return api.VM{}, err
 	}
 	crashpoint.Hit("create.row")
-	if sp != nil {
-		u.push(func(context.Context) { m.destroySpare(sp, false) })
-	}
+	u.push(func(context.Context) { claim.Discard() })
 	id := r.row.ID
 	u.push(func(ctx context.Context) {
 		if err := m.store.DeleteVM(ctx, id); err != nil {
@@ -174,86 +171,38 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	u.push(func(context.Context) { os.RemoveAll(m.layout.VMDir(id)) })
 	if req.Workspace != nil {
 		progress.Phase("workspace", "attaching work disk")
-		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace, sp != nil); err != nil {
-			return api.VM{}, err
-		}
-		if sp != nil {
-			sp.holdsWorkspace = true
-		}
-	}
-	if sp != nil {
-		err := m.adoptSpare(ctx, r, man, sp, progress, &u)
-		if err == nil {
-			ok = true
-			m.log.Info("vm running (warm, spare clone)", "vm", req.Name, "id", id, "pid", r.handle.PID, "template", sp.key)
-			if sh, err := m.shape(ctx, r, man); err == nil {
-				m.fillSpare(sh, man)
-			}
-			return m.toAPI(ctx, r), nil
-		}
-		if ctx.Err() != nil {
-			return api.VM{}, ctx.Err()
-		}
-		m.log.Warn("spare clone failed: restoring on demand", "vm", req.Name, "template", sp.key, "err", err)
-		progress.Phase("warning", fmt.Sprintf("spare clone failed (%v): restoring on demand", err))
-		m.destroySpare(sp, true)
-		if err := m.resetBoot(ctx, r); err != nil {
+		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace, claim.Spare()); err != nil {
 			return api.VM{}, err
 		}
 	}
-	tpl, shape := m.warmTemplate(ctx, r, man, req.Cold, progress)
-	if tpl != nil {
-		err := m.bootWarm(ctx, r, man, tpl, progress, &u)
-		if err == nil {
-			ok = true
-			m.fillSpare(shape, man)
-			m.log.Info("vm running (warm)", "vm", req.Name, "id", id, "pid", r.handle.PID, "template", tpl.Key)
-			return m.toAPI(ctx, r), nil
-		}
-		if ctx.Err() != nil {
-			return api.VM{}, ctx.Err()
-		}
-		m.log.Warn("warm start failed: booting cold", "vm", req.Name, "template", tpl.Key, "err", err)
-		progress.Phase("warning", fmt.Sprintf("warm start failed (%v): booting cold", err))
-		if err := m.resetBoot(ctx, r); err != nil {
+	clone, err := claim.Start(ctx, m.guest(r, &u, progress))
+	if err != nil {
+		return api.VM{}, err
+	}
+	if clone != nil {
+		if err := m.cloneRunning(ctx, r, clone, progress, &u); err != nil {
 			return api.VM{}, err
 		}
+		ok = true
+		how := "vm running (warm)"
+		if clone.Spare {
+			how = "vm running (warm, spare clone)"
+		}
+		m.log.Info(how, "vm", req.Name, "id", id, "pid", r.handle.PID, "template", clone.Key)
+		return m.toAPI(ctx, r), nil
 	}
 	if _, err := m.makeRoot(ctx, id, disk.Image{Path: man.Path(image.FileRootfs), Format: disk.FormatRaw}, spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}
 	crashpoint.Hit("create.disk")
-	// The template of this shape is built alongside this boot when a CPU
-	// is to spare (so that the next create, even right after this one,
-	// is warm), else after it (never slowing this VM down).
-	buildTemplate := tpl == nil && shape.Backend != ""
-	if buildTemplate && runtime.NumCPU() > spec.VCPUs {
-		if initrd, err := m.initrd(man); err == nil {
-			m.buildTemplateLater(shape, man, initrd)
-		}
-		buildTemplate = false
-	}
+	booted := claim.ColdBoot() // the shape's template, built in the background
 	if err := m.boot(ctx, r, man, progress, &u, true); err != nil {
 		return api.VM{}, err
 	}
-	if buildTemplate {
-		if initrd, err := m.initrd(man); err == nil {
-			m.buildTemplateLater(shape, man, initrd)
-		}
-	}
+	booted()
 	ok = true
 	m.log.Info("vm running", "vm", req.Name, "id", id, "pid", r.handle.PID)
 	return m.toAPI(ctx, r), nil
-}
-
-// resetBoot forgets what a failed warm start recorded in r (its template,
-// boot kind, start time, handle), so that the next attempt starts clean:
-// a cold boot that saw StartedAt set would keep the image's machine-id.
-func (m *Manager) resetBoot(ctx context.Context, r *record) error {
-	r.handle = vmm.Handle{}
-	r.spec.Boot, r.spec.Template, r.spec.WorkSlot = "", "", false
-	r.row.State, r.row.StartedAt = StateCreating, time.Time{}
-	return r.save(ctx, m.store)
 }
 
 // boot starts the VMM for r, waits for its agent and configures the guest,
@@ -281,7 +230,7 @@ func (m *Manager) boot(ctx context.Context, r *record, man *image.Manifest, prog
 	if !slices.Contains(m.backend.RootFormats(), root.Format) {
 		return errdefs.Conflict(fmt.Sprintf("vm %s: its root disk is %s, which backend %s does not take (it takes %v)", r.row.Name, root.Format, m.backend.Name(), m.backend.RootFormats()))
 	}
-	spec := m.vmSpec(id, r.spec.VCPUs, r.spec.MemoryMiB, m.templateSource(man, initrdPath), root, disks, nics, nil)
+	spec := warm.Spec(m.layout, id, r.spec.VCPUs, r.spec.MemoryMiB, warm.SourceOf(man, initrdPath), root, disks, nics, nil)
 	progress.Phase("boot", fmt.Sprintf("%s, %d vCPU, %d MiB", m.backend.Name(), spec.VCPUs, spec.MemoryMiB))
 	start := time.Now()
 	h, err := m.backend.Start(ctx, spec)

@@ -28,9 +28,10 @@ import (
 	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/store"
-	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/testhome"
 	"github.com/banger-sh/banger/internal/vmm"
 	"github.com/banger-sh/banger/internal/vmm/fakevmm"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 // fakeImages serves one stand-in image.
@@ -82,7 +83,7 @@ type env struct {
 	layout paths.Layout
 	store  *store.Store
 	images *fakeImages
-	tpl    *template.Store
+	tpl    *warm.Store
 	m      *Manager
 	opts   Options
 }
@@ -96,19 +97,8 @@ func withDisk(s disk.Strategy) envOpt {
 
 func newEnv(t *testing.T, opts ...envOpt) *env {
 	t.Helper()
-	home := t.TempDir()
-	l, err := paths.Resolve(func(k string) string {
-		if k == "BANGER_HOME" {
-			return home
-		}
-		return ""
-	}, os.Geteuid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Ensure(); err != nil {
-		t.Fatal(err)
-	}
+	l := testhome.Layout(t)
+	home := t.TempDir() // the image's files
 	ctx := context.Background()
 	st, err := store.Open(ctx, l.StoreFile())
 	if err != nil {
@@ -123,7 +113,7 @@ func newEnv(t *testing.T, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, b: fakevmm.New(), layout: l, store: st, images: &fakeImages{img: img}}
-	e.tpl = template.New(l, e.b, template.Options{Settle: time.Millisecond, ReadyTimeout: 10 * time.Second, InUse: func(string) bool { return false }})
+	e.tpl = warm.NewStore(l, e.b, warm.StoreOptions{Settle: time.Millisecond, ReadyTimeout: 10 * time.Second, InUse: func(string) bool { return false }})
 	cfg := config.Defaults()
 	cfg.VM.Disk = "64M"
 	e.opts = Options{Store: st, Layout: l, Config: cfg, Backend: e.b, Images: e.images, Templates: e.tpl,
@@ -153,7 +143,7 @@ func (e *env) restart() {
 	e.b = fakevmm.New()
 	e.b.FailStart, e.b.FailConfigure, e.b.Silent = old.FailStart, old.FailConfigure, old.Silent
 	e.opts.Backend = e.b
-	e.tpl = template.New(e.layout, e.b, template.Options{Settle: time.Millisecond, InUse: func(string) bool { return false }})
+	e.tpl = warm.NewStore(e.layout, e.b, warm.StoreOptions{Settle: time.Millisecond, InUse: func(string) bool { return false }})
 	e.opts.Templates = e.tpl
 	e.m = New(e.opts)
 	if err := e.m.Reconcile(context.Background()); err != nil {
@@ -307,13 +297,13 @@ func (e *env) waitSpare() {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ts, _ := e.tpl.List()
-		if len(ts) > 0 && e.m.SpareState(ts[0].Key) == "ready" {
+		if len(ts) > 0 && e.m.Warm().SpareState(ts[0].Key) == "ready" {
 			return
 		}
 		if time.Now().After(deadline) {
 			st := ""
 			if len(ts) > 0 {
-				st = e.m.SpareState(ts[0].Key)
+				st = e.m.Warm().SpareState(ts[0].Key)
 			}
 			e.t.Fatalf("no spare ready (%q)", st)
 		}
@@ -427,7 +417,7 @@ func TestFakeCreateFallbacks(t *testing.T) {
 	e.waitSpare()
 
 	// 3. Restores fail (and the spare is used up by a cold create): cold.
-	e.m.DropSpare(ts[0].Key)
+	e.m.Warm().DropSpare(ts[0].Key)
 	e.b.FailStart = func(s vmm.Spec) error {
 		if s.Restore != nil {
 			return fmt.Errorf("injected restore failure: %w", vmm.ErrSnapshotMismatch)
@@ -444,7 +434,7 @@ func TestFakeCreateFallbacks(t *testing.T) {
 	if e.m.TemplateInUse(ts[0].Key) {
 		t.Error("template in use by clones whose roots are copies")
 	}
-	e.m.DropSpare(ts[0].Key)
+	e.m.Warm().DropSpare(ts[0].Key)
 	e.assertOnly(first.ID, v.ID, w.ID, c.ID)
 	for _, id := range []string{first.ID, v.ID, w.ID, c.ID} {
 		if img, ok := disk.Existing(e.layout.VMRootStem(id)); !ok || img.Format != "raw" {
@@ -456,10 +446,8 @@ func TestFakeCreateFallbacks(t *testing.T) {
 // spareID is the id of the spare clone of the template key (the spare's
 // runtime dir is its id's).
 func (e *env) spareID(key string) string {
-	e.m.mu.Lock()
-	defer e.m.mu.Unlock()
-	if s := e.m.spares[key]; s != nil {
-		return s.id
+	if id := e.m.Warm().SpareID(key); id != "" {
+		return id
 	}
 	e.t.Fatal("no spare")
 	return ""

@@ -22,9 +22,9 @@ import (
 	"github.com/banger-sh/banger/api"
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/errdefs"
-	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/store"
 	"github.com/banger-sh/banger/internal/system"
+	"github.com/banger-sh/banger/internal/testhome"
 	"github.com/banger-sh/banger/internal/vmm"
 )
 
@@ -191,19 +191,7 @@ func muteAgentHandshake(c net.Conn) *bufio.Reader {
 // running VM, "hostile", on b.
 func hostileManager(t *testing.T, b *hostileBackend) *Manager {
 	t.Helper()
-	home := t.TempDir()
-	l, err := paths.Resolve(func(k string) string {
-		if k == "BANGER_HOME" {
-			return home
-		}
-		return ""
-	}, os.Geteuid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Ensure(); err != nil {
-		t.Fatal(err)
-	}
+	l := testhome.Layout(t)
 	ctx := context.Background()
 	st, err := store.Open(ctx, l.StoreFile())
 	if err != nil {

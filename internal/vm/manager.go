@@ -35,8 +35,8 @@ import (
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/progress"
 	"github.com/banger-sh/banger/internal/store"
-	"github.com/banger-sh/banger/internal/template"
 	"github.com/banger-sh/banger/internal/vmm"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 // VM states as stored and shown.
@@ -92,7 +92,7 @@ type Options struct {
 	Images  Images
 	Network *network.Manager // nil: VMs get no NIC
 	// Templates, when set, makes warm starts possible.
-	Templates *template.Store
+	Templates *warm.Store
 	// AuthorizedKeys are installed as root's authorized_keys in every
 	// guest (banger's own ssh key, for vm ssh).
 	AuthorizedKeys []string
@@ -100,7 +100,7 @@ type Options struct {
 	// ReadyTimeout bounds the wait for a booted guest's agent.
 	ReadyTimeout time.Duration
 	// Spares is how many clones are kept restored ahead of demand, for
-	// the shapes used most recently (0: none; see spare.go).
+	// the shapes used most recently (0: none; see internal/warm).
 	Spares int
 	// Disk makes root disks; nil: disk.Choose for the backend's root
 	// formats and the VMs directory.
@@ -126,10 +126,9 @@ type Manager struct {
 
 	closing  chan struct{}
 	wg       sync.WaitGroup
-	bgCtx    context.Context // background work (template builds); ends at Close
+	bgCtx    context.Context // background work; ends at Close
 	bgCancel context.CancelFunc
-	building chan struct{}     // one background template build at a time
-	spares   map[string]*spare // template key → its spare clone (under mu)
+	warm     *warm.Pool // templates and spares; nil: no warm starts
 }
 
 // New returns a manager. Call Reconcile before serving.
@@ -141,10 +140,17 @@ func New(o Options) *Manager {
 		opts: o, store: o.Store, layout: o.Layout, backend: o.Backend, log: o.Log, net: o.Network,
 		forwards: map[string][]*network.PortForward{},
 		locks:    map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
-		closing: make(chan struct{}), building: make(chan struct{}, 1),
-		spares: map[string]*spare{},
+		closing: make(chan struct{}),
 	}
 	m.bgCtx, m.bgCancel = context.WithCancel(context.Background())
+	if o.Templates != nil {
+		var taps warm.Taps
+		if o.Network != nil {
+			taps = o.Network
+		}
+		m.warm = warm.New(warm.Options{Store: o.Templates, Backend: o.Backend, Layout: o.Layout, Taps: taps,
+			AuthorizedKeys: o.AuthorizedKeys, Spares: o.Spares, NewID: newID, Log: o.Log})
+	}
 	m.disk = o.Disk
 	if m.disk == nil {
 		m.disk, m.diskErr = disk.Choose(o.Backend.RootFormats(), o.Layout.VMsDir(), disk.RealHost())
@@ -193,22 +199,6 @@ func (m *Manager) removeRoot(id string) {
 	}
 }
 
-// vmSpec is the vmm.Spec of VM id: the one function that builds it, for
-// a cold boot (t nil) and a restore of template t (spare or warm create).
-func (m *Manager) vmSpec(id string, vcpus, mem int, src template.Source, root vmm.Disk, disks []vmm.Disk, nics []vmm.NIC, t *template.Template) vmm.Spec {
-	spec := vmm.Spec{
-		ID: id, VCPUs: vcpus, MemoryMiB: mem,
-		Kernel: src.Kernel, Initrd: src.Initrd,
-		Root: root, Disks: disks, NICs: nics,
-		RuntimeDir: m.layout.VMRuntimeDir(id),
-		ConsoleLog: m.layout.VMConsoleLog(id), VMMLog: m.layout.VMVMMLog(id),
-	}
-	if t != nil {
-		spec.Restore = t.Snapshot()
-	}
-	return spec
-}
-
 // Close stops watchers, closes agent connections and kills the spare
 // clones. VMs keep running.
 func (m *Manager) Close(ctx context.Context) error {
@@ -216,7 +206,9 @@ func (m *Manager) Close(ctx context.Context) error {
 	close(m.closing)
 	m.mu.Unlock()
 	m.bgCancel()
-	m.closeSpares()
+	if m.warm != nil {
+		m.warm.Close()
+	}
 	m.mu.Lock()
 	for _, c := range m.watch {
 		c()
@@ -228,6 +220,29 @@ func (m *Manager) Close(ctx context.Context) error {
 	m.mu.Unlock()
 	m.wg.Wait()
 	return nil
+}
+
+// Warm is the manager's warm-start pool (nil when warm starts are off).
+func (m *Manager) Warm() *warm.Pool { return m.warm }
+
+// background runs f in a goroutine that Close waits for; once Close has
+// begun, f runs now, in the caller (a WaitGroup must not grow while it is
+// waited for).
+func (m *Manager) background(f func()) {
+	m.mu.Lock()
+	select {
+	case <-m.closing:
+		m.mu.Unlock()
+		f()
+		return
+	default:
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
 }
 
 // lock takes a VM's lock; operations on different VMs never wait for each

@@ -15,6 +15,7 @@ import (
 
 	"github.com/banger-sh/banger/api"
 	"github.com/banger-sh/banger/internal/agent"
+	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/system"
 	"github.com/banger-sh/banger/internal/vmm"
@@ -320,4 +321,28 @@ func (c *capWriter) Write(p []byte) (int, error) {
 		return 0, errors.New("export patch over the limit")
 	}
 	return k, nil
+}
+
+// fillSlot copies a work disk image into a spare's slot file, whose inode
+// the spare's VMM holds open: only src's data extents are written (the
+// slot is sparse and all zeros), with copy_file_range.
+func fillSlot(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	if err := disk.CopyData(in, out, st.Size()); err != nil {
+		return fmt.Errorf("copy work disk: %w", err)
+	}
+	return nil
 }

@@ -14,7 +14,7 @@
 //     Firecracker).
 //   - Warm starts are optional: a backend that implements Snapshotter saves
 //     a running VM (a template) and starts clones of it (Spec.Restore);
-//     internal/template keeps the templates. A clone is the same process
+//     internal/warm keeps the templates. A clone is the same process
 //     kind as a cold-booted VM once Start returns (same Handle, Status,
 //     Kill, DialAgent).
 package vmm

@@ -362,7 +362,10 @@ func (b *Backend) Kill(ctx context.Context, h vmm.Handle) error {
 	return nil
 }
 
-// WaitExit implements vmm.Backend.
+// WaitExit implements vmm.Backend. Once the process is gone, its
+// machine is torn down before WaitExit returns: the caller may start the
+// same VM again at once, and the old machine's socket clean-up must not
+// find the new one (its inode number can be the old one's, reused).
 func (b *Backend) WaitExit(ctx context.Context, h vmm.Handle) error {
 	for b.alive(h) {
 		select {
@@ -370,6 +373,9 @@ func (b *Backend) WaitExit(ctx context.Context, h vmm.Handle) error {
 			return ctx.Err()
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+	if m := b.machineOf(h); m != nil {
+		b.teardown(m)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package vm
+package warm
 
 import (
 	"context"
@@ -14,9 +14,7 @@ import (
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/crashpoint"
 	"github.com/banger-sh/banger/internal/disk"
-	"github.com/banger-sh/banger/internal/image"
 	"github.com/banger-sh/banger/internal/network"
-	"github.com/banger-sh/banger/internal/template"
 	"github.com/banger-sh/banger/internal/vmm"
 )
 
@@ -34,8 +32,8 @@ import (
 // tap and the files of the VM id it will serve as (so that taking it moves
 // nothing). At most Options.Spares exist, for the shapes used most
 // recently; one is made after each warm create and after each template
-// build, in the background. Daemon stop kills them; after a daemon crash
-// Reconcile removes their processes, files and taps as orphans.
+// build, in the background. Close kills them; after a daemon crash the VM
+// manager's reconcile removes their processes, files and taps as orphans.
 type spare struct {
 	id, key string
 	net     bool          // holds a tap: serves VMs with a NIC
@@ -54,47 +52,29 @@ type spare struct {
 	claimed atomic.Bool
 }
 
-// spareFits reports whether a create can take a spare: warm starts on,
-// spares on, and a workspace disk (if any) the size of the slot.
-func (m *Manager) spareFits(req api.CreateVMRequest, net bool) bool {
-	if req.Cold || m.opts.Spares <= 0 || m.opts.Templates == nil || !m.opts.Templates.Supported() {
-		return false
-	}
-	if net && m.net == nil {
-		return false
-	}
-	if ws := req.Workspace; ws != nil && ws.Disk != "" {
-		st, err := os.Stat(ws.Disk)
-		if err != nil || st.Size() != api.WorkSlotBytes {
-			return false
-		}
-	}
-	return true
-}
-
 // takeSpare hands out the spare of a template key (waiting for it when it
 // is being made), or nil.
-func (m *Manager) takeSpare(ctx context.Context, key string, net bool) *spare {
-	t, ok := m.opts.Templates.Lookup(key)
+func (p *Pool) takeSpare(ctx context.Context, key string, net bool) *spare {
+	t, ok := p.store.Lookup(key)
 	if !ok {
 		// Gone or damaged since the spare was made: the create goes the
 		// usual way (and warns); the spare goes.
-		m.DropSpare(key)
+		p.DropSpare(key)
 		return nil
 	}
-	m.mu.Lock()
-	s := m.spares[key]
+	p.mu.Lock()
+	s := p.spares[key]
 	if s == nil || s.net != net {
-		m.mu.Unlock()
+		p.mu.Unlock()
 		return nil
 	}
-	delete(m.spares, key)
-	m.mu.Unlock()
+	delete(p.spares, key)
+	p.mu.Unlock()
 	s.claimed.Store(true)
 	select {
 	case <-s.made:
 	case <-ctx.Done():
-		m.retireSpare(s)
+		p.retireSpare(s)
 		return nil
 	}
 	if s.err != nil {
@@ -103,12 +83,12 @@ func (m *Manager) takeSpare(ctx context.Context, key string, net bool) *spare {
 	if !s.created.Equal(t.Created) {
 		// The template was rebuilt under the same key meanwhile: the
 		// spare's memory belongs to the old root disk.
-		m.retireSpare(s)
+		p.retireSpare(s)
 		return nil
 	}
-	if m.backend.Status(ctx, s.h) != vmm.StateRunning {
-		m.log.Warn("spare clone died while idle: restoring on demand", "id", s.id)
-		m.retireSpare(s)
+	if p.b.Status(ctx, s.h) != vmm.StateRunning {
+		p.log.Warn("spare clone died while idle: restoring on demand", "id", s.id)
+		p.retireSpare(s)
 		return nil
 	}
 	return s
@@ -117,94 +97,90 @@ func (m *Manager) takeSpare(ctx context.Context, key string, net bool) *spare {
 // fillSpare makes a spare of the template of sh in the background unless
 // one exists; the least recently made other spare goes when the limit is
 // reached.
-func (m *Manager) fillSpare(sh template.Shape, man *image.Manifest) {
-	key := sh.Key()
-	if m.opts.Spares <= 0 || m.opts.Templates == nil || key == "" {
+func (p *Pool) fillSpare(sh Shape, src Source) {
+	if p.o.Spares <= 0 || !p.Supported() || sh.Backend == "" {
 		return
 	}
-	m.mu.Lock()
+	key := sh.Key()
+	p.mu.Lock()
 	select {
-	case <-m.closing:
-		m.mu.Unlock()
+	case <-p.closing:
+		p.mu.Unlock()
 		return
 	default:
 	}
-	if m.spares[key] != nil {
-		m.mu.Unlock()
+	if p.spares[key] != nil {
+		p.mu.Unlock()
 		return
 	}
 	var evicted []*spare
-	for len(m.spares) >= m.opts.Spares {
+	for len(p.spares) >= p.o.Spares {
 		var oldest *spare
-		for _, s := range m.spares {
+		for _, s := range p.spares {
 			if oldest == nil || s.since.Before(oldest.since) {
 				oldest = s
 			}
 		}
-		delete(m.spares, oldest.key)
+		delete(p.spares, oldest.key)
 		evicted = append(evicted, oldest)
 	}
-	s := &spare{id: newID(), key: key, net: m.net != nil, made: make(chan struct{}), since: time.Now()}
-	m.spares[key] = s
-	m.wg.Add(1)
-	m.mu.Unlock()
+	s := &spare{id: p.o.NewID(), key: key, net: p.o.Taps != nil, made: make(chan struct{}), since: time.Now()}
+	p.spares[key] = s
+	p.wg.Add(1)
+	p.mu.Unlock()
 	for _, e := range evicted {
-		m.retireSpare(e)
+		p.retireSpare(e)
 	}
 	go func() {
-		defer m.wg.Done()
+		defer p.wg.Done()
 		start := time.Now()
-		s.err = m.makeSpare(m.bgCtx, s, sh, man)
+		s.err = p.makeSpare(p.bgCtx, s, sh, src)
 		close(s.made)
 		if s.err != nil {
-			m.mu.Lock()
-			if m.spares[key] == s {
-				delete(m.spares, key)
+			p.mu.Lock()
+			if p.spares[key] == s {
+				delete(p.spares, key)
 			}
-			m.mu.Unlock()
+			p.mu.Unlock()
 			if !errors.Is(s.err, context.Canceled) {
-				m.log.Warn("spare clone not made", "template", key, "err", s.err)
+				p.log.Warn("spare clone not made", "template", key, "err", s.err)
 			}
 			return
 		}
-		m.log.Info("spare clone ready", "template", key, "id", s.id, "took", time.Since(start).String())
+		p.log.Info("spare clone ready", "template", key, "id", s.id, "took", time.Since(start).String())
 	}()
 }
 
 // makeSpare restores a clone of the template as s and rehearses its
 // identity step and an exec. On failure it undoes everything.
-func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, man *image.Manifest) (err error) {
-	t, ok := m.opts.Templates.Lookup(s.key)
+func (p *Pool) makeSpare(ctx context.Context, s *spare, sh Shape, src Source) (err error) {
+	t, ok := p.store.Lookup(s.key)
 	if !ok {
 		return fmt.Errorf("template %s is gone", s.key)
 	}
 	s.created = t.Created
-	initrd, err := m.initrd(man)
-	if err != nil {
-		return err
-	}
 	defer func() {
 		if err != nil {
-			m.destroySpare(s, false)
+			p.destroySpare(s, false)
 		}
 	}()
 	id := s.id
-	if err := os.MkdirAll(m.layout.VMDir(id), 0o755); err != nil {
+	if err := os.MkdirAll(p.l.VMDir(id), 0o755); err != nil {
 		return err
 	}
-	root, err := t.CloneRoot(ctx, m.layout.VMRootStem(id))
+	root, err := t.CloneRoot(ctx, p.l.VMRootStem(id))
 	if err != nil {
 		return err
 	}
 	crashpoint.Hit("spare.disk")
-	slot := m.layout.VMWorkDisk(id)
-	if err := sparse(slot, api.WorkSlotBytes); err != nil {
+	slot := p.l.VMWorkDisk(id)
+	if err := sparseFile(slot, api.WorkSlotBytes); err != nil {
 		return err
 	}
 	nics := []vmm.NIC{{MAC: network.MACFor(id)}} // the slot, with no host side
 	var netcfg *agent.NetConfig
 	if s.net {
-		if s.tap, err = m.net.AcquireTap(ctx); err != nil {
+		if s.tap, err = p.o.Taps.AcquireTap(ctx); err != nil {
 			return err
 		}
 		crashpoint.Hit("spare.tap")
@@ -214,23 +190,22 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 		netcfg = &agent.NetConfig{Interface: "eth0", MAC: "02:00:" + s.id[0:2] + ":" + s.id[2:4] + ":" + s.id[4:6] + ":" + s.id[6:8], Address: "192.0.2.2/24", Gateway: "192.0.2.1",
 			DNS: []string{"192.0.2.1"}, SearchDomain: "invalid", Hosts: []string{"192.0.2.2 spare.invalid spare"}}
 	}
-	rt := m.layout.VMRuntimeDir(id)
+	rt := p.l.VMRuntimeDir(id)
 	if err := os.MkdirAll(rt, 0o700); err != nil {
 		return err
 	}
-	src := m.templateSource(man, initrd)
-	s.h, err = m.backend.Start(ctx, m.vmSpec(id, sh.VCPUs, sh.MemoryMiB, src, root, []vmm.Disk{{Path: slot, Format: disk.FormatRaw}}, nics, t))
+	s.h, err = p.b.Start(ctx, Spec(p.l, id, sh.VCPUs, sh.MemoryMiB, src, root, []vmm.Disk{{Path: slot, Format: disk.FormatRaw}}, nics, t))
 	if err != nil {
 		return err
 	}
 	crashpoint.Hit("spare.vmm")
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	gc, err := template.Identity("spare-"+id, netcfg, m.opts.AuthorizedKeys)
+	gc, err := Identity("spare-"+id, netcfg, p.o.AuthorizedKeys)
 	if err != nil {
 		return err
 	}
-	conn, err := m.backend.DialAgent(cctx, s.h)
+	conn, err := p.b.DialAgent(cctx, s.h)
 	if err != nil {
 		return err
 	}
@@ -246,11 +221,11 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	if s.claimed.Load() {
 		return nil
 	}
-	p, err := s.c.Exec(cctx, agent.ExecRequest{Argv: []string{"true"}, Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard})
+	pr, err := s.c.Exec(cctx, agent.ExecRequest{Argv: []string{"true"}, Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard})
 	if err != nil {
 		return fmt.Errorf("rehearse exec: %w", err)
 	}
-	st, err := p.Wait()
+	st, err := pr.Wait()
 	if err != nil {
 		return fmt.Errorf("rehearse exec: %w", err)
 	}
@@ -260,101 +235,73 @@ func (m *Manager) makeSpare(ctx context.Context, s *spare, sh template.Shape, ma
 	return nil
 }
 
-// adoptSpare turns a taken spare into r (whose id is the spare's): its
+// adoptSpare makes a taken spare the VM g (whose id is the spare's): its
 // lease on the spare's tap, then its own identity. On failure the caller
 // destroys the spare (keeping the VM's files) and restores on demand.
-func (m *Manager) adoptSpare(ctx context.Context, r *record, man *image.Manifest, s *spare, progress Progress, u *undo) error {
+func (p *Pool) adoptSpare(ctx context.Context, s *spare, g Guest) (*Clone, error) {
 	start := time.Now()
-	id := r.row.ID
-	progress.Phase("restore", "warm start from a ready clone of template "+s.key[:12])
+	g.Progress.Phase("restore", "warm start from a ready clone of template "+s.key[:12])
 	var netcfg *agent.NetConfig
 	if s.net {
-		tap := s.tap
-		s.tap = "" // the lease's now, or released by AttachTap on failure
-		l, err := m.net.AttachTap(ctx, id, network.Egress(r.spec.Net), tap)
-		if err != nil {
-			return fmt.Errorf("network: %w", err)
+		if g.Net == nil {
+			return nil, errors.New("the spare has a NIC, the VM none")
 		}
-		u.push(func(ctx context.Context) { m.net.Detach(ctx, id) })
-		netcfg = m.netConfig(r, l)
+		tap := s.tap
+		s.tap = "" // the lease's now, or released by the attach on failure
+		var err error
+		if _, netcfg, err = g.Net(ctx, tap); err != nil {
+			return nil, err
+		}
 	}
-	_, mounts := m.workDisks(r)
-	gc, err := template.Identity(r.row.Name, netcfg, m.opts.AuthorizedKeys)
+	gc, err := Identity(g.Name, netcfg, p.o.AuthorizedKeys)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	gc.Mounts = mounts
+	gc.Mounts = g.Mounts
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if err := s.c.Configure(cctx, gc); err != nil {
-		return fmt.Errorf("configure clone identity: %w", err)
+		return nil, fmt.Errorf("configure clone identity: %w", err)
 	}
-	m.mu.Lock()
-	m.agents[id] = &agentConn{client: s.c}
-	m.mu.Unlock()
-	h := s.h
-	u.push(func(ctx context.Context) {
-		m.dropAgent(id)
-		m.backend.Kill(ctx, h)
-		os.RemoveAll(m.layout.VMRuntimeDir(id))
-	})
-	return m.cloneRunning(ctx, r, h, s.key, start, progress)
+	cl := &Clone{Handle: s.h, Agent: s.c, Key: s.key, Spare: true, Started: start}
+	s.h, s.c = vmm.Handle{}, nil // the VM's now
+	return cl, nil
 }
 
 // retireSpare destroys a spare once it is made (in the background).
-func (m *Manager) retireSpare(s *spare) {
-	m.background(func() {
+func (p *Pool) retireSpare(s *spare) {
+	p.background(func() {
 		<-s.made
 		if s.err == nil {
-			m.destroySpare(s, false)
+			p.destroySpare(s, false)
 		}
 	})
 }
 
 // returnSpare puts back a spare a create took but did not change (its
 // row could not be inserted), unless another took its place.
-func (m *Manager) returnSpare(s *spare) {
-	m.mu.Lock()
+func (p *Pool) returnSpare(s *spare) {
+	p.mu.Lock()
 	closing := false
 	select {
-	case <-m.closing:
+	case <-p.closing:
 		closing = true
 	default:
 	}
-	if !closing && m.spares[s.key] == nil {
-		m.spares[s.key] = s
-		m.mu.Unlock()
+	if !closing && p.spares[s.key] == nil {
+		p.spares[s.key] = s
+		p.mu.Unlock()
 		return
 	}
-	m.mu.Unlock()
-	m.retireSpare(s)
-}
-
-// background runs f in a goroutine that Close waits for; once Close has
-// begun, f runs now, in the caller (a WaitGroup must not grow while it is
-// waited for).
-func (m *Manager) background(f func()) {
-	m.mu.Lock()
-	select {
-	case <-m.closing:
-		m.mu.Unlock()
-		f()
-		return
-	default:
-	}
-	m.wg.Add(1)
-	m.mu.Unlock()
-	go func() {
-		defer m.wg.Done()
-		f()
-	}()
+	p.mu.Unlock()
+	p.retireSpare(s)
 }
 
 // destroySpare kills a spare and removes what it holds. vmOwnsFiles: a
 // create that took the spare and failed to adopt it goes on with the VM's
 // directory: only the spare's root disk and its empty slot go (a slot
 // holding the VM's workspace stays, as the VM's work disk).
-func (m *Manager) destroySpare(s *spare, vmOwnsFiles bool) {
+func (p *Pool) destroySpare(s *spare, vmOwnsFiles bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if s.c != nil {
@@ -362,70 +309,51 @@ func (m *Manager) destroySpare(s *spare, vmOwnsFiles bool) {
 		s.c = nil
 	}
 	if s.h.PID != 0 {
-		if err := m.backend.Kill(ctx, s.h); err != nil {
-			m.log.Warn("spare clone: kill", "id", s.id, "err", err)
+		if err := p.b.Kill(ctx, s.h); err != nil {
+			p.log.Warn("spare clone: kill", "id", s.id, "err", err)
 		}
 		s.h = vmm.Handle{}
 	}
 	if s.tap != "" {
-		m.net.ReleaseTap(ctx, s.tap)
+		p.o.Taps.ReleaseTap(ctx, s.tap)
 		s.tap = ""
 	}
-	os.RemoveAll(m.layout.VMRuntimeDir(s.id))
+	os.RemoveAll(p.l.VMRuntimeDir(s.id))
 	if vmOwnsFiles {
-		m.removeRoot(s.id)
+		if img, ok := disk.Existing(p.l.VMRootStem(s.id)); ok {
+			os.Remove(img.Path)
+		}
 		if !s.holdsWorkspace {
-			os.Remove(m.layout.VMWorkDisk(s.id))
+			os.Remove(p.l.VMWorkDisk(s.id))
 		}
 		return
 	}
-	os.RemoveAll(m.layout.VMDir(s.id))
+	os.RemoveAll(p.l.VMDir(s.id))
 }
 
-// closeSpares destroys every spare (daemon stop).
-func (m *Manager) closeSpares() {
-	m.mu.Lock()
+// closeSpares destroys every spare (Close).
+func (p *Pool) closeSpares() {
+	p.mu.Lock()
 	var all []*spare
-	for k, s := range m.spares {
-		delete(m.spares, k)
+	for k, s := range p.spares {
+		delete(p.spares, k)
 		all = append(all, s)
 	}
-	m.mu.Unlock()
+	p.mu.Unlock()
 	for _, s := range all {
-		m.retireSpare(s) // closing: destroyed now, in this goroutine
+		p.retireSpare(s) // closing: destroyed now, in this goroutine
 	}
-}
-
-// fillSlot copies a work disk image into a spare's slot file, whose inode
-// the spare's VMM holds open: only src's data extents are written (the
-// slot is sparse and all zeros), with copy_file_range.
-func fillSlot(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	if err := disk.CopyData(in, out, st.Size()); err != nil {
-		return fmt.Errorf("copy work disk: %w", err)
-	}
-	return nil
 }
 
 // SpareState says whether a template has a spare clone: "ready",
 // "making" or "".
-func (m *Manager) SpareState(key string) string {
-	m.mu.Lock()
-	s := m.spares[key]
-	m.mu.Unlock()
+func (p *Pool) SpareState(key string) string {
+	if p == nil {
+		return ""
+	}
+	p.mu.Lock()
+	s := p.spares[key]
+	p.mu.Unlock()
 	if s == nil {
 		return ""
 	}
@@ -440,13 +368,27 @@ func (m *Manager) SpareState(key string) string {
 	}
 }
 
+// SpareID is the VM id the spare of a template will serve as ("" when it
+// has none).
+func (p *Pool) SpareID(key string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s := p.spares[key]; s != nil {
+		return s.id
+	}
+	return ""
+}
+
 // DropSpare destroys the spare clone of a template (removed or pruned).
-func (m *Manager) DropSpare(key string) {
-	m.mu.Lock()
-	s := m.spares[key]
-	delete(m.spares, key)
-	m.mu.Unlock()
+func (p *Pool) DropSpare(key string) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	s := p.spares[key]
+	delete(p.spares, key)
+	p.mu.Unlock()
 	if s != nil {
-		m.retireSpare(s)
+		p.retireSpare(s)
 	}
 }

@@ -1,6 +1,5 @@
-// Package template keeps banger's warm-start templates: VMs booted cold to
-// a ready agent, then snapshotted (vmm.Snapshotter), from which clones
-// start in a fraction of a cold boot.
+// Templates: VMs booted cold to a ready agent, then snapshotted
+// (vmm.Snapshotter), from which clones start in a fraction of a cold boot.
 //
 // A template is keyed by everything its snapshot depends on (Shape.Key):
 // the image digest, the agent digest, the backend and its VMM identity
@@ -36,7 +35,8 @@
 // the clone's disk exists (running or stopped: an overlay does). Prune
 // and RemoveStale take an inUse predicate for that, and disk.Detach makes
 // a stopped clone's root independent so its template can go.
-package template
+
+package warm
 
 import (
 	"context"
@@ -198,7 +198,7 @@ type Store struct {
 	layout  paths.Layout
 	backend vmm.Backend
 	log     *slog.Logger
-	opts    Options
+	opts    StoreOptions
 	disk    disk.Strategy // makes templates' and clones' roots
 	diskErr error
 
@@ -213,8 +213,8 @@ type build struct {
 	err  error
 }
 
-// Options tune a Store.
-type Options struct {
+// StoreOptions tune a Store.
+type StoreOptions struct {
 	// ReadyTimeout bounds the template's cold boot (default 120 s).
 	ReadyTimeout time.Duration
 	// Settle is how long Build waits between closing its agent
@@ -234,9 +234,9 @@ type Options struct {
 	Disk disk.Strategy
 }
 
-// New returns the store in layout.TemplatesDir(); b must implement
+// NewStore returns the store in layout.TemplatesDir(); b must implement
 // vmm.Snapshotter for Build (Lookup and the rest work with any backend).
-func New(layout paths.Layout, b vmm.Backend, opts Options) *Store {
+func NewStore(layout paths.Layout, b vmm.Backend, opts StoreOptions) *Store {
 	if opts.ReadyTimeout == 0 {
 		opts.ReadyTimeout = 120 * time.Second
 	}
@@ -698,7 +698,7 @@ func (s *Store) Remove(key string) error {
 // Prune removes every template for which keep returns false, every
 // directory that is not a complete template, and leftovers of builds
 // that are not running in this process; never a template that
-// Options.InUse reports in use. It returns what it removed.
+// StoreOptions.InUse reports in use. It returns what it removed.
 func (s *Store) Prune(keep func(*Template) bool) ([]*Template, error) {
 	ents, err := os.ReadDir(s.layout.TemplatesDir())
 	if errors.Is(err, os.ErrNotExist) {

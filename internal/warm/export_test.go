@@ -1,4 +1,4 @@
-package template
+package warm
 
 // DigestFile is digestFile, for the external tests.
 var DigestFile = digestFile

@@ -1,4 +1,4 @@
-package template_test
+package warm_test
 
 import (
 	"bytes"
@@ -22,29 +22,30 @@ import (
 	"github.com/banger-sh/banger/internal/errdefs"
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/system"
-	"github.com/banger-sh/banger/internal/template"
+	"github.com/banger-sh/banger/internal/testhome"
 	"github.com/banger-sh/banger/internal/vmm"
 	"github.com/banger-sh/banger/internal/vmm/qemu"
 	"github.com/banger-sh/banger/internal/vmm/vmmtest"
+	"github.com/banger-sh/banger/internal/warm"
 )
 
 func TestShapeKey(t *testing.T) {
-	a := template.Shape{ImageName: "x", ImageDigest: "d", AgentDigest: "a", Backend: "qemu", VMM: "v", VCPUs: 1, MemoryMiB: 256}
+	a := warm.Shape{ImageName: "x", ImageDigest: "d", AgentDigest: "a", Backend: "qemu", VMM: "v", VCPUs: 1, MemoryMiB: 256}
 	b := a
 	b.ImageName = "y"
 	if a.Key() != b.Key() {
 		t.Error("image name changed the key")
 	}
-	for name, f := range map[string]func(*template.Shape){
-		"image":  func(s *template.Shape) { s.ImageDigest = "e" },
-		"agent":  func(s *template.Shape) { s.AgentDigest = "b" },
-		"vmm":    func(s *template.Shape) { s.VMM = "w" },
-		"vcpus":  func(s *template.Shape) { s.VCPUs = 2 },
-		"mem":    func(s *template.Shape) { s.MemoryMiB = 512 },
-		"root":   func(s *template.Shape) { s.RootBytes = 1 << 30 },
-		"work":   func(s *template.Shape) { s.WorkDiskBytes = 1 << 20 },
-		"nics":   func(s *template.Shape) { s.NICs = 1 },
-		"kernel": func(s *template.Shape) { s.KernelArgs = []string{"quiet"} },
+	for name, f := range map[string]func(*warm.Shape){
+		"image":  func(s *warm.Shape) { s.ImageDigest = "e" },
+		"agent":  func(s *warm.Shape) { s.AgentDigest = "b" },
+		"vmm":    func(s *warm.Shape) { s.VMM = "w" },
+		"vcpus":  func(s *warm.Shape) { s.VCPUs = 2 },
+		"mem":    func(s *warm.Shape) { s.MemoryMiB = 512 },
+		"root":   func(s *warm.Shape) { s.RootBytes = 1 << 30 },
+		"work":   func(s *warm.Shape) { s.WorkDiskBytes = 1 << 20 },
+		"nics":   func(s *warm.Shape) { s.NICs = 1 },
+		"kernel": func(s *warm.Shape) { s.KernelArgs = []string{"quiet"} },
 	} {
 		c := a
 		f(&c)
@@ -58,7 +59,7 @@ func TestShapeKey(t *testing.T) {
 }
 
 func TestLookupMissing(t *testing.T) {
-	s := template.New(layout(t), qemu.New(), template.Options{})
+	s := warm.NewStore(layout(t), qemu.New(), warm.StoreOptions{})
 	if _, ok := s.Lookup(strings.Repeat("a", 32)); ok {
 		t.Error("found a template in an empty store")
 	}
@@ -71,33 +72,12 @@ func TestLookupMissing(t *testing.T) {
 	if l, err := s.List(); err != nil || len(l) != 0 {
 		t.Errorf("List = %v, %v", l, err)
 	}
-	if _, err := s.Build(context.Background(), template.Shape{}, template.Source{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
+	if _, err := s.Build(context.Background(), warm.Shape{}, warm.Source{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Errorf("Build of an empty shape: %v", err)
 	}
 }
 
-// layout is a banger home under a short temporary directory (unix socket
-// paths are limited to 107 bytes).
-func layout(t testing.TB) paths.Layout {
-	dir, err := os.MkdirTemp("", "bt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	l, err := paths.Resolve(func(k string) string {
-		if k == "BANGER_HOME" {
-			return dir
-		}
-		return ""
-	}, os.Geteuid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Ensure(); err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
+func layout(t testing.TB) paths.Layout { return testhome.Layout(t) }
 
 func fileDigest(t testing.TB, p string) string {
 	b, err := os.ReadFile(p)
@@ -113,9 +93,9 @@ const workBytes = 16 << 20
 type fixture struct {
 	b     *qemu.Backend
 	env   vmmtest.Env
-	store *template.Store
-	shape template.Shape
-	src   template.Source
+	store *warm.Store
+	shape warm.Shape
+	src   warm.Source
 	l     paths.Layout
 }
 
@@ -130,8 +110,8 @@ func newFixture(t *testing.T) *fixture {
 	}
 	env := vmmtest.AgentGuest(t)
 	l := layout(t)
-	s := template.New(l, b, template.Options{})
-	sh, err := s.Complete(context.Background(), template.Shape{
+	s := warm.NewStore(l, b, warm.StoreOptions{})
+	sh, err := s.Complete(context.Background(), warm.Shape{
 		ImageName:   "test",
 		ImageDigest: fileDigest(t, filepath.Join(filepath.Dir(env.RootBase), "manifest.json")),
 		AgentDigest: fileDigest(t, env.Initrd), // the test's agent is built from source
@@ -142,7 +122,7 @@ func newFixture(t *testing.T) *fixture {
 		t.Fatal(err)
 	}
 	return &fixture{b: b, env: env, store: s, shape: sh, l: l,
-		src: template.Source{Kernel: env.Kernel, Initrd: env.Initrd, RootBase: env.RootBase, RootBaseFormat: "raw"}}
+		src: warm.Source{Kernel: env.Kernel, Initrd: env.Initrd, RootBase: env.RootBase, RootBaseFormat: "raw"}}
 }
 
 // clone is one restored VM with an agent session.
@@ -155,7 +135,7 @@ type clone struct {
 
 // startClone restores a clone of tpl with its own root, the given work
 // image and MAC, and applies its identity.
-func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, mac string, tapAddr ...string) *clone {
+func (f *fixture) startClone(t *testing.T, tpl *warm.Template, name, work, mac string, tapAddr ...string) *clone {
 	t.Helper()
 	ctx := context.Background()
 	dir, err := os.MkdirTemp("", "bc")
@@ -210,7 +190,7 @@ func (f *fixture) startClone(t *testing.T, tpl *template.Template, name, work, m
 	if mac == "" { // a bare clone, for the control
 		return &clone{spec: spec, h: h, c: c, took: time.Since(t0)}
 	}
-	id, err := template.Identity(name, &agent.NetConfig{Interface: "eth0", MAC: mac, Address: addr}, nil)
+	id, err := warm.Identity(name, &agent.NetConfig{Interface: "eth0", MAC: mac, Address: addr}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,14 +387,14 @@ func TestFallbacks(t *testing.T) {
 		t.Error("Lookup accepted a template without its RAM file")
 	}
 	os.Rename(ram+".x", ram)
-	meta := filepath.Join(tpl.Dir, template.FileMeta)
+	meta := filepath.Join(tpl.Dir, warm.FileMeta)
 	m, _ := os.ReadFile(meta)
 	os.Chmod(meta, 0o644)
 	os.WriteFile(meta, m[:len(m)/2], 0o644)
 	if _, ok := f.store.Lookup(key); ok {
 		t.Error("Lookup accepted a corrupt meta.json")
 	}
-	removed, err := f.store.Prune(func(*template.Template) bool { return true })
+	removed, err := f.store.Prune(func(*warm.Template) bool { return true })
 	if err != nil || len(removed) != 0 {
 		t.Errorf("Prune: %v %v", removed, err)
 	}
@@ -466,11 +446,11 @@ func TestFallbacks(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Truncate(filepath.Join(tpl.Dir, qemu.SnapshotRAMName), 4096)
-	busy := template.New(f.l, f.b, template.Options{InUse: func(string) bool { return true }})
+	busy := warm.NewStore(f.l, f.b, warm.StoreOptions{InUse: func(string) bool { return true }})
 	if _, err := busy.Build(ctx, f.shape, f.src); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("Build over a broken template in use: %v, want ErrConflict", err)
 	}
-	if removed, err := busy.Prune(func(*template.Template) bool { return false }); err != nil || len(removed) != 0 {
+	if removed, err := busy.Prune(func(*warm.Template) bool { return false }); err != nil || len(removed) != 0 {
 		t.Errorf("Prune removed a template in use: %v %v", removed, err)
 	}
 	if tpl, err = f.store.Build(ctx, f.shape, f.src); err != nil {
@@ -613,7 +593,7 @@ func TestDigestFile(t *testing.T) {
 	}
 	digest := func() string {
 		t.Helper()
-		n, d, err := template.DigestFile(p)
+		n, d, err := warm.DigestFile(p)
 		if err != nil || n != 4<<30 {
 			t.Fatalf("digestFile: %d %v", n, err)
 		}
