@@ -26,7 +26,6 @@ import (
 	"github.com/banger-sh/banger/internal/store"
 	"github.com/banger-sh/banger/internal/vm"
 	"github.com/banger-sh/banger/internal/vmm/auto"
-	"github.com/banger-sh/banger/internal/warm"
 )
 
 // Options configure a daemon.
@@ -60,13 +59,12 @@ type Daemon struct {
 	reqMu    sync.Mutex
 	services []service
 
-	choice    auto.Choice
-	netErr    error // why networking is off, if it is
-	vms       *vm.Manager
-	templates *warm.Store
-	images    *images
-	uploads   *uploads
-	runs      *runs
+	choice  auto.Choice
+	netErr  error // why networking is off, if it is
+	vms     *vm.Manager
+	images  *images
+	uploads *uploads
+	runs    *runs
 }
 
 // service is a part of the daemon with its own start and stop (the VM

@@ -26,12 +26,11 @@ import (
 // one store row each. A row exists only for a complete image: builds and
 // imports happen in a temporary directory and are registered last.
 type images struct {
-	store     *store.Store
-	layout    paths.Layout
-	cfg       config.Config
-	log       interface{ Info(string, ...any) }
-	vms       *vm.Manager
-	templates *warm.Store
+	store  *store.Store
+	layout paths.Layout
+	cfg    config.Config
+	log    interface{ Info(string, ...any) }
+	vms    *vm.Manager
 
 	mu       sync.Mutex
 	building map[string]*sync.Mutex // name → build lock
@@ -193,16 +192,7 @@ func (s *images) Remove(ctx context.Context, name string) error {
 	if err := s.store.DeleteImage(ctx, im.ID); err != nil {
 		return err
 	}
-	if s.templates == nil {
-		return os.RemoveAll(im.Dir)
-	}
-	if list, err := s.templates.List(); err == nil {
-		for _, t := range list {
-			if t.Shape.ImageDigest == im.Digest {
-				s.vms.Warm().DropSpare(t.Key) // its clone goes now, the template at the next start
-			}
-		}
-	}
+	s.vms.Warm().ImageRemoved(im.Digest) // the spares go now, the templates at the next start
 	return os.RemoveAll(im.Dir)
 }
 
@@ -218,19 +208,12 @@ func (s *images) toAPI(ctx context.Context, im *store.Image) api.Image {
 		}
 	}
 	out.VMs, _ = s.vms.ImageInUse(ctx, im.ID)
-	if s.templates != nil {
-		if list, err := s.templates.List(); err == nil {
-			for _, t := range list {
-				if t.Shape.ImageDigest != im.Digest {
-					continue
-				}
-				out.Templates = append(out.Templates, api.Template{
-					Key: t.Key, VCPUs: t.Shape.VCPUs, MemoryMiB: t.Shape.MemoryMiB, DiskBytes: t.Shape.RootBytes,
-					SizeBytes: t.Bytes(), Created: t.Created, InUse: s.vms.TemplateInUse(t.Key),
-					Spare: s.vms.Warm().SpareState(t.Key),
-				})
-			}
-		}
+	for _, t := range s.vms.Warm().Of(im.Digest) {
+		out.Templates = append(out.Templates, api.Template{
+			Key: t.Key, VCPUs: t.Shape.VCPUs, MemoryMiB: t.Shape.MemoryMiB, DiskBytes: t.Shape.RootBytes,
+			SizeBytes: t.Bytes(), Created: t.Created, InUse: s.vms.TemplateInUse(t.Key),
+			Spare: s.vms.Warm().SpareState(t.Key),
+		})
 	}
 	return out
 }
@@ -295,13 +278,7 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 	})
 	mux.HandleFunc("POST /v1/images/prune", func(w http.ResponseWriter, r *http.Request) {
 		var res api.PruneResult
-		sizes := map[string]int64{}
-		if list, err := d.templates.List(); err == nil {
-			for _, t := range list {
-				sizes[t.Key] = t.Bytes()
-			}
-		}
-		removed, err := d.templates.Prune(func(t *warm.Template) bool { return d.vms.TemplateInUse(t.Key) })
+		removed, sizes, err := d.vms.Warm().Prune(func(t *warm.Template) bool { return d.vms.TemplateInUse(t.Key) })
 		if err != nil {
 			writeError(w, r, err)
 			return
@@ -310,7 +287,6 @@ func (d *Daemon) imageRoutes(mux *http.ServeMux) {
 		for _, t := range removed {
 			res.Removed = append(res.Removed, t.Key)
 			res.Bytes += sizes[t.Key]
-			d.vms.Warm().DropSpare(t.Key)
 		}
 		writeJSON(w, 200, res)
 	})

@@ -65,17 +65,17 @@ func (d *Daemon) init(ctx context.Context) error {
 		keys = []string{pub}
 	}
 	var inUse func(string) bool
-	d.templates = warm.NewStore(d.layout, backend, warm.StoreOptions{
+	templates := warm.NewStore(d.layout, backend, warm.StoreOptions{
 		Logger: d.log.With("component", "template"),
 		InUse:  func(key string) bool { return inUse != nil && inUse(key) },
 	})
 	d.vms = vm.New(vm.Options{
 		Store: d.store, Layout: d.layout, Config: d.cfg, Backend: backend, Images: d.images, Network: netm, AuthorizedKeys: keys,
-		Templates: d.templates,
+		Templates: templates,
 		Log:       d.log.With("component", "vm"), ReadyTimeout: d.opts.ReadyTimeout,
 		Spares: d.cfg.VM.Spares,
 	})
-	d.images.vms, d.images.templates = d.vms, d.templates
+	d.images.vms = d.vms
 	d.uploads = newUploads(d.layout.UploadsDir())
 	d.runs = run.New(run.Options{VMs: runVMs{d.vms}, Store: d.store, Layout: d.layout, Log: d.log.With("component", "run"),
 		Identity: func() (string, string, string) {
@@ -88,7 +88,13 @@ func (d *Daemon) init(ctx context.Context) error {
 	if err := d.vms.Reconcile(ctx); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
-	d.pruneTemplates(ctx)
+	d.vms.Warm().PruneStale(ctx, func(name string) (string, bool) {
+		im, err := d.store.GetImage(ctx, name)
+		if err != nil {
+			return "", false
+		}
+		return im.Digest, true
+	}, d.vms.TemplateInUse)
 	d.services = append(d.services, d.vms, d.uploads, d.watchConsoles())
 	// Runs go after the VMs: they are closed first (their commands ended,
 	// exports finished) while the VM manager still works. Runs a stopped
@@ -166,36 +172,6 @@ func (n netService) Close(ctx context.Context) error {
 		return n.m.Teardown(ctx)
 	}
 	return n.m.Close()
-}
-
-// pruneTemplates removes broken and half-built templates and those made
-// for another image digest, agent or VMM build, unless a VM's disk
-// depends on them.
-func (d *Daemon) pruneTemplates(ctx context.Context) {
-	if !d.templates.Supported() {
-		return
-	}
-	if removed, err := d.templates.Prune(func(*warm.Template) bool { return true }); err != nil {
-		d.log.Warn("prune templates", "err", err)
-	} else if len(removed) > 0 {
-		d.log.Info("removed broken templates", "n", len(removed))
-	}
-	cur, err := d.templates.Complete(ctx, warm.Shape{})
-	if err != nil {
-		return
-	}
-	digest := func(name string) (string, bool) {
-		im, err := d.store.GetImage(ctx, name)
-		if err != nil {
-			return "", false
-		}
-		return im.Digest, true
-	}
-	if removed, err := d.templates.RemoveStale(cur, digest, d.vms.TemplateInUse); err != nil {
-		d.log.Warn("remove stale templates", "err", err)
-	} else if len(removed) > 0 {
-		d.log.Info("removed stale templates", "n", len(removed))
-	}
 }
 
 // watchConsoles bounds every VM's console log (see consolelog) from now

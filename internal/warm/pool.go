@@ -473,3 +473,71 @@ func (p *Pool) background(f func()) {
 		f()
 	}()
 }
+
+// Prune removes the templates that are broken, half-built or unused
+// (keep says which to keep: a VM's disk depends on it), with their
+// spares, and returns them with the bytes each freed.
+func (p *Pool) Prune(keep func(*Template) bool) ([]*Template, map[string]int64, error) {
+	if !p.Supported() {
+		return nil, nil, nil
+	}
+	sizes := map[string]int64{}
+	if list, err := p.store.List(); err == nil {
+		for _, t := range list {
+			sizes[t.Key] = t.Bytes()
+		}
+	}
+	removed, err := p.store.Prune(keep)
+	for _, t := range removed {
+		p.DropSpare(t.Key)
+	}
+	return removed, sizes, err
+}
+
+// PruneStale is the daemon's start-up clean-up: broken and half-built
+// templates go, and those made for another image digest (imageDigest:
+// the digest of an image by name, false when it is gone), agent or VMM
+// build, unless inUse says a VM's disk depends on them.
+func (p *Pool) PruneStale(ctx context.Context, imageDigest func(name string) (string, bool), inUse func(key string) bool) {
+	if !p.Supported() {
+		return
+	}
+	if removed, err := p.store.Prune(func(*Template) bool { return true }); err != nil {
+		p.log.Warn("prune templates", "err", err)
+	} else if len(removed) > 0 {
+		p.log.Info("removed broken templates", "n", len(removed))
+	}
+	cur, err := p.store.Complete(ctx, Shape{})
+	if err != nil {
+		return
+	}
+	if removed, err := p.store.RemoveStale(cur, imageDigest, inUse); err != nil {
+		p.log.Warn("remove stale templates", "err", err)
+	} else if len(removed) > 0 {
+		p.log.Info("removed stale templates", "n", len(removed))
+	}
+}
+
+// Of lists the templates of an image digest.
+func (p *Pool) Of(imageDigest string) []*Template {
+	if !p.Supported() {
+		return nil
+	}
+	list, _ := p.store.List()
+	var out []*Template
+	for _, t := range list {
+		if t.Shape.ImageDigest == imageDigest {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// ImageRemoved drops the spares of an image's templates (the templates
+// themselves go at the next PruneStale: a stopped clone may still need
+// one).
+func (p *Pool) ImageRemoved(imageDigest string) {
+	for _, t := range p.Of(imageDigest) {
+		p.DropSpare(t.Key)
+	}
+}
