@@ -225,6 +225,9 @@ func (LinuxMachine) MountAll(ms []Mount) error {
 		if err := unix.Mount(mt.Device, mt.Path, fstype, unix.MS_NOATIME, mt.Options); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", mt.Device, mt.Path, err)
 		}
+		if err := trackChanges(mt.Path); err != nil {
+			fmt.Fprintf(os.Stderr, "banger-agent: %s: no change tracking (exports walk): %v\n", mt.Path, err)
+		}
 		go warmWorkspace(mt.Path)
 	}
 	return nil

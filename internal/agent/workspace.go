@@ -307,7 +307,14 @@ func ScanDir(dir string, limit int, w io.Writer) error {
 
 // wsScan serves ScanWorkspace.
 func (s *session) wsScan(st *yamux.Stream, dir string, limit int) {
-	s.streamOut(st, "ws-scan", dir, func(w io.Writer) error { return ScanDir(dir, limit, w) })
+	s.streamOut(st, "ws-scan", dir, func(w io.Writer) error {
+		if unchangedSinceMount(dir) { // see watch.go: what the walk would find
+			if _, err := os.Stat(filepath.Join(dir, ".git", ManifestFile)); err == nil {
+				return nil
+			}
+		}
+		return ScanDir(dir, limit, w)
+	})
 }
 
 // getFiles serves FetchFiles: a tar of the regular files and symlinks

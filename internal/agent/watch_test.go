@@ -1,0 +1,125 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// trackedMount mounts a tmpfs holding a small tree and tracks it.
+func trackedMount(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mount)")
+	}
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=16m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	os.MkdirAll(filepath.Join(dir, "a/b"), 0o755)
+	os.Mkdir(filepath.Join(dir, "empty"), 0o755)
+	os.WriteFile(filepath.Join(dir, "a/b/f"), []byte("hello"), 0o644)
+	os.WriteFile(filepath.Join(dir, "g"), []byte("world"), 0o644)
+	if err := trackChanges(dir); err != nil {
+		t.Skipf("no fanotify here: %v", err)
+	}
+	t.Cleanup(func() {
+		trackMu.Lock()
+		if tr := tracks[dir]; tr != nil {
+			tr.close()
+			delete(tracks, dir)
+		}
+		trackMu.Unlock()
+	})
+	return dir
+}
+
+// TestTrackChanges: reads leave a tracked mount unchanged; every kind of
+// change makes it (and keeps it) changed, as does mounting it again.
+func TestTrackChanges(t *testing.T) {
+	d := trackedMount(t)
+	os.ReadFile(filepath.Join(d, "a/b/f"))
+	os.ReadDir(filepath.Join(d, "a"))
+	os.Lstat(filepath.Join(d, "g"))
+	if !unchangedSinceMount(d) || !unchangedSinceMount(d+"/") {
+		t.Fatal("reads made the mount changed")
+	}
+	if unchangedSinceMount(t.TempDir()) {
+		t.Error("an untracked directory reported unchanged")
+	}
+	changes := map[string]func(d string) error{
+		"write":    func(d string) error { return appendTo(filepath.Join(d, "g")) },
+		"truncate": func(d string) error { return os.Truncate(filepath.Join(d, "a/b/f"), 1) },
+		"chmod":    func(d string) error { return os.Chmod(filepath.Join(d, "g"), 0o755) },
+		"touch": func(d string) error {
+			return os.Chtimes(filepath.Join(d, "g"), time.Unix(1, 0), time.Unix(1, 0))
+		},
+		"create": func(d string) error { return os.WriteFile(filepath.Join(d, "a/new"), nil, 0o644) },
+		"mkdir":  func(d string) error { return os.Mkdir(filepath.Join(d, "a/b/c"), 0o755) },
+		"remove": func(d string) error { return os.Remove(filepath.Join(d, "a/b/f")) },
+		"rmdir":  func(d string) error { return os.Remove(filepath.Join(d, "empty")) },
+		"mmap write": func(d string) error {
+			f, err := os.OpenFile(filepath.Join(d, "g"), os.O_RDWR, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			b, err := unix.Mmap(int(f.Fd()), 0, 5, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+			if err != nil {
+				return err
+			}
+			b[0] = 'W'
+			return unix.Munmap(b)
+		},
+		"rename":  func(d string) error { return os.Rename(filepath.Join(d, "g"), filepath.Join(d, "a/g")) },
+		"link":    func(d string) error { return os.Link(filepath.Join(d, "g"), filepath.Join(d, "h")) },
+		"symlink": func(d string) error { return os.Symlink("g", filepath.Join(d, "s")) },
+		"open for write, no write": func(d string) error {
+			f, err := os.OpenFile(filepath.Join(d, "g"), os.O_RDWR, 0)
+			if err != nil {
+				return err
+			}
+			return f.Close()
+		},
+		"unmount, mount another": func(d string) error {
+			if err := unix.Unmount(d, 0); err == nil {
+				return errors.New("unmounted a tracked mount (it is held open)")
+			}
+			if err := unix.Unmount(d, unix.MNT_DETACH); err != nil {
+				return err
+			}
+			return unix.Mount("tmpfs", d, "tmpfs", 0, "size=16m")
+		},
+	}
+	for name, change := range changes {
+		t.Run(name, func(t *testing.T) {
+			d := trackedMount(t)
+			if err := change(d); err != nil {
+				t.Fatal(err)
+			}
+			if unchangedSinceMount(d) {
+				t.Fatalf("%s: reported unchanged", name)
+			}
+			if unchangedSinceMount(d) {
+				t.Fatalf("%s: unchanged on the second look", name)
+			}
+		})
+	}
+}
+
+func appendTo(p string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write([]byte("!")); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
