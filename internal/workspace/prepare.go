@@ -373,6 +373,7 @@ func (s *staging) buildGit(ctx context.Context, h *hostRepo, set *FileSet) error
 	// The guest's index: the host's, stat data refreshed against the
 	// staged files so that the guest trusts them without hashing.
 	var indexTree string
+	clean := false // the shipped index is exactly the staged files
 	if haveIndex {
 		guestIndex := filepath.Join(gd, "index")
 		if err := copyFile(hostIndex, guestIndex); err != nil {
@@ -396,7 +397,9 @@ func (s *staging) buildGit(ctx context.Context, h *hostRepo, set *FileSet) error
 		if err != nil {
 			return fmt.Errorf("workspace: compare the shipped index: %w", err)
 		}
-		if d := splitZ(dirty); len(d) > 0 {
+		d := splitZ(dirty)
+		clean = len(d) == 0
+		if len(d) > 0 {
 			dbg, err := gi.run(ctx, append(indexTweaks, "ls-files", "--debug", "-z")...)
 			if err != nil {
 				return fmt.Errorf("workspace: read the shipped index: %w", err)
@@ -413,24 +416,35 @@ func (s *staging) buildGit(ctx context.Context, h *hostRepo, set *FileSet) error
 	}
 
 	// The base: the host's index, updated to exactly the staged files.
+	// When the shipped index already is (nothing differs from the staged
+	// files, none untracked or submodule shipped, its tree written), the
+	// base is a copy of it: three git commands fewer.
 	baseIndex := filepath.Join(gd, baseIndexFile)
-	if haveIndex {
-		if err := copyFile(hostIndex, baseIndex); err != nil {
+	var baseTree string
+	if clean && indexTree != "" && set.Untracked == 0 && len(set.Submodules) == 0 {
+		if err := copyFile(filepath.Join(gd, "index"), baseIndex); err != nil {
 			return fmt.Errorf("workspace: copy index: %w", err)
 		}
-	}
-	gb := onStaged(baseIndex)
-	if haveIndex {
-		if _, err := gb.run(ctx, append(indexTweaks, "update-index", "--no-split-index")...); err != nil {
-			return fmt.Errorf("workspace: unsplit the base index: %w", err)
+		baseTree = indexTree
+	} else {
+		if haveIndex {
+			if err := copyFile(hostIndex, baseIndex); err != nil {
+				return fmt.Errorf("workspace: copy index: %w", err)
+			}
 		}
-	}
-	if _, err := gb.run(ctx, append(indexTweaks, "add", "-A")...); err != nil {
-		return fmt.Errorf("workspace: index the shipped files: %w", err)
-	}
-	baseTree, err := gb.line(ctx, append(indexTweaks, "write-tree")...)
-	if err != nil {
-		return fmt.Errorf("workspace: write the shipped tree: %w", err)
+		gb := onStaged(baseIndex)
+		if haveIndex {
+			if _, err := gb.run(ctx, append(indexTweaks, "update-index", "--no-split-index")...); err != nil {
+				return fmt.Errorf("workspace: unsplit the base index: %w", err)
+			}
+		}
+		if _, err := gb.run(ctx, append(indexTweaks, "add", "-A")...); err != nil {
+			return fmt.Errorf("workspace: index the shipped files: %w", err)
+		}
+		var err error
+		if baseTree, err = gb.line(ctx, append(indexTweaks, "write-tree")...); err != nil {
+			return fmt.Errorf("workspace: write the shipped tree: %w", err)
+		}
 	}
 
 	// The base commit: tree = shipped files, parent = HEAD.
@@ -470,7 +484,12 @@ func (s *staging) buildGit(ctx context.Context, h *hostRepo, set *FileSet) error
 		"GIT_OBJECT_DIRECTORY=" + filepath.Join(gd, "objects"),
 		"GIT_ALTERNATE_OBJECT_DIRECTORIES=" + filepath.Join(h.commonDir, "objects"),
 	}}
-	if _, err := pack.run(ctx, "-c", "pack.compression=0", "pack-objects", "-q", filepath.Join(gd, "objects", "pack", "pack")); err != nil {
+	// No delta search (--window=0): the objects are one tree's (HEAD's
+	// without history, the base's, the index's), with little to delta
+	// against, and the search was most of the host's cost of shipping:
+	// 60-175 ms of 190 on this repository's 977 objects for a pack 0.2%
+	// smaller. Deltas already in the host's packs are still reused.
+	if _, err := pack.run(ctx, "-c", "pack.compression=0", "pack-objects", "-q", "--window=0", filepath.Join(gd, "objects", "pack", "pack")); err != nil {
 		return fmt.Errorf("workspace: pack objects: %w", err)
 	}
 
