@@ -65,9 +65,9 @@ func (m *Manager) guest(r *record, u *undo, progress Progress) warm.Guest {
 	return g
 }
 
-// cloneRunning records a configured clone as r, running. Its root
-// filesystem was grown in the template: no resize2fs.
-func (m *Manager) cloneRunning(ctx context.Context, r *record, c *warm.Clone, progress Progress, u *undo) error {
+// ownClone makes a configured clone r's: its agent connection is the
+// VM's, and the create's undo kills it.
+func (m *Manager) ownClone(r *record, c *warm.Clone, u *undo) {
 	id := r.row.ID
 	m.mu.Lock()
 	m.agents[id] = &agentConn{client: c.Agent}
@@ -78,6 +78,12 @@ func (m *Manager) cloneRunning(ctx context.Context, r *record, c *warm.Clone, pr
 		m.backend.Kill(ctx, h)
 		os.RemoveAll(m.layout.VMRuntimeDir(id))
 	})
+}
+
+// cloneRunning records the clone r owns (ownClone) as r, running. Its
+// root filesystem was grown in the template: no resize2fs.
+func (m *Manager) cloneRunning(ctx context.Context, r *record, c *warm.Clone, progress Progress) error {
+	h := c.Handle
 	r.handle = h
 	r.spec.Boot, r.spec.Template = "warm", c.Key
 	r.spec.WorkSlot = r.spec.Workspace == nil || !r.spec.Workspace.Disk

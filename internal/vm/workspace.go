@@ -11,6 +11,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/banger-sh/banger/api"
@@ -40,40 +41,62 @@ func workspacePath(p string) (string, error) {
 //
 // intoSlot copies the disk into the work-disk slot a spare clone holds
 // open (same size, checked by spareFits) instead of renaming it there.
-func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.WorkspaceSpec, intoSlot bool) (*api.WorkspaceInfo, error) {
+//
+// The shadow repository (the base's objects, for exports built with host
+// git) is made in the background, while the guest boots or takes the
+// disk: shadow waits for it, sets info.HostExport, and must be called
+// before the VM is recorded as running (nil: none is made).
+func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.WorkspaceSpec, intoSlot bool) (info *api.WorkspaceInfo, shadow func() error, err error) {
 	p, err := workspacePath(ws.Path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	st, err := os.Lstat(ws.Disk)
 	if err != nil || !st.Mode().IsRegular() {
-		return nil, errdefs.InvalidArgument(fmt.Sprintf("work disk %q: not a regular file", ws.Disk))
+		return nil, nil, errdefs.InvalidArgument(fmt.Sprintf("work disk %q: not a regular file", ws.Disk))
 	}
 	dest := m.layout.VMWorkDisk(id)
+	t0 := time.Now()
 	if intoSlot {
 		if err := fillSlot(ws.Disk, dest); err != nil {
-			return nil, fmt.Errorf("take over work disk: %w", err)
+			return nil, nil, fmt.Errorf("take over work disk: %w", err)
 		}
 		os.Remove(ws.Disk)
 	} else if err := os.Rename(ws.Disk, dest); err != nil {
 		if _, err := system.Run(ctx, "cp", "--sparse=always", "--reflink=auto", ws.Disk, dest); err != nil {
-			return nil, fmt.Errorf("take over work disk: %w", err)
+			return nil, nil, fmt.Errorf("take over work disk: %w", err)
 		}
 		os.Remove(ws.Disk)
 	}
-	info := &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}
-	if ws.PackFile != "" {
-		// The base's objects, for exports built with host git. A pack that
-		// does not index is the client's fault: say so, boot nothing.
+	info = &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}
+	m.log.Debug("work disk adopted", "id", id, "into_slot", intoSlot, "took", time.Since(t0))
+	if ws.PackFile == "" {
+		return info, nil, nil
+	}
+	done := make(chan error, 1)
+	go func() {
+		t0 := time.Now()
+		// A pack that does not index is the client's fault: say so, boot
+		// nothing.
 		err := workspace.ShadowInit(ctx, m.shadowDir(id), ws.PackFile, ws.ObjectFormat, ws.Base.Commit)
 		os.Remove(ws.PackFile)
 		if err != nil {
 			os.RemoveAll(m.shadowDir(id))
-			return nil, errdefs.InvalidArgument(fmt.Sprintf("workspace pack: %v", err))
+			err = errdefs.InvalidArgument(fmt.Sprintf("workspace pack: %v", err))
 		}
-		info.HostExport, info.ObjectFormat = true, ws.ObjectFormat
-	}
-	return info, nil
+		m.log.Debug("shadow repository", "id", id, "took", time.Since(t0))
+		done <- err
+	}()
+	var once sync.Once
+	var serr error
+	return info, func() error {
+		once.Do(func() {
+			if serr = <-done; serr == nil {
+				info.HostExport, info.ObjectFormat = true, ws.ObjectFormat
+			}
+		})
+		return serr
+	}, nil
 }
 
 // shadowDir is the bare repository holding a VM's workspace base objects.

@@ -260,9 +260,11 @@ func (p *Pool) adoptSpare(ctx context.Context, s *spare, g Guest) (*Clone, error
 	gc.Mounts = g.Mounts
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	if err := s.c.Configure(cctx, gc); err != nil {
+	steps, err := s.c.ConfigureSteps(cctx, gc)
+	if err != nil {
 		return nil, fmt.Errorf("configure clone identity: %w", err)
 	}
+	p.log.Debug("clone identity", "vm", g.Name, "took", time.Since(start), "steps", steps)
 	cl := &Clone{Handle: s.h, Agent: s.c, Key: s.key, Spare: true, Started: start}
 	s.h, s.c = vmm.Handle{}, nil // the VM's now
 	return cl, nil
