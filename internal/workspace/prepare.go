@@ -107,10 +107,24 @@ type hostRepo struct {
 	format    string // sha1 | sha256
 	head      string // "" when unborn
 	branch    string // refs/heads/X, "" when detached
+	parents   bool   // head has parents (its history is not shipped)
 }
 
 func inspect(ctx context.Context, root string) (*hostRepo, error) {
 	g := gitCmd{dir: root}
+	// One git for all of it when HEAD is a commit (else rev-parse fails
+	// on HEAD^{commit}, and the steps below find out one by one).
+	if out, err := g.line(ctx, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", "--show-object-format",
+		"HEAD^{commit}", "HEAD^@", "--symbolic-full-name", "HEAD"); err == nil {
+		l := strings.Split(out, "\n")
+		if len(l) >= 5 {
+			h := &hostRepo{root: root, gitDir: l[0], commonDir: l[1], format: l[2], head: l[3], parents: len(l) > 5}
+			if b := l[len(l)-1]; b != "HEAD" { // HEAD: detached
+				h.branch = b
+			}
+			return h, nil
+		}
+	}
 	out, err := g.line(ctx, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", "--show-object-format")
 	if err != nil {
 		return nil, fmt.Errorf("inspect repository %s: %w", root, err)
@@ -126,6 +140,13 @@ func inspect(ctx context.Context, root string) (*hostRepo, error) {
 	if h.branch, err = g.line(ctx, "symbolic-ref", "-q", "HEAD"); err != nil {
 		h.branch = "" // detached
 	}
+	if h.head != "" {
+		parents, err := g.line(ctx, "rev-list", "--parents", "-n", "1", h.head)
+		if err != nil {
+			return nil, fmt.Errorf("inspect repository %s: %w", root, err)
+		}
+		h.parents = len(strings.Fields(parents)) > 1
+	}
 	return h, nil
 }
 
@@ -135,9 +156,14 @@ func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string) (_ *
 	if set == nil {
 		return nil, errors.New("workspace: nil FileSet")
 	}
-	root, err := Root(ctx, repo)
-	if err != nil {
-		return nil, err
+	// A set's Root is its repository's top level (List found it): no
+	// need to ask git again for the same path.
+	root := set.Root
+	if root == "" || filepath.Clean(repo) != root {
+		var err error
+		if root, err = Root(ctx, repo); err != nil {
+			return nil, err
+		}
 	}
 	if set.Root != "" && filepath.Clean(set.Root) != root {
 		return nil, fmt.Errorf("workspace: file set is of %s, not %s", set.Root, root)
@@ -509,14 +535,8 @@ func (s *staging) buildGit(ctx context.Context, h *hostRepo, set *FileSet) error
 	default:
 		files["HEAD"] = "ref: refs/heads/main\n"
 	}
-	if h.head != "" {
-		parents, err := g.line(ctx, "rev-list", "--parents", "-n", "1", h.head)
-		if err != nil {
-			return fmt.Errorf("workspace: %w", err)
-		}
-		if len(strings.Fields(parents)) > 1 {
-			files["shallow"] = h.head + "\n"
-		}
+	if h.parents {
+		files["shallow"] = h.head + "\n"
 	}
 	files["config"] = guestConfig(h.format)
 	files["info/exclude"] = hostExcludes(ctx, h)
