@@ -169,16 +169,11 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		return api.VM{}, err
 	}
 	u.push(func(context.Context) { os.RemoveAll(m.layout.VMDir(id)) })
-	shadow := func() error { return nil }
 	if req.Workspace != nil {
 		progress.Phase("workspace", "attaching work disk")
-		var wait func() error
-		if r.spec.Workspace, wait, err = m.adoptWorkDisk(ctx, id, req.Workspace, claim.Spare()); err != nil {
+		u.push(func(context.Context) { m.dropShadow(id) }) // before its directory goes
+		if r.spec.Workspace, err = m.adoptWorkDisk(ctx, id, req.Workspace, claim.Spare()); err != nil {
 			return api.VM{}, err
-		}
-		if wait != nil {
-			shadow = wait
-			defer shadow() // never return with it still being made (its undo removes the VM's dir)
 		}
 	}
 	clone, err := claim.Start(ctx, m.guest(r, &u, progress))
@@ -187,11 +182,6 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 	}
 	if clone != nil {
 		m.ownClone(r, clone, &u)
-	}
-	if err := shadow(); err != nil {
-		return api.VM{}, err
-	}
-	if clone != nil {
 		if err := m.cloneRunning(ctx, r, clone, progress); err != nil {
 			return api.VM{}, err
 		}

@@ -79,6 +79,7 @@ func (m *Manager) Delete(ctx context.Context, name string, o DeleteOptions) erro
 	m.dropAgent(r.row.ID)
 	m.closeForwards(r.row.ID)
 	os.RemoveAll(m.layout.VMRuntimeDir(r.row.ID))
+	m.dropShadow(r.row.ID)
 	if err := os.RemoveAll(m.layout.VMDir(r.row.ID)); err != nil {
 		return fmt.Errorf("delete vm %s: %w", r.row.Name, err)
 	}

@@ -123,6 +123,7 @@ type Manager struct {
 	locks    map[string]*sync.Mutex            // VM id → its lock
 	agents   map[string]*agentConn             // VM id → connection to its agent
 	watch    map[string]context.CancelFunc     // VM id → exit watcher
+	shadows  map[string]*shadowJob             // VM id → its shadow repository being made
 
 	closing  chan struct{}
 	wg       sync.WaitGroup
@@ -140,6 +141,7 @@ func New(o Options) *Manager {
 		opts: o, store: o.Store, layout: o.Layout, backend: o.Backend, log: o.Log, net: o.Network,
 		forwards: map[string][]*network.PortForward{},
 		locks:    map[string]*sync.Mutex{}, agents: map[string]*agentConn{}, watch: map[string]context.CancelFunc{},
+		shadows: map[string]*shadowJob{},
 		closing: make(chan struct{}),
 	}
 	m.bgCtx, m.bgCancel = context.WithCancel(context.Background())

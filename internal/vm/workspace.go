@@ -11,7 +11,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/banger-sh/banger/api"
@@ -43,60 +42,124 @@ func workspacePath(p string) (string, error) {
 // open (same size, checked by spareFits) instead of renaming it there.
 //
 // The shadow repository (the base's objects, for exports built with host
-// git) is made in the background, while the guest boots or takes the
-// disk: shadow waits for it, sets info.HostExport, and must be called
-// before the VM is recorded as running (nil: none is made).
-func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.WorkspaceSpec, intoSlot bool) (info *api.WorkspaceInfo, shadow func() error, err error) {
+// git) is made in the background (startShadow): only an export that finds
+// changes waits for it.
+func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.WorkspaceSpec, intoSlot bool) (*api.WorkspaceInfo, error) {
 	p, err := workspacePath(ws.Path)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	st, err := os.Lstat(ws.Disk)
 	if err != nil || !st.Mode().IsRegular() {
-		return nil, nil, errdefs.InvalidArgument(fmt.Sprintf("work disk %q: not a regular file", ws.Disk))
+		return nil, errdefs.InvalidArgument(fmt.Sprintf("work disk %q: not a regular file", ws.Disk))
 	}
 	dest := m.layout.VMWorkDisk(id)
 	t0 := time.Now()
 	if intoSlot {
 		if err := fillSlot(ws.Disk, dest); err != nil {
-			return nil, nil, fmt.Errorf("take over work disk: %w", err)
+			return nil, fmt.Errorf("take over work disk: %w", err)
 		}
 		os.Remove(ws.Disk)
 	} else if err := os.Rename(ws.Disk, dest); err != nil {
 		if _, err := system.Run(ctx, "cp", "--sparse=always", "--reflink=auto", ws.Disk, dest); err != nil {
-			return nil, nil, fmt.Errorf("take over work disk: %w", err)
+			return nil, fmt.Errorf("take over work disk: %w", err)
 		}
 		os.Remove(ws.Disk)
 	}
-	info = &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}
+	info := &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}
 	m.log.Debug("work disk adopted", "id", id, "into_slot", intoSlot, "took", time.Since(t0))
-	if ws.PackFile == "" {
-		return info, nil, nil
-	}
-	done := make(chan error, 1)
-	go func() {
-		t0 := time.Now()
-		// A pack that does not index is the client's fault: say so, boot
-		// nothing.
-		err := workspace.ShadowInit(ctx, m.shadowDir(id), ws.PackFile, ws.ObjectFormat, ws.Base.Commit)
-		os.Remove(ws.PackFile)
-		if err != nil {
-			os.RemoveAll(m.shadowDir(id))
-			err = errdefs.InvalidArgument(fmt.Sprintf("workspace pack: %v", err))
+	if ws.PackFile != "" {
+		if err := m.startShadow(id, ws.PackFile, ws.ObjectFormat, ws.Base.Commit); err != nil {
+			return nil, err
 		}
-		m.log.Debug("shadow repository", "id", id, "took", time.Since(t0))
-		done <- err
+		info.HostExport, info.ObjectFormat = true, ws.ObjectFormat
+	}
+	return info, nil
+}
+
+// A shadow job makes a VM's shadow repository in the background: git
+// index-pack hashes every object of the shipped tree (~1.5 s for the Go
+// tree here), which a create used to wait for although only an export
+// that finds changes needs it. The VM's directory holds shadow.pending
+// until it is complete: after a daemon restart, a shadow repository with
+// that file beside it is incomplete, and exports fall back to git in the
+// guest.
+type shadowJob struct {
+	done   chan struct{}
+	err    error
+	cancel context.CancelFunc
+}
+
+func (m *Manager) shadowPending(id string) string {
+	return filepath.Join(m.layout.VMDir(id), "shadow.pending")
+}
+
+// startShadow starts the shadow job of VM id, which takes the pack file.
+func (m *Manager) startShadow(id, pack, format, base string) error {
+	if err := os.WriteFile(m.shadowPending(id), nil, 0o644); err != nil {
+		os.Remove(pack)
+		return err
+	}
+	ctx, cancel := context.WithCancel(m.bgCtx)
+	j := &shadowJob{done: make(chan struct{}), cancel: cancel}
+	m.mu.Lock()
+	m.shadows[id] = j
+	m.wg.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		defer cancel()
+		t0 := time.Now()
+		err := workspace.ShadowInit(ctx, m.shadowDir(id), pack, format, base)
+		os.Remove(pack)
+		if err != nil {
+			// A pack that does not index is the client's fault; the
+			// exports of this VM use git in the guest.
+			os.RemoveAll(m.shadowDir(id))
+			m.log.Warn("shadow repository not made: exports use git in the guest", "id", id, "err", err)
+		} else {
+			os.Remove(m.shadowPending(id))
+			m.log.Debug("shadow repository", "id", id, "took", time.Since(t0))
+		}
+		j.err = err
+		close(j.done)
 	}()
-	var once sync.Once
-	var serr error
-	return info, func() error {
-		once.Do(func() {
-			if serr = <-done; serr == nil {
-				info.HostExport, info.ObjectFormat = true, ws.ObjectFormat
-			}
-		})
-		return serr
-	}, nil
+	return nil
+}
+
+// waitShadow waits for VM id's shadow repository (ctx bounds the wait).
+func (m *Manager) waitShadow(ctx context.Context, id string) error {
+	m.mu.Lock()
+	j := m.shadows[id]
+	m.mu.Unlock()
+	if j != nil {
+		select {
+		case <-j.done:
+			return j.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if _, err := os.Stat(m.shadowPending(id)); err == nil {
+		return errors.New("its shadow repository was not completed (the daemon stopped meanwhile)")
+	}
+	if _, err := os.Stat(m.shadowDir(id)); err != nil {
+		return errors.New("no shadow repository")
+	}
+	return nil
+}
+
+// dropShadow stops VM id's shadow job, if any, and waits for it (before
+// its directory goes).
+func (m *Manager) dropShadow(id string) {
+	m.mu.Lock()
+	j := m.shadows[id]
+	delete(m.shadows, id)
+	m.mu.Unlock()
+	if j != nil {
+		j.cancel()
+		<-j.done
+	}
 }
 
 // shadowDir is the bare repository holding a VM's workspace base objects.
@@ -224,6 +287,7 @@ func (m *Manager) exportTo(ctx context.Context, r *record, w io.Writer) (string,
 		t0 := time.Now()
 		err := workspace.HostExport(ctx, exportGuest{c, ws.Path}, workspace.HostExportOptions{
 			GitDir: m.shadowDir(r.row.ID), Base: ws.Base.Commit, ObjectFormat: ws.ObjectFormat, TmpDir: m.layout.VMDir(r.row.ID),
+			Ready: func(ctx context.Context) error { return m.waitShadow(ctx, r.row.ID) },
 		}, out)
 		if err == nil {
 			m.log.Debug("host export", "vm", r.row.Name, "took", time.Since(t0))

@@ -72,6 +72,11 @@ type HostExportOptions struct {
 	Base         string // the base commit
 	ObjectFormat string // sha1 or sha256
 	TmpDir       string // scratch space (a private directory is made in it)
+	// Ready, when set, is called once the guest has reported changes,
+	// before GitDir is used (a command that changed nothing never needs
+	// it): it waits for the shadow repository being made. Its error makes
+	// the export ErrFallback (git in the guest).
+	Ready func(context.Context) error
 }
 
 // ShadowInit makes the bare repository gitDir (which must not exist) and
@@ -146,6 +151,14 @@ func HostExport(ctx context.Context, g ExportGuest, o HostExportOptions, out io.
 	}
 	if len(sc.changed) == 0 && len(sc.deleted) == 0 {
 		return nil // one walk: nothing changed
+	}
+	if o.Ready != nil {
+		if err := o.Ready(ctx); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w: the base's objects: %v", ErrFallback, err)
+		}
 	}
 	td, err := os.MkdirTemp(o.TmpDir, "hostexport-")
 	if err != nil {

@@ -68,3 +68,33 @@ printf '*.o\n' > .gitignore; echo obj > x.o; echo kept > kept.txt`); code != 0 {
 		t.Errorf("no fallback logged:%s", log)
 	}
 }
+
+// TestWorkspaceShadowIncomplete: the shadow repository (the base's
+// objects for host exports) is made in the background. One the daemon
+// did not finish (it stopped meanwhile: shadow.pending is left beside
+// it) is never used: the export with changes is git in the guest's, the
+// same bytes.
+func TestWorkspaceShadowIncomplete(t *testing.T) {
+	h := env(t)
+	repo := fixtureRepo(t)
+	h.must(t, "vm", "create", "hz", "--workspace", repo)
+	defer h.run(t, nil, "vm", "delete", "--force", "hz")
+	v := vmInfo(t, h, "hz")
+	if v.Workspace == nil || !v.Workspace.HostExport {
+		t.Fatalf("workspace %+v: no host export", v.Workspace)
+	}
+	h.run(t, nil, "daemon", "stop")
+	if err := os.WriteFile(filepath.Join(h.home, "state", "vms", v.ID, "shadow.pending"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.must(t, "vm", "exec", "hz", "--", "sh", "-c", "cd /root/repo && echo changed >> README.md && echo new > added.txt")
+	patch := filepath.Join(t.TempDir(), "hz.patch")
+	h.must(t, "workspace", "export", "hz", "--out", patch)
+	got, _ := os.ReadFile(patch)
+	if want := guestScriptExport(t, h, "hz"); string(got) != want || !strings.Contains(want, "added.txt") {
+		t.Fatalf("export differs from git in the guest:\n--- export\n%s\n--- guest\n%s", got, want)
+	}
+	if log := h.daemonLogTail(); !strings.Contains(log, "host export not possible") || !strings.Contains(log, "not completed") {
+		t.Errorf("no fallback logged:%s", log)
+	}
+}
