@@ -222,11 +222,14 @@ func (LinuxMachine) MountAll(ms []Mount) error {
 		if mounted(mt.Path) {
 			continue
 		}
+		fresh := fstype == "ext4" && neverMounted(mt.Device)
 		if err := unix.Mount(mt.Device, mt.Path, fstype, unix.MS_NOATIME, mt.Options); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", mt.Device, mt.Path, err)
 		}
-		if err := trackChanges(mt.Path); err != nil {
-			fmt.Fprintf(os.Stderr, "banger-agent: %s: no change tracking (exports walk): %v\n", mt.Path, err)
+		if fresh { // see watch.go: only a first mount matches the manifest
+			if err := trackChanges(mt.Path); err != nil {
+				fmt.Fprintf(os.Stderr, "banger-agent: %s: no change tracking (exports walk): %v\n", mt.Path, err)
+			}
 		}
 		go warmWorkspace(mt.Path)
 	}

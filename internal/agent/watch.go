@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"encoding/binary"
 	"errors"
+	"os"
 	"path/filepath"
 	"sync"
 
@@ -120,4 +122,19 @@ func mountID(path string) (uint64, error) {
 		return 0, errors.New("statx: no mount id")
 	}
 	return st.Mnt_id, nil
+}
+
+// neverMounted reports whether the ext4 filesystem on dev has never been
+// mounted (s_mnt_count 0). Any doubt is false.
+func neverMounted(dev string) bool {
+	f, err := os.Open(dev)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return false
+	}
+	return binary.LittleEndian.Uint16(sb[0x38:]) == 0xEF53 && binary.LittleEndian.Uint16(sb[0x34:]) == 0
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/banger-sh/banger/internal/system"
 )
 
 // trackedMount mounts a tmpfs holding a small tree and tracks it.
@@ -122,4 +125,34 @@ func appendTo(p string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// TestNeverMounted: a fresh mkfs.ext4 image has never been mounted; one
+// whose mount count is not 0 (an earlier boot mounted it) has, and so
+// has anything that is not ext4.
+func TestNeverMounted(t *testing.T) {
+	if _, err := system.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("no mkfs.ext4")
+	}
+	img := filepath.Join(t.TempDir(), "work.ext4")
+	os.WriteFile(img, nil, 0o644)
+	os.Truncate(img, 64<<20)
+	ctx := context.Background()
+	if _, err := system.Run(ctx, "mkfs.ext4", "-q", "-F", img); err != nil {
+		t.Fatal(err)
+	}
+	if !neverMounted(img) {
+		t.Fatal("a fresh filesystem reported mounted before")
+	}
+	if _, err := system.Run(ctx, "debugfs", "-w", "-R", "ssv mnt_count 1", img); err != nil {
+		t.Fatal(err)
+	}
+	if neverMounted(img) {
+		t.Error("mount count 1 reported never mounted")
+	}
+	junk := filepath.Join(t.TempDir(), "junk")
+	os.WriteFile(junk, make([]byte, 4096), 0o644)
+	if neverMounted(junk) || neverMounted(filepath.Join(t.TempDir(), "missing")) {
+		t.Error("not ext4 reported never mounted")
+	}
 }

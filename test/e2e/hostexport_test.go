@@ -98,3 +98,25 @@ func TestWorkspaceShadowIncomplete(t *testing.T) {
 		t.Errorf("no fallback logged:%s", log)
 	}
 }
+
+// TestWorkspaceEditsSurviveRestart: edits made before a stop are exported
+// after the start (the agent tracks changes only from a disk's first
+// mount; a later mount walks).
+func TestWorkspaceEditsSurviveRestart(t *testing.T) {
+	h := env(t)
+	repo := fixtureRepo(t)
+	h.must(t, "vm", "create", "hr", "--workspace", repo)
+	defer h.run(t, nil, "vm", "delete", "--force", "hr")
+	h.must(t, "vm", "exec", "hr", "--", "sh", "-c", "cd /root/repo && echo before-stop >> README.md && echo kept > before-stop.txt && sync")
+	h.must(t, "vm", "stop", "hr")
+	h.must(t, "vm", "start", "hr")
+	patch := filepath.Join(t.TempDir(), "hr.patch")
+	h.must(t, "workspace", "export", "hr", "--out", patch)
+	got, _ := os.ReadFile(patch)
+	if !strings.Contains(string(got), "before-stop") || !strings.Contains(string(got), "before-stop.txt") {
+		t.Fatalf("the edits made before the stop are not exported:\n%s", got)
+	}
+	if want := guestScriptExport(t, h, "hr"); string(got) != want {
+		t.Fatalf("export differs from git in the guest:\n--- export\n%s\n--- guest\n%s", got, want)
+	}
+}
