@@ -476,8 +476,10 @@ func TestBootInitramfs(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	disconnected := cpuPercent(t, pid, window)
 	t.Logf("qemu CPU, host disconnected: %.1f%% over %v", disconnected, window)
-	if disconnected > 5 {
-		t.Errorf("guest burns %.1f%% CPU with no host connected: the agent is polling", disconnected)
+	// Against the idle figure of the same VM just before: a busy host
+	// raises both (6% each measured under make test), polling only this.
+	if disconnected > 5 && disconnected > connected+3 {
+		t.Errorf("guest burns %.1f%% CPU with no host connected (%.1f%% connected): the agent is polling", disconnected, connected)
 	}
 
 	// Reconnect: a new session works, stale bytes of the old one are gone.
