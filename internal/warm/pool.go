@@ -390,11 +390,10 @@ func (p *Pool) restore(ctx context.Context, t *Template, w Want, g Guest) (_ *Cl
 		return nil, err
 	}
 	undo = append(undo, func() { p.kill(h) })
-	gc, err := Identity(g.Name, netcfg, p.o.AuthorizedKeys)
+	gc, err := p.identity(g, netcfg)
 	if err != nil {
 		return nil, err
 	}
-	gc.Mounts = g.Mounts
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	c, err := ConfigureClone(cctx, p.b, h, gc)
@@ -402,6 +401,13 @@ func (p *Pool) restore(ctx context.Context, t *Template, w Want, g Guest) (_ *Cl
 		return nil, err
 	}
 	return &Clone{Handle: h, Agent: c, Key: t.Key, Started: start, Template: t}, nil
+}
+
+// identity is the VM g's own identity (Identity), with its mounts.
+func (p *Pool) identity(g Guest, netcfg *agent.NetConfig) (agent.GuestConfig, error) {
+	gc, err := Identity(g.Name, netcfg, p.o.AuthorizedKeys)
+	gc.Mounts = g.Mounts
+	return gc, err
 }
 
 // kill kills a VMM process of the pool's (an undo: its own deadline).

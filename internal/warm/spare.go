@@ -253,11 +253,10 @@ func (p *Pool) adoptSpare(ctx context.Context, s *spare, g Guest) (*Clone, error
 			return nil, err
 		}
 	}
-	gc, err := Identity(g.Name, netcfg, p.o.AuthorizedKeys)
+	gc, err := p.identity(g, netcfg)
 	if err != nil {
 		return nil, err
 	}
-	gc.Mounts = g.Mounts
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	steps, err := s.c.ConfigureSteps(cctx, gc)
