@@ -20,6 +20,7 @@ import (
 	"github.com/banger-sh/banger/internal/paths"
 	"github.com/banger-sh/banger/internal/progress"
 	"github.com/banger-sh/banger/internal/store"
+	"github.com/banger-sh/banger/internal/testhome"
 )
 
 // fakeVMs stands in for the VM manager (the real one boots VMs; the e2e
@@ -209,16 +210,7 @@ func (s *recSink) Result(r api.Run) error {
 
 func newManager(t *testing.T, vms *fakeVMs) (*Manager, paths.Layout) {
 	t.Helper()
-	dir := t.TempDir()
-	l, err := paths.Resolve(func(k string) string {
-		if k == "BANGER_HOME" {
-			return dir
-		}
-		return ""
-	}, os.Geteuid())
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := testhome.Layout(t)
 	st, err := store.Open(context.Background(), l.StoreFile())
 	if err != nil {
 		t.Fatal(err)
