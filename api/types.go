@@ -108,6 +108,10 @@ type VM struct {
 	Tap       string         `json:"tap,omitempty"`
 	Forwards  []string       `json:"forwards,omitempty"` // HOSTADDR:PORT:GUESTPORT
 	Workspace *WorkspaceInfo `json:"workspace,omitempty"`
+	// WorkSlot: the VM has an empty work-disk slot (/dev/vdb), where
+	// workspace prepare attaches a work disk built on the host (instead
+	// of unpacking the files into the root filesystem).
+	WorkSlot bool `json:"work_slot,omitempty"`
 }
 
 // BuildImageRequest is the body of POST /v1/images (answered with a

@@ -227,6 +227,16 @@ func (c *Client) PrepareWorkspace(ctx context.Context, name, path, repo string, 
 	return v, err
 }
 
+// PrepareWorkspaceDisk attaches an uploaded work disk (ws from
+// workspace.ShipSet) to a running VM's empty work-disk slot, mounted at
+// ws.Path. A VM without a free slot answers a conflict: PrepareWorkspace
+// unpacks into its root filesystem instead.
+func (c *Client) PrepareWorkspaceDisk(ctx context.Context, name string, ws *api.WorkspaceSpec) (api.VM, error) {
+	var v api.VM
+	err := c.Do(ctx, "POST", "/v1/vms/"+url.PathEscape(name)+"/workspace/disk", ws, &v)
+	return v, err
+}
+
 // ExportWorkspace returns a reader of the VM's workspace patch, as the
 // guest produced it (untrusted: give it to workspace.ParsePatch).
 func (c *Client) ExportWorkspace(ctx context.Context, name string) (io.ReadCloser, error) {

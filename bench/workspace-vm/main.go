@@ -12,9 +12,11 @@
 //     --rm runs); target ≤ 0.15 s / ≤ 1.0 s;
 //   - the first `git status` in the guest against the second (guest clock);
 //     target ≤ 1.3x;
-//   - with -prepare: `banger workspace prepare VM REPO --path DIR` against
-//     the naive `git archive HEAD | banger vm exec VM -- tar -x -C DIR`
-//     (fresh DIRs); target ≥ 2x faster;
+//   - with -prepare: `banger workspace prepare VM REPO --path DIR` into a
+//     running VM made for it (untimed `vm create`; prepare attaches a work
+//     disk to its empty slot, one per VM) against the naive `git archive
+//     HEAD | banger vm exec VM -- tar -x -C DIR` (fresh DIRs of one VM);
+//     target ≥ 2x faster;
 //   - on a tree with ≥ 1,000 .go files: export of 1,000 files changed in
 //     the guest against `git add -A -N . && git diff --binary` run natively
 //     in the guest through `banger vm exec` (raw, and with the fixed cost
@@ -280,7 +282,7 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 		runTrue, runWS, added = append(runTrue, dTrue), append(runWS, dWS), append(added, dWS-dTrue)
 
 		if b.prepare {
-			if err := b.prepareRound(ctx, i, naiveVM, &naive, &prepare); err != nil {
+			if err := b.prepareRound(ctx, i, vc, naiveVM, &naive, &prepare); err != nil {
 				return err
 			}
 		}
@@ -414,9 +416,10 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 	return nil
 }
 
-// prepareRound times the naive pipeline and workspace prepare into fresh
-// directories of the running VM vm.
-func (b *bench) prepareRound(ctx context.Context, i int, naiveVM string, naive, prepare *[]time.Duration) error {
+// prepareRound times the naive pipeline into a fresh directory of the
+// running VM naiveVM, and workspace prepare into a running VM created for
+// it (untimed: a VM holds one prepared workspace).
+func (b *bench) prepareRound(ctx context.Context, i int, vcpus, naiveVM string, naive, prepare *[]time.Duration) error {
 	dir := fmt.Sprintf("/root/naive%d", i)
 	if _, err := b.banger(ctx, "vm", "exec", naiveVM, "--", "mkdir", "-p", dir); err != nil {
 		return err
@@ -433,14 +436,26 @@ func (b *bench) prepareRound(ctx context.Context, i int, naiveVM string, naive, 
 	if err := b.checkCount(ctx, naiveVM, dir, false); err != nil {
 		return err
 	}
+	prepVM := fmt.Sprintf("prep%s-%d", vcpus, i)
+	b.vms[prepVM] = true
+	if _, err := b.banger(ctx, "vm", "create", prepVM, "--vcpu", vcpus); err != nil {
+		return err
+	}
 	pdir := fmt.Sprintf("/root/prep%d", i)
-	d, _, err = b.timedBanger(ctx, "workspace", "prepare", naiveVM, b.repo, "--path", pdir)
+	d, _, err = b.timedBanger(ctx, "workspace", "prepare", prepVM, b.repo, "--path", pdir)
 	if err != nil {
 		return err
 	}
 	*prepare = append(*prepare, d)
 	b.log("round %d: naive %s; prepare %s", i+1, secs((*naive)[i]), secs(d))
-	return b.checkCount(ctx, naiveVM, pdir, true)
+	if err := b.checkCount(ctx, prepVM, pdir, true); err != nil {
+		return err
+	}
+	if _, err := b.banger(ctx, "vm", "delete", "--force", prepVM); err != nil {
+		return err
+	}
+	delete(b.vms, prepVM)
+	return nil
 }
 
 func (b *bench) timed2(fn func() error) (time.Duration, string, error) {

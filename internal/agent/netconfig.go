@@ -188,6 +188,10 @@ type Mount struct {
 	Path    string `json:"path"`              // absolute mount point, created if missing
 	FSType  string `json:"fstype,omitempty"`  // default ext4
 	Options string `json:"options,omitempty"` // mount data, e.g. "noatime"
+	// Exclusive: fail when Path is a mount point already (a boot's mounts
+	// take one as mounted; a workspace prepared into a running VM must
+	// not be taken for what is there).
+	Exclusive bool `json:"exclusive,omitempty"`
 }
 
 func (mt Mount) validate() error {
@@ -220,6 +224,9 @@ func (LinuxMachine) MountAll(ms []Mount) error {
 			return fmt.Errorf("mount %s: %w", mt.Path, err)
 		}
 		if mounted(mt.Path) {
+			if mt.Exclusive {
+				return fmt.Errorf("mount %s: %s is a mount point already", mt.Device, mt.Path)
+			}
 			continue
 		}
 		fresh := fstype == "ext4" && neverMounted(mt.Device)

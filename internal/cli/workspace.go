@@ -25,13 +25,22 @@ import (
 // buildWorkDisk ships dir's repository on a work disk for a new VM,
 // uploaded to the daemon as an open file descriptor (workspace.Ship).
 func (e *env) buildWorkDisk(ctx context.Context, cl *client.Client, dir string, untracked bool, path string) (*api.WorkspaceSpec, error) {
-	ws, subs, err := workspace.Ship(ctx, dir, workspace.ShipOptions{IncludeUntracked: untracked, Path: path, TmpDir: e.layout.TmpDir()},
+	set, err := workspace.List(ctx, dir, workspace.ListOptions{IncludeUntracked: untracked})
+	if err != nil {
+		return nil, err
+	}
+	return e.shipSet(ctx, cl, set, path)
+}
+
+// shipSet builds the work disk of a listed file set and uploads it.
+func (e *env) shipSet(ctx context.Context, cl *client.Client, set *workspace.FileSet, path string) (*api.WorkspaceSpec, error) {
+	ws, err := workspace.ShipSet(ctx, set, workspace.ShipOptions{Path: path, TmpDir: e.layout.TmpDir()},
 		func(f *os.File) (string, error) {
 			up, err := cl.Upload(ctx, f)
 			return up.Token, err
 		})
-	if len(subs) > 0 {
-		fmt.Fprintf(e.stderr, "banger: submodules %s are shipped as plain files; edits in them are not exported\n", strings.Join(subs, ", "))
+	if len(set.Submodules) > 0 {
+		fmt.Fprintf(e.stderr, "banger: submodules %s are shipped as plain files; edits in them are not exported\n", strings.Join(set.Submodules, ", "))
 	}
 	return ws, err
 }
@@ -226,7 +235,7 @@ func newWorkspaceCmd(e *env) *cobra.Command {
 
 func newWorkspacePrepareCmd(e *env) *cobra.Command {
 	var path string
-	var untracked, dry bool
+	var untracked, dry, unpack bool
 	cmd := &cobra.Command{
 		Use:   "prepare VM [REPO]",
 		Short: "Ship a repository's tracked files (with uncommitted edits) into a running VM",
@@ -235,7 +244,16 @@ func newWorkspacePrepareCmd(e *env) *cobra.Command {
 the host's config, hooks or credentials), into a running VM at --path.
 Untracked files only with --include-untracked (never ignored ones).
 --dry-run lists what would be shipped and needs no VM or daemon.
-REPO defaults to the current directory's repository.`,
+REPO defaults to the current directory's repository.
+
+The files go on a work disk built on the host and attached to the VM's
+empty work-disk slot, mounted at --path: the guest creates no file, so
+this takes seconds even for a large tree, and the workspace is the VM's
+as if it had been created with it (exported by host git, mounted again
+on every start). One VM holds one such workspace. A VM without a free
+slot (its workspace is there; made by an older banger), a tree too large
+for the slot, or --unpack: the files are unpacked by tar into the root
+filesystem instead (slow under emulation for many files).`,
 		Args:              args(cobra.RangeArgs(1, 2)),
 		ValidArgsFunction: e.completeVMs,
 		RunE: func(c *cobra.Command, a []string) error {
@@ -258,6 +276,19 @@ REPO defaults to the current directory's repository.`,
 			if err != nil {
 				return err
 			}
+			if !unpack && workspace.FitsSlot(set) {
+				if v, err := cl.GetVM(ctx, a[0]); err == nil && v.WorkSlot && v.State == "running" {
+					ws, err := e.shipSet(ctx, cl, set, path)
+					if err != nil {
+						return err
+					}
+					if v, err = cl.PrepareWorkspaceDisk(ctx, a[0], ws); err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "%s: %d files at %s (work disk)\n", v.Name, len(set.Files), v.Workspace.Path)
+					return nil
+				}
+			}
 			v, err := cl.PrepareWorkspace(ctx, a[0], path, set.Root, func(w io.Writer) (api.Base, error) {
 				info, err := workspace.TarStream(ctx, set.Root, set, w)
 				if err != nil {
@@ -275,6 +306,7 @@ REPO defaults to the current directory's repository.`,
 	cmd.Flags().StringVar(&path, "path", workspace.DefaultPath, "where the repository goes in the guest")
 	cmd.Flags().BoolVar(&untracked, "include-untracked", false, "also ship untracked files that are not ignored")
 	cmd.Flags().BoolVar(&dry, "dry-run", false, "list the files that would be shipped, with the total size; no VM needed")
+	cmd.Flags().BoolVar(&unpack, "unpack", false, "unpack the files into the root filesystem (tar) instead of attaching a work disk")
 	return cmd
 }
 

@@ -203,6 +203,11 @@ var apiBadInputs = func() []badInput {
 	for _, q := range []string{"path=rel", "path=/a/../b", "path=/"} {
 		add("workspace "+q, "POST", "/v1/vms/idle/workspace?"+q, ``, "", inv, "path")
 	}
+	// POST /v1/vms/{name}/workspace/disk (WorkspaceSpec).
+	add("workspace disk no upload", "POST", "/v1/vms/idle/workspace/disk", `{}`, "", inv, "upload")
+	add("workspace disk bad upload", "POST", "/v1/vms/idle/workspace/disk", `{"upload":"../../etc/shadow"}`, "", inv, "upload")
+	add("workspace disk smuggled", "POST", "/v1/vms/idle/workspace/disk", `{"upload":"x","Disk":"/etc/shadow"}`, "", inv, "disk")
+	add("workspace disk upload type", "POST", "/v1/vms/idle/workspace/disk", `{"upload":7}`, "", inv, "upload")
 	return cs
 }()
 
@@ -276,9 +281,9 @@ func TestAPIBadInput(t *testing.T) {
 	}
 }
 
-// TestRefusedRunDropsItsUpload: a run refused for bad input removes the
-// work disk its request named at once (it used to stay in state/uploads
-// until the upload's TTL).
+// TestRefusedRunDropsItsUpload: a run (or a workspace disk for a running
+// VM) refused for bad input removes the work disk its request named at
+// once (it used to stay in state/uploads until the upload's TTL).
 func TestRefusedRunDropsItsUpload(t *testing.T) {
 	c, l := hostileDaemon(t)
 	hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
@@ -287,7 +292,7 @@ func TestRefusedRunDropsItsUpload(t *testing.T) {
 		},
 	}}
 	before := hostState(t, c, l)
-	for _, bad := range []string{`,"vcpus":-1`, `,"net":"bogus"`} {
+	for _, bad := range []string{`,"vcpus":-1`, `,"net":"bogus"`, "path"} {
 		f, err := os.CreateTemp(t.TempDir(), "disk")
 		if err != nil {
 			t.Fatal(err)
@@ -301,8 +306,12 @@ func TestRefusedRunDropsItsUpload(t *testing.T) {
 		if got := hostState(t, c, l); got == before {
 			t.Fatalf("the upload is not in the state dir: the check below cannot fail")
 		}
-		body := `{"vm":{"name":"newvm","workspace":{"upload":"` + up.Token + `"}` + bad + `},"exec":{"argv":["true"]}}`
-		e, why := apiAnswer(t, hc, badInput{method: "POST", path: "/v1/runs", body: body, upgrade: api.RunUpgrade})
+		req := badInput{method: "POST", path: "/v1/runs", upgrade: api.RunUpgrade,
+			body: `{"vm":{"name":"newvm","workspace":{"upload":"` + up.Token + `"}` + bad + `},"exec":{"argv":["true"]}}`}
+		if bad == "path" { // a workspace prepared into a VM
+			req = badInput{method: "POST", path: "/v1/vms/idle/workspace/disk", body: `{"upload":"` + up.Token + `","path":"rel"}`}
+		}
+		e, why := apiAnswer(t, hc, req)
 		if e == nil || e.Code != api.CodeInvalidArgument {
 			t.Fatalf("run %s: %+v %s", bad, e, why)
 		}

@@ -347,6 +347,27 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 		}
 		writeJSON(w, 200, v)
 	})
+	mux.HandleFunc("POST /v1/vms/{name}/workspace/disk", func(w http.ResponseWriter, r *http.Request) {
+		var ws api.WorkspaceSpec
+		if err := decodeBody(r, &ws); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		if err := d.resolveWorkspace(r.Context(), &ws); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer os.Remove(ws.Disk) // the VM took it, or nobody will
+		if ws.PackFile != "" {
+			defer os.Remove(ws.PackFile)
+		}
+		v, err := d.vms.PrepareDisk(r.Context(), r.PathValue("name"), &ws)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		writeJSON(w, 200, v)
+	})
 	mux.HandleFunc("GET /v1/vms/{name}/workspace/export", d.handleExport)
 	mux.HandleFunc("POST /v1/vms/{name}/workspace/exported", func(w http.ResponseWriter, r *http.Request) {
 		var req api.ExportedRequest

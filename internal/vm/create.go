@@ -193,6 +193,14 @@ func (m *Manager) Create(ctx context.Context, req api.CreateVMRequest, progress 
 		m.log.Info(how, "vm", req.Name, "id", id, "pid", r.handle.PID, "template", clone.Key)
 		return m.toAPI(ctx, r), nil
 	}
+	if r.spec.Workspace == nil || !r.spec.Workspace.Disk {
+		// An empty work-disk slot (sparse: free), as a clone has: a
+		// workspace prepared later is attached there.
+		if err := disk.Sparse(m.layout.VMWorkDisk(id), api.WorkSlotBytes); err != nil {
+			return api.VM{}, fmt.Errorf("create work-disk slot: %w", err)
+		}
+		r.spec.WorkSlot = true
+	}
 	if _, err := m.makeRoot(ctx, id, disk.Image{Path: man.Path(image.FileRootfs), Format: disk.FormatRaw}, spec.DiskBytes); err != nil {
 		return api.VM{}, fmt.Errorf("create root disk: %w", err)
 	}

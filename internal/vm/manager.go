@@ -67,7 +67,8 @@ type Spec struct {
 	// disk is backed by the template's: the template is in use).
 	Template string `json:"template,omitempty"`
 	// WorkSlot: the VM has a work-disk slot without a workspace (clones
-	// keep their template's device set across restarts).
+	// keep their template's device set across restarts; cold creates
+	// without a workspace get one too, for workspace prepare).
 	WorkSlot bool `json:"work_slot,omitempty"`
 	// Workspace is the repository shipped into the VM, if any.
 	Workspace *api.WorkspaceInfo `json:"workspace,omitempty"`
@@ -369,6 +370,7 @@ func (m *Manager) toAPI(ctx context.Context, r *record) api.VM {
 		}
 	}
 	v.Net, v.Forwards, v.Workspace = r.spec.Net, r.spec.Forwards, r.spec.Workspace
+	v.WorkSlot = r.freeSlot()
 	if m.net != nil {
 		if l, err := m.net.Lease(r.row.ID); err == nil && l != nil {
 			v.IP, v.MAC, v.Tap = l.Addr.String(), l.MAC, l.Tap

@@ -178,6 +178,95 @@ func (m *Manager) workDisks(r *record) ([]vmm.Disk, []agent.Mount) {
 		[]agent.Mount{{Device: workDevice, Path: ws.Path}}
 }
 
+// freeSlot reports whether r has an empty work-disk slot: one that no
+// workspace was put in (a workspace prepared by tar lives in the root
+// filesystem).
+func (r *record) freeSlot() bool {
+	return r.spec.WorkSlot && (r.spec.Workspace == nil || !r.spec.Workspace.Disk)
+}
+
+// ErrNoFreeSlot: the VM has no empty work-disk slot for a work disk (it
+// was created before VMs had one, or its workspace is in it).
+var ErrNoFreeSlot = errors.New("no empty work-disk slot")
+
+// PrepareDisk attaches a client-built work disk (ws.Disk, the daemon's own
+// copy of an upload, of the slot's size) to a running VM: it is copied into
+// the VM's empty work-disk slot and the agent mounts it at ws.Path. The
+// guest creates no file: the cost is the host's copy and one mount, where
+// unpacking a tree under emulation costs minutes for a large one. The
+// workspace is then the VM's as if it had been created with it (exports by
+// host git with ws.PackFile, mounted again on every start).
+func (m *Manager) PrepareDisk(ctx context.Context, name string, ws *api.WorkspaceSpec) (api.VM, error) {
+	p, err := workspacePath(ws.Path)
+	if err != nil {
+		return api.VM{}, err
+	}
+	ws.Path = p
+	r, unlock, err := m.acquire(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer unlock()
+	if st := m.derive(ctx, r); st != StateRunning {
+		return api.VM{}, errdefs.NotRunning(fmt.Sprintf("vm %s is %s, not running", r.row.Name, st))
+	}
+	if cur := r.spec.Workspace; cur != nil && cur.Disk {
+		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s already has a workspace on its work disk at %s (one VM holds one: export it, and create another VM for another)", r.row.Name, cur.Path))
+	}
+	if !r.freeSlot() {
+		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s: %v (created by an older banger): unpack instead (workspace prepare --unpack)", r.row.Name, ErrNoFreeSlot))
+	}
+	id := r.row.ID
+	slot := m.layout.VMWorkDisk(id)
+	sst, err := os.Stat(slot)
+	if err != nil {
+		return api.VM{}, fmt.Errorf("vm %s: work-disk slot: %w", r.row.Name, err)
+	}
+	if dst, err := os.Stat(ws.Disk); err != nil || dst.Size() != sst.Size() {
+		return api.VM{}, errdefs.InvalidArgument(fmt.Sprintf("work disk: want a disk of the slot's %d bytes", sst.Size()))
+	}
+	c, err := m.agent(ctx, r)
+	if err != nil {
+		return api.VM{}, err
+	}
+	// The guest may have written to its empty /dev/vdb: the copy writes
+	// only the disk's data extents, so the slot is emptied first.
+	if err := disk.Zero(slot); err != nil {
+		return api.VM{}, fmt.Errorf("vm %s: empty the work-disk slot: %w", r.row.Name, err)
+	}
+	mounted := false
+	info, err := m.adoptWorkDisk(ctx, id, ws, true)
+	if err == nil {
+		t0 := time.Now()
+		err = c.Configure(ctx, agent.GuestConfig{Mounts: []agent.Mount{{Device: workDevice, Path: p, Exclusive: true}}})
+		m.log.Debug("work disk mounted", "vm", r.row.Name, "took", time.Since(t0))
+		if err != nil {
+			err = fmt.Errorf("vm %s: mount the work disk: %w", r.row.Name, err)
+		}
+		mounted = err == nil
+	}
+	if err == nil {
+		prev := r.spec
+		r.spec.Workspace, r.spec.WorkSlot = info, false
+		if err = r.save(ctx, m.store); err != nil {
+			r.spec = prev
+		}
+	}
+	if err != nil {
+		// Nothing of it stays: no shadow repository and, unless the guest
+		// has it mounted, an empty slot again.
+		m.dropShadow(id)
+		os.RemoveAll(m.shadowDir(id))
+		os.Remove(m.shadowPending(id))
+		if !mounted {
+			disk.Zero(slot)
+		}
+		return api.VM{}, err
+	}
+	m.log.Info("workspace attached", "vm", r.row.Name, "path", p, "host_export", info.HostExport)
+	return m.toAPI(ctx, r), nil
+}
+
 // PrepareTar unpacks a workspace tar stream (workspace.TarStream, built by
 // the client) into a running VM at path.
 //
@@ -196,8 +285,10 @@ func (m *Manager) PrepareTar(ctx context.Context, name, p, repo string, base fun
 	if st := m.derive(ctx, r); st != StateRunning {
 		return api.VM{}, errdefs.NotRunning(fmt.Sprintf("vm %s is %s, not running", r.row.Name, st))
 	}
-	if ws := r.spec.Workspace; ws != nil && ws.Disk && ws.Path == p {
-		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s already has a workspace on its work disk at %s", r.row.Name, p))
+	if ws := r.spec.Workspace; ws != nil && ws.Disk {
+		// Its record would go, and with it the disk's mount on the next
+		// start and any export of its edits.
+		return api.VM{}, errdefs.Conflict(fmt.Sprintf("vm %s already has a workspace on its work disk at %s (one VM holds one: export it, and create another VM for another)", r.row.Name, ws.Path))
 	}
 	c, err := m.agent(ctx, r)
 	if err != nil {

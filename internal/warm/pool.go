@@ -373,7 +373,7 @@ func (p *Pool) restore(ctx context.Context, t *Template, w Want, g Guest) (_ *Cl
 	}
 	slot := p.l.VMWorkDisk(id)
 	if !g.Workspace {
-		if err := sparseFile(slot, api.WorkSlotBytes); err != nil {
+		if err := disk.Sparse(slot, api.WorkSlotBytes); err != nil {
 			return nil, err
 		}
 		undo = append(undo, func() { os.Remove(slot) })

@@ -174,7 +174,7 @@ func (p *Pool) makeSpare(ctx context.Context, s *spare, sh Shape, src Source) (e
 	}
 	crashpoint.Hit("spare.disk")
 	slot := p.l.VMWorkDisk(id)
-	if err := sparseFile(slot, api.WorkSlotBytes); err != nil {
+	if err := disk.Sparse(slot, api.WorkSlotBytes); err != nil {
 		return err
 	}
 	nics := []vmm.NIC{{MAC: network.MACFor(id)}} // the slot, with no host side

@@ -464,7 +464,7 @@ func (s *Store) build(ctx context.Context, sh Shape, key string, src Source) (_ 
 	}
 	if sh.WorkDiskBytes > 0 {
 		work := filepath.Join(tmp, FileWork)
-		if err := sparseFile(work, sh.WorkDiskBytes); err != nil {
+		if err := disk.Sparse(work, sh.WorkDiskBytes); err != nil {
 			return nil, err
 		}
 		spec.Disks = []vmm.Disk{{Path: work, Format: disk.FormatRaw}}
@@ -842,18 +842,6 @@ func digestFile(path string) (int64, string, error) {
 		return 0, "", err
 	}
 	return size, hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func sparseFile(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 func writeFileSync(path string, b []byte) error {

@@ -26,15 +26,26 @@ func Ship(ctx context.Context, repo string, o ShipOptions, upload func(*os.File)
 	if err != nil {
 		return nil, nil, err
 	}
+	ws, err := ShipSet(ctx, set, o, upload)
+	return ws, set.Submodules, err
+}
+
+// FitsSlot reports whether a work disk of set fits the warm work-disk
+// slot (api.WorkSlotBytes): such a disk can go into a warm clone, or into
+// a running VM's empty slot.
+func FitsSlot(set *FileSet) bool { return set.TotalSize*3/2+(64<<20) <= api.WorkSlotBytes }
+
+// ShipSet is Ship of a listed file set (o.IncludeUntracked is the list's).
+func ShipSet(ctx context.Context, set *FileSet, o ShipOptions, upload func(*os.File) (string, error)) (*api.WorkspaceSpec, error) {
 	if o.Path == "" {
 		o.Path = DefaultPath
 	}
 	if err := os.MkdirAll(o.TmpDir, 0o755); err != nil {
-		return nil, set.Submodules, err
+		return nil, err
 	}
 	f, err := os.CreateTemp(o.TmpDir, "work-*.ext4")
 	if err != nil {
-		return nil, set.Submodules, err
+		return nil, err
 	}
 	f.Close()
 	defer os.Remove(f.Name())
@@ -42,23 +53,23 @@ func Ship(ctx context.Context, repo string, o ShipOptions, upload func(*os.File)
 	// tree too big for it gets its own size (and a cold boot). The image
 	// is sparse: unused space costs nothing.
 	var size int64
-	if set.TotalSize*3/2+(64<<20) <= api.WorkSlotBytes {
+	if FitsSlot(set) {
 		size = api.WorkSlotBytes
 	}
 	pack := f.Name() + ".pack"
 	defer os.Remove(pack)
 	info, err := BuildDisk(ctx, set.Root, set, DiskOptions{Dest: f.Name(), Size: size, Pack: pack})
 	if err != nil {
-		return nil, set.Submodules, err
+		return nil, err
 	}
 	disk, err := os.Open(info.Path)
 	if err != nil {
-		return nil, set.Submodules, err
+		return nil, err
 	}
 	defer disk.Close()
 	tok, err := upload(disk)
 	if err != nil {
-		return nil, set.Submodules, fmt.Errorf("hand the work disk to bangerd: %w", err)
+		return nil, fmt.Errorf("hand the work disk to bangerd: %w", err)
 	}
 	// The base's objects, so that the daemon builds exports with its own
 	// git (HostExport). Without them the export runs git in the guest.
@@ -68,12 +79,12 @@ func Ship(ctx context.Context, repo string, o ShipOptions, upload func(*os.File)
 			packTok, err = upload(pf)
 			pf.Close()
 			if err != nil {
-				return nil, set.Submodules, fmt.Errorf("hand the workspace objects to bangerd: %w", err)
+				return nil, fmt.Errorf("hand the workspace objects to bangerd: %w", err)
 			}
 		}
 	}
 	return &api.WorkspaceSpec{Upload: tok, Pack: packTok, ObjectFormat: info.ObjectFormat, Path: o.Path, Repo: set.Root,
-		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, set.Submodules, nil
+		Base: api.Base{Head: info.Base.Head, Tree: info.Base.Tree, Commit: info.Base.Commit}}, nil
 }
 
 // CheckoutCommit checks commit out of repo into a temporary worktree under

@@ -236,16 +236,36 @@ func TestWorkspaceRescueOnRm(t *testing.T) {
 	h.assertNoLeftovers(t, "shared")
 }
 
+// TestWorkspacePrepareRunningAndExportStopped: prepare into a running VM
+// attaches a host-built work disk to its empty slot (the workspace then is
+// the VM's: host export, mounted again on start, one per VM); an export
+// of a stopped VM starts and stops it.
 func TestWorkspacePrepareRunningAndExportStopped(t *testing.T) {
 	h := env(t)
 	repo := fixtureRepo(t)
 	h.must(t, "vm", "create", "wsp")
 	defer h.run(t, nil, "vm", "delete", "--force", "wsp")
-	h.must(t, "workspace", "prepare", "wsp", repo)
-	r, code := h.run(t, nil, "vm", "exec", "--cwd", "/root/repo", "wsp", "--", "git", "status", "--porcelain")
+	if v := vmInfo(t, h, "wsp"); !v.WorkSlot || v.Workspace != nil {
+		t.Fatalf("a new VM without a workspace: work_slot %v, workspace %+v", v.WorkSlot, v.Workspace)
+	}
+	if out := h.must(t, "workspace", "prepare", "wsp", repo); !strings.Contains(out, "(work disk)") {
+		t.Fatalf("prepare did not attach a work disk: %q", out)
+	}
+	if v := vmInfo(t, h, "wsp"); v.WorkSlot || v.Workspace == nil || !v.Workspace.Disk || !v.Workspace.HostExport {
+		t.Fatalf("after prepare: work_slot %v, workspace %+v", v.WorkSlot, v.Workspace)
+	}
 	want := strings.ReplaceAll(git(t, repo, "status", "--porcelain"), "?? notes.txt\n", "")
-	if code != 0 || r.stdout != want {
-		t.Fatalf("status after prepare: exit %d %q want %q %s", code, r.stdout, want, r.stderr)
+	status := func(when, dir string) {
+		t.Helper()
+		r, code := h.run(t, nil, "vm", "exec", "--cwd", dir, "wsp", "--", "git", "status", "--porcelain")
+		if code != 0 || r.stdout != want {
+			t.Fatalf("status %s: exit %d %q want %q %s", when, code, r.stdout, want, r.stderr)
+		}
+	}
+	status("after prepare", "/root/repo")
+	// One workspace per VM: a second prepare is refused, at any path.
+	if r, code := h.run(t, nil, "workspace", "prepare", "wsp", repo, "--path", "/root/other"); code == 0 || !strings.Contains(r.stderr, "already has a workspace") {
+		t.Fatalf("second prepare: exit %d %s", code, r.stderr)
 	}
 	h.must(t, "vm", "exec", "--cwd", "/root/repo", "wsp", "--", "sh", "-c", "echo stopped-export > new.txt; sync")
 	h.must(t, "vm", "stop", "wsp")
@@ -255,6 +275,33 @@ func TestWorkspacePrepareRunningAndExportStopped(t *testing.T) {
 	}
 	if v := vmInfo(t, h, "wsp"); v.State != "stopped" {
 		t.Fatalf("after exporting a stopped VM it is %s", v.State)
+	}
+	h.must(t, "vm", "start", "wsp")
+	if out := h.must(t, "vm", "exec", "wsp", "--", "cat", "/root/repo/new.txt"); out != "stopped-export\n" {
+		t.Fatalf("the prepared work disk after a restart: %q", out)
+	}
+
+	// --unpack: tar into the root filesystem; then a work disk can still
+	// replace that workspace (the slot is empty).
+	h.must(t, "vm", "create", "wsu")
+	defer h.run(t, nil, "vm", "delete", "--force", "wsu")
+	if out := h.must(t, "workspace", "prepare", "--unpack", "wsu", repo); strings.Contains(out, "work disk") {
+		t.Fatalf("--unpack: %q", out)
+	}
+	if v := vmInfo(t, h, "wsu"); !v.WorkSlot || v.Workspace == nil || v.Workspace.Disk {
+		t.Fatalf("after prepare --unpack: work_slot %v, workspace %+v", v.WorkSlot, v.Workspace)
+	}
+	r, code := h.run(t, nil, "vm", "exec", "--cwd", "/root/repo", "wsu", "--", "git", "status", "--porcelain")
+	if code != 0 || r.stdout != want {
+		t.Fatalf("status after prepare --unpack: exit %d %q want %q %s", code, r.stdout, want, r.stderr)
+	}
+	h.must(t, "workspace", "prepare", "wsu", repo, "--path", "/root/disk")
+	r, code = h.run(t, nil, "vm", "exec", "--cwd", "/root/disk", "wsu", "--", "sh", "-c", "git status --porcelain && echo edit >> README.md")
+	if code != 0 || r.stdout != want {
+		t.Fatalf("status of the disk after an unpacked prepare: exit %d %q want %q %s", code, r.stdout, want, r.stderr)
+	}
+	if out := h.must(t, "workspace", "export", "wsu"); !strings.Contains(out, "+edit") {
+		t.Fatalf("export of the disk workspace:\n%s", out)
 	}
 }
 
