@@ -25,6 +25,12 @@ import (
 // The guest sees the work disk as the first disk after the root: /dev/vdb.
 const workDevice = "/dev/vdb"
 
+// workMountOptions: a work disk is made with lazy_itable_init (mkfs does
+// not write its inode tables); without noinit_itable the guest's kernel
+// would zero them after the mount, ~64 MiB of writes under emulation
+// competing with the run's command, for nothing a scratch disk needs.
+const workMountOptions = "noinit_itable"
+
 func workspacePath(p string) (string, error) {
 	if p == "" {
 		return workspace.DefaultPath, nil
@@ -175,7 +181,7 @@ func (m *Manager) workDisks(r *record) ([]vmm.Disk, []agent.Mount) {
 		return nil, nil
 	}
 	return []vmm.Disk{{Path: m.layout.VMWorkDisk(r.row.ID), Format: "raw"}},
-		[]agent.Mount{{Device: workDevice, Path: ws.Path}}
+		[]agent.Mount{{Device: workDevice, Path: ws.Path, Options: workMountOptions}}
 }
 
 // freeSlot reports whether r has an empty work-disk slot: one that no
@@ -238,7 +244,7 @@ func (m *Manager) PrepareDisk(ctx context.Context, name string, ws *api.Workspac
 	info, err := m.adoptWorkDisk(ctx, id, ws, true)
 	if err == nil {
 		t0 := time.Now()
-		err = c.Configure(ctx, agent.GuestConfig{Mounts: []agent.Mount{{Device: workDevice, Path: p, Exclusive: true}}})
+		err = c.Configure(ctx, agent.GuestConfig{Mounts: []agent.Mount{{Device: workDevice, Path: p, Options: workMountOptions, Exclusive: true}}})
 		m.log.Debug("work disk mounted", "vm", r.row.Name, "took", time.Since(t0))
 		if err != nil {
 			err = fmt.Errorf("vm %s: mount the work disk: %w", r.row.Name, err)
