@@ -34,7 +34,7 @@ func (e *env) buildWorkDisk(ctx context.Context, cl *client.Client, dir string, 
 
 // shipSet builds the work disk of a listed file set and uploads it.
 func (e *env) shipSet(ctx context.Context, cl *client.Client, set *workspace.FileSet, path string) (*api.WorkspaceSpec, error) {
-	ws, err := workspace.ShipSet(ctx, set, workspace.ShipOptions{Path: path, TmpDir: e.layout.TmpDir()},
+	ws, err := workspace.ShipSet(ctx, set, workspace.ShipOptions{Path: path, TmpDir: e.layout.TmpDir(), CacheDir: e.layout.WorkDiskCacheDir()},
 		func(f *os.File) (string, error) {
 			up, err := cl.Upload(ctx, f)
 			return up.Token, err

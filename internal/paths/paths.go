@@ -202,6 +202,10 @@ func (l Layout) InitrdCacheDir() string { return filepath.Join(l.Cache, "initrd"
 // RAM: /run is a tmpfs, and a patch may be 512 MiB).
 func (l Layout) SpoolDir() string { return filepath.Join(l.State, "spool") }
 
+// WorkDiskCacheDir keeps the CLI's last work disk of each work tree
+// (internal/workspace's disk cache).
+func (l Layout) WorkDiskCacheDir() string { return filepath.Join(l.Cache, "workdisks") }
+
 // TmpDir is scratch space on the cache's filesystem (so renames are atomic).
 func (l Layout) TmpDir() string { return filepath.Join(l.Cache, "tmp") }
 

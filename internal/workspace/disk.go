@@ -32,6 +32,12 @@ type DiskOptions struct {
 	// base's objects): the daemon indexes it to build exports with host git
 	// (HostExport).
 	Pack string
+
+	// For the work-disk cache (diskcache.go): the repository as already
+	// inspected, and a function called once the staging directory has
+	// been removed (in the background).
+	inspected *hostRepo
+	cleaned   func()
 }
 
 // DiskInfo describes a built work disk.
@@ -72,10 +78,14 @@ func BuildDisk(ctx context.Context, repo string, set *FileSet, o DiskOptions) (*
 	if _, err := system.LookPath("mkfs.ext4"); err != nil {
 		return nil, fmt.Errorf("workspace: %w (install e2fsprogs)", err)
 	}
-	s, err := prepare(ctx, repo, set, o.TmpDir)
+	s, err := prepare(ctx, repo, set, o.TmpDir, o.inspected)
 	if err != nil {
+		if o.cleaned != nil {
+			o.cleaned()
+		}
 		return nil, err
 	}
+	s.cleaned = o.cleaned
 	keep := false
 	defer func() {
 		if !keep {

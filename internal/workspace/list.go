@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/dustin/go-humanize"
 
@@ -34,6 +35,25 @@ type File struct {
 	Link      string      // a symlink's target ("" otherwise)
 	Untracked bool        // shipped because of IncludeUntracked
 	Submodule string      // the submodule it belongs to ("" for the repo's own)
+
+	// What the work-disk cache keys on (diskcache.go): the index entry
+	// ("<mode> <oid> <stage>", "" when untracked) and lstat's identity.
+	index string
+	stat  fileStat
+}
+
+// fileStat is the part of a file's lstat that changes when it does.
+type fileStat struct {
+	dev, ino     uint64
+	mtime, ctime int64 // ns
+}
+
+func statOf(fi fs.FileInfo) fileStat {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileStat{mtime: fi.ModTime().UnixNano()}
+	}
+	return fileStat{dev: uint64(st.Dev), ino: st.Ino, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
 }
 
 // IsSymlink reports whether f is shipped as a symlink.
@@ -54,6 +74,8 @@ type FileSet struct {
 	Skipped []string
 	// IncludeUntracked records the option List ran with.
 	IncludeUntracked bool
+
+	listed time.Time // when List began (the work-disk cache's racy rule)
 }
 
 // Root resolves the work-tree root of dir. A dir outside any git work tree
@@ -98,7 +120,7 @@ func List(ctx context.Context, dir string, o ListOptions) (*FileSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	set := &FileSet{Root: root, IncludeUntracked: o.IncludeUntracked}
+	set := &FileSet{Root: root, IncludeUntracked: o.IncludeUntracked, listed: time.Now()}
 	l := &lister{set: set, root: root, dirs: map[string]bool{"": true}}
 	if err := l.listRepo(ctx, "", o.IncludeUntracked); err != nil {
 		return nil, err
@@ -173,7 +195,7 @@ func (l *lister) listRepo(ctx context.Context, prefix string, untracked bool) er
 			}
 			continue
 		}
-		if err := l.addFile(full, false, prefix); err != nil {
+		if err := l.addFile(full, meta, false, prefix); err != nil {
 			return err
 		}
 	}
@@ -188,7 +210,7 @@ func (l *lister) listRepo(ctx context.Context, prefix string, untracked bool) er
 		if strings.HasSuffix(p, "/") {
 			continue // an embedded repository: git shows it as a directory
 		}
-		if err := l.addFile(joinPrefix(prefix, p), true, prefix); err != nil {
+		if err := l.addFile(joinPrefix(prefix, p), "", true, prefix); err != nil {
 			return err
 		}
 	}
@@ -203,7 +225,7 @@ func joinPrefix(prefix, p string) string {
 }
 
 // addFile lstats root/p and adds it when it is a regular file or symlink.
-func (l *lister) addFile(p string, untracked bool, submodule string) error {
+func (l *lister) addFile(p, index string, untracked bool, submodule string) error {
 	set := l.set
 	if !l.realDir(parentDir(p)) {
 		return nil // below a symlink or a file: deleted, as git sees it
@@ -216,7 +238,7 @@ func (l *lister) addFile(p string, untracked bool, submodule string) error {
 		}
 		return fmt.Errorf("workspace: %w", err)
 	}
-	f := File{Path: p, Mode: fi.Mode(), Untracked: untracked, Submodule: submodule}
+	f := File{Path: p, Mode: fi.Mode(), Untracked: untracked, Submodule: submodule, index: index, stat: statOf(fi)}
 	switch {
 	case fi.Mode().IsRegular():
 		f.Size = fi.Size()

@@ -60,6 +60,8 @@ type staging struct {
 	copied int
 	// timings
 	tStage, tGit time.Duration
+	// cleaned, if set, is called once the directory is gone.
+	cleaned func()
 }
 
 // close removes the staging directory: it is renamed aside at once and
@@ -71,16 +73,21 @@ func (s *staging) close() {
 	if s == nil || s.work == "" {
 		return
 	}
-	work := s.work
-	s.work = ""
+	work, cleaned := s.work, s.cleaned
+	s.work, s.cleaned = "", nil
+	if cleaned == nil {
+		cleaned = func() {}
+	}
 	trash := filepath.Join(filepath.Dir(work), trashPrefix+filepath.Base(work))
 	if err := os.Rename(work, trash); err != nil {
 		os.RemoveAll(work)
+		cleaned()
 		return
 	}
 	go func() {
 		os.RemoveAll(trash)
 		sweep(filepath.Dir(trash))
+		cleaned()
 	}()
 }
 
@@ -152,7 +159,7 @@ func inspect(ctx context.Context, root string) (*hostRepo, error) {
 
 // prepare stages set's files under a new temporary directory in tmpDir
 // (hard links when possible) and builds the .git shipped with them.
-func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string) (_ *staging, err error) {
+func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string, h *hostRepo) (_ *staging, err error) {
 	if set == nil {
 		return nil, errors.New("workspace: nil FileSet")
 	}
@@ -168,9 +175,10 @@ func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string) (_ *
 	if set.Root != "" && filepath.Clean(set.Root) != root {
 		return nil, fmt.Errorf("workspace: file set is of %s, not %s", set.Root, root)
 	}
-	h, err := inspect(ctx, root)
-	if err != nil {
-		return nil, err
+	if h == nil || h.root != root {
+		if h, err = inspect(ctx, root); err != nil {
+			return nil, err
+		}
 	}
 	if tmpDir == "" {
 		tmpDir = filepath.Join(h.commonDir, "banger", "tmp")

@@ -14,6 +14,9 @@ type ShipOptions struct {
 	IncludeUntracked bool
 	Path             string // in the guest; default DefaultPath
 	TmpDir           string // where the work disk is built (removed after the upload)
+	// CacheDir, if set, keeps the last work disk of each work tree for
+	// the next ship of the same, unchanged tree (diskcache.go).
+	CacheDir string
 }
 
 // Ship lists repo's files, builds a work disk of them (as the caller, the
@@ -36,19 +39,12 @@ func Ship(ctx context.Context, repo string, o ShipOptions, upload func(*os.File)
 func FitsSlot(set *FileSet) bool { return set.TotalSize*3/2+(64<<20) <= api.WorkSlotBytes }
 
 // ShipSet is Ship of a listed file set (o.IncludeUntracked is the list's).
+// With o.CacheDir, a tree unchanged since its last ship reuses that work
+// disk (diskcache.go).
 func ShipSet(ctx context.Context, set *FileSet, o ShipOptions, upload func(*os.File) (string, error)) (*api.WorkspaceSpec, error) {
 	if o.Path == "" {
 		o.Path = DefaultPath
 	}
-	if err := os.MkdirAll(o.TmpDir, 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.CreateTemp(o.TmpDir, "work-*.ext4")
-	if err != nil {
-		return nil, err
-	}
-	f.Close()
-	defer os.Remove(f.Name())
 	// A disk of exactly the warm slot's size can go into a warm clone; a
 	// tree too big for it gets its own size (and a cold boot). The image
 	// is sparse: unused space costs nothing.
@@ -56,9 +52,54 @@ func ShipSet(ctx context.Context, set *FileSet, o ShipOptions, upload func(*os.F
 	if FitsSlot(set) {
 		size = api.WorkSlotBytes
 	}
-	pack := f.Name() + ".pack"
-	defer os.Remove(pack)
-	info, err := BuildDisk(ctx, set.Root, set, DiskOptions{Dest: f.Name(), Size: size, Pack: pack})
+	withPack := len(set.Submodules) == 0
+	var (
+		pend *pending
+		h    *hostRepo
+	)
+	if o.CacheDir != "" && set.TotalSize <= maxCachedBytes && !set.listed.IsZero() {
+		var err error
+		if h, err = inspect(ctx, set.Root); err != nil {
+			return nil, err
+		}
+		c := openDiskCache(o.CacheDir, set.Root)
+		key := cacheKey(ctx, set, h, size, listedStats(set))
+		if e, disk, pack := c.lookup(key); e != nil && e.Pack == withPack {
+			defer disk.Close()
+			if pack != nil {
+				defer pack.Close()
+			}
+			return shipFiles(o, set, e.Info, disk, pack, upload)
+		}
+		if pend, err = c.begin(set.listed); err != nil {
+			pend = nil // no cache this time
+		}
+	}
+	var dest, pack string
+	if pend != nil {
+		dest, pack = pend.disk, pend.pack
+	} else {
+		if err := os.MkdirAll(o.TmpDir, 0o755); err != nil {
+			return nil, err
+		}
+		f, err := os.CreateTemp(o.TmpDir, "work-*.ext4")
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+		dest, pack = f.Name(), f.Name()+".pack"
+		defer os.Remove(dest)
+		defer os.Remove(pack)
+	}
+	do := DiskOptions{Dest: dest, Size: size, Pack: pack, inspected: h}
+	if pend != nil {
+		do.cleaned = pend.cleaned
+	}
+	info, err := BuildDisk(ctx, set.Root, set, do)
+	ok := false
+	if pend != nil {
+		defer func() { pend.finish(ctx, ok, set, h, size, info, withPack) }()
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +108,20 @@ func ShipSet(ctx context.Context, set *FileSet, o ShipOptions, upload func(*os.F
 		return nil, err
 	}
 	defer disk.Close()
+	var pf *os.File
+	if withPack {
+		if pf, err = os.Open(pack); err == nil {
+			defer pf.Close()
+		}
+	}
+	ws, err := shipFiles(o, set, info.Info, disk, pf, upload)
+	ok = err == nil
+	return ws, err
+}
+
+// shipFiles uploads a work disk and its pack (nil: none; exports then run
+// git in the guest) and returns the workspace of a request.
+func shipFiles(o ShipOptions, set *FileSet, info Info, disk, pack *os.File, upload func(*os.File) (string, error)) (*api.WorkspaceSpec, error) {
 	tok, err := upload(disk)
 	if err != nil {
 		return nil, fmt.Errorf("hand the work disk to bangerd: %w", err)
@@ -74,13 +129,9 @@ func ShipSet(ctx context.Context, set *FileSet, o ShipOptions, upload func(*os.F
 	// The base's objects, so that the daemon builds exports with its own
 	// git (HostExport). Without them the export runs git in the guest.
 	var packTok string
-	if len(set.Submodules) == 0 {
-		if pf, err := os.Open(pack); err == nil {
-			packTok, err = upload(pf)
-			pf.Close()
-			if err != nil {
-				return nil, fmt.Errorf("hand the workspace objects to bangerd: %w", err)
-			}
+	if pack != nil {
+		if packTok, err = upload(pack); err != nil {
+			return nil, fmt.Errorf("hand the workspace objects to bangerd: %w", err)
 		}
 	}
 	return &api.WorkspaceSpec{Upload: tok, Pack: packTok, ObjectFormat: info.ObjectFormat, Path: o.Path, Repo: set.Root,
