@@ -192,6 +192,10 @@ type Mount struct {
 	// take one as mounted; a workspace prepared into a running VM must
 	// not be taken for what is there).
 	Exclusive bool `json:"exclusive,omitempty"`
+	// Fresh: the host read the disk's image and found an ext4 never
+	// mounted (NeverMounted), so the guest need not read it again (~9 ms
+	// under emulation). Without it the agent looks itself.
+	Fresh bool `json:"fresh,omitempty"`
 }
 
 func (mt Mount) validate() error {
@@ -229,7 +233,7 @@ func (LinuxMachine) MountAll(ms []Mount) error {
 			}
 			continue
 		}
-		fresh := fstype == "ext4" && neverMounted(mt.Device)
+		fresh := fstype == "ext4" && (mt.Fresh || NeverMounted(mt.Device))
 		if err := unix.Mount(mt.Device, mt.Path, fstype, unix.MS_NOATIME, mt.Options); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", mt.Device, mt.Path, err)
 		}

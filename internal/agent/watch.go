@@ -126,7 +126,7 @@ func mountID(path string) (uint64, error) {
 
 // neverMounted reports whether the ext4 filesystem on dev has never been
 // mounted (s_mnt_count 0). Any doubt is false.
-func neverMounted(dev string) bool {
+func NeverMounted(dev string) bool {
 	f, err := os.Open(dev)
 	if err != nil {
 		return false

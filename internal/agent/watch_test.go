@@ -141,18 +141,18 @@ func TestNeverMounted(t *testing.T) {
 	if _, err := system.Run(ctx, "mkfs.ext4", "-q", "-F", img); err != nil {
 		t.Fatal(err)
 	}
-	if !neverMounted(img) {
+	if !NeverMounted(img) {
 		t.Fatal("a fresh filesystem reported mounted before")
 	}
 	if _, err := system.Run(ctx, "debugfs", "-w", "-R", "ssv mnt_count 1", img); err != nil {
 		t.Fatal(err)
 	}
-	if neverMounted(img) {
+	if NeverMounted(img) {
 		t.Error("mount count 1 reported never mounted")
 	}
 	junk := filepath.Join(t.TempDir(), "junk")
 	os.WriteFile(junk, make([]byte, 4096), 0o644)
-	if neverMounted(junk) || neverMounted(filepath.Join(t.TempDir(), "missing")) {
+	if NeverMounted(junk) || NeverMounted(filepath.Join(t.TempDir(), "missing")) {
 		t.Error("not ext4 reported never mounted")
 	}
 }

@@ -180,8 +180,9 @@ func (m *Manager) workDisks(r *record) ([]vmm.Disk, []agent.Mount) {
 		}
 		return nil, nil
 	}
-	return []vmm.Disk{{Path: m.layout.VMWorkDisk(r.row.ID), Format: "raw"}},
-		[]agent.Mount{{Device: workDevice, Path: ws.Path, Options: workMountOptions}}
+	img := m.layout.VMWorkDisk(r.row.ID)
+	return []vmm.Disk{{Path: img, Format: "raw"}},
+		[]agent.Mount{{Device: workDevice, Path: ws.Path, Options: workMountOptions, Fresh: agent.NeverMounted(img)}}
 }
 
 // freeSlot reports whether r has an empty work-disk slot: one that no
@@ -244,7 +245,7 @@ func (m *Manager) PrepareDisk(ctx context.Context, name string, ws *api.Workspac
 	info, err := m.adoptWorkDisk(ctx, id, ws, true)
 	if err == nil {
 		t0 := time.Now()
-		err = c.Configure(ctx, agent.GuestConfig{Mounts: []agent.Mount{{Device: workDevice, Path: p, Options: workMountOptions, Exclusive: true}}})
+		err = c.Configure(ctx, agent.GuestConfig{Mounts: []agent.Mount{{Device: workDevice, Path: p, Options: workMountOptions, Exclusive: true, Fresh: agent.NeverMounted(slot)}}})
 		m.log.Debug("work disk mounted", "vm", r.row.Name, "took", time.Since(t0))
 		if err != nil {
 			err = fmt.Errorf("vm %s: mount the work disk: %w", r.row.Name, err)

@@ -33,11 +33,9 @@ type DiskOptions struct {
 	// (HostExport).
 	Pack string
 
-	// For the work-disk cache (diskcache.go): the repository as already
-	// inspected, and a function called once the staging directory has
-	// been removed (in the background).
-	inspected *hostRepo
-	cleaned   func()
+	// cleaned, for the work-disk cache (diskcache.go), is called once the
+	// staging directory has been removed (in the background).
+	cleaned func()
 }
 
 // DiskInfo describes a built work disk.
@@ -78,7 +76,7 @@ func BuildDisk(ctx context.Context, repo string, set *FileSet, o DiskOptions) (*
 	if _, err := system.LookPath("mkfs.ext4"); err != nil {
 		return nil, fmt.Errorf("workspace: %w (install e2fsprogs)", err)
 	}
-	s, err := prepare(ctx, repo, set, o.TmpDir, o.inspected)
+	s, err := prepare(ctx, repo, set, o.TmpDir)
 	if err != nil {
 		if o.cleaned != nil {
 			o.cleaned()

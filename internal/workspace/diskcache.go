@@ -27,9 +27,10 @@ import (
 // An entry is used only when everything the disk is made of is unchanged:
 // each shipped file's index entry (mode, object id, stage), its lstat
 // identity (device, inode, size, mode, mtime and ctime in ns, the link
-// target), the files' list, HEAD, the branch, the host's ignore patterns,
-// the git configuration files' stat, GIT_* variables, the slot size and
-// banger's version. A file modified in place changes its mtime and ctime;
+// target), the files' list, HEAD and the ref it names, the stat of the
+// packed refs, shallow file, git configuration, attribute and ignore files
+// (core.excludesFile's too), GIT_* variables, the slot size and banger's
+// version. No git runs for the lookup. A file modified in place changes its mtime and ctime;
 // one restored with an old mtime still changes its ctime. Like git's own
 // racy-clean rule, a disk is not recorded when any file was modified within
 // the second before the listing (an edit in the same clock tick would leave
@@ -57,10 +58,14 @@ func openDiskCache(root, tree string) *diskCache {
 
 // cacheEntry is what a cached disk was built as (key.json).
 type cacheEntry struct {
-	Key     string `json:"key"`
-	Info    Info   `json:"info"`
-	Pack    bool   `json:"pack"`
-	Created string `json:"created"`
+	Key  string `json:"key"`
+	Info Info   `json:"info"`
+	Pack bool   `json:"pack"`
+	// Excludes is core.excludesFile as git resolved it ("" when unset),
+	// ExcludesStat its stat (excludesStat).
+	Excludes     string `json:"excludes,omitempty"`
+	ExcludesStat string `json:"excludes_stat,omitempty"`
+	Created      string `json:"created"`
 }
 
 func (c *diskCache) paths(key string) (disk, pack, meta string) {
@@ -68,9 +73,10 @@ func (c *diskCache) paths(key string) (disk, pack, meta string) {
 	return b + ".ext4", b + ".pack", b + ".json"
 }
 
-// cacheKey digests everything a work disk of set (of size bytes) is made of.
-// files gives each file's stat (set's own, or as seen again later).
-func cacheKey(ctx context.Context, set *FileSet, h *hostRepo, size int64, stats []fileStat) string {
+// cacheKey digests everything a work disk of set (of size bytes) is made of,
+// without running git: HEAD and the ref it names are read, the rest is
+// stat. stats gives each file's stat (set's own, or as seen again later).
+func cacheKey(set *FileSet, size int64, stats []fileStat) string {
 	d := sha256.New()
 	put := func(parts ...any) {
 		for _, p := range parts {
@@ -80,10 +86,14 @@ func cacheKey(ctx context.Context, set *FileSet, h *hostRepo, size int64, stats 
 		d.Write([]byte{'\n'})
 	}
 	put("banger work disk", cacheFormat, version.Version, version.Commit, size)
-	put(set.Root, set.IncludeUntracked, strings.Join(set.Submodules, "\x00"), strings.Join(set.Skipped, "\x00"))
-	put(h.gitDir, h.commonDir, h.format, h.head, h.branch, h.parents)
-	put(hostExcludes(ctx, h))
-	statFiles(put, h)
+	put(set.Root, set.gitDir, set.commonDir, set.IncludeUntracked, strings.Join(set.Submodules, "\x00"), strings.Join(set.Skipped, "\x00"))
+	head, _ := os.ReadFile(filepath.Join(set.gitDir, "HEAD"))
+	put("HEAD", string(head))
+	if ref, ok := strings.CutPrefix(strings.TrimSpace(string(head)), "ref: "); ok && !strings.Contains(ref, "..") {
+		b, _ := os.ReadFile(filepath.Join(set.commonDir, filepath.FromSlash(ref)))
+		put(ref, string(b))
+	}
+	statPaths(put, gitFiles(set)...)
 	env := os.Environ()
 	sort.Strings(env)
 	for _, kv := range env {
@@ -98,19 +108,33 @@ func cacheKey(ctx context.Context, set *FileSet, h *hostRepo, size int64, stats 
 	return hex.EncodeToString(d.Sum(nil))
 }
 
-// statFiles puts the stat of the git configuration files that can change
-// how the host's git reads the tree (filters, attributes, line endings).
-func statFiles(put func(...any), h *hostRepo) {
+// gitFiles are the files besides the tree's that can change what the
+// host's git makes of it: refs, history cut-offs, configuration (filters,
+// attributes, line endings, the object format), ignore patterns.
+func gitFiles(set *FileSet) []string {
 	paths := []string{
-		filepath.Join(h.commonDir, "config"), filepath.Join(h.gitDir, "config.worktree"),
-		filepath.Join(h.commonDir, "info", "attributes"), "/etc/gitconfig",
+		filepath.Join(set.commonDir, "packed-refs"), filepath.Join(set.commonDir, "reftable", "tables.list"),
+		filepath.Join(set.commonDir, "shallow"), filepath.Join(set.commonDir, "info", "grafts"),
+		filepath.Join(set.commonDir, "config"), filepath.Join(set.gitDir, "config.worktree"),
+		filepath.Join(set.commonDir, "info", "attributes"), filepath.Join(set.commonDir, "info", "exclude"),
+		"/etc/gitconfig",
 	}
 	if home, err := os.UserHomeDir(); err == nil {
-		paths = append(paths, filepath.Join(home, ".gitconfig"), filepath.Join(home, ".config", "git", "config"), filepath.Join(home, ".config", "git", "attributes"))
+		paths = append(paths, filepath.Join(home, ".gitconfig"))
+		for _, f := range []string{"config", "attributes", "ignore"} {
+			paths = append(paths, filepath.Join(home, ".config", "git", f))
+		}
 	}
 	if x := os.Getenv("XDG_CONFIG_HOME"); x != "" {
-		paths = append(paths, filepath.Join(x, "git", "config"), filepath.Join(x, "git", "attributes"))
+		for _, f := range []string{"config", "attributes", "ignore"} {
+			paths = append(paths, filepath.Join(x, "git", f))
+		}
 	}
+	return paths
+}
+
+// statPaths puts each path's stat (or its absence).
+func statPaths(put func(...any), paths ...string) {
 	for _, p := range paths {
 		if fi, err := os.Stat(p); err == nil {
 			st := statOf(fi)
@@ -119,6 +143,14 @@ func statFiles(put func(...any), h *hostRepo) {
 			put(p, "-")
 		}
 	}
+}
+
+// excludesStat digests core.excludesFile's stat (the file the host's git
+// configuration names; its name is known only to git config).
+func excludesStat(path string) string {
+	d := sha256.New()
+	statPaths(func(parts ...any) { fmt.Fprintln(d, parts...) }, path)
+	return hex.EncodeToString(d.Sum(nil))
 }
 
 func listedStats(set *FileSet) []fileStat {
@@ -137,7 +169,7 @@ func (c *diskCache) lookup(key string) (*cacheEntry, *os.File, *os.File) {
 		return nil, nil, nil
 	}
 	var e cacheEntry
-	if json.Unmarshal(b, &e) != nil || e.Key != key {
+	if json.Unmarshal(b, &e) != nil || e.Key != key || (e.Excludes != "" && excludesStat(e.Excludes) != e.ExcludesStat) {
 		return nil, nil, nil
 	}
 	disk, err := os.Open(diskPath)
@@ -189,7 +221,7 @@ func (p *pending) cleaned() { p.once.Do(func() { close(p.stagingGone) }) }
 
 // finish records the disk (in the background, when the staging is gone)
 // if ok, or removes it.
-func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, h *hostRepo, size int64, info *DiskInfo, hasPack bool) {
+func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, size int64, info *DiskInfo, hasPack bool) {
 	if !ok {
 		os.Remove(p.disk)
 		os.Remove(p.pack)
@@ -203,7 +235,7 @@ func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, h *hostRepo
 			os.Remove(p.pack)
 			return
 		}
-		err := p.record(context.WithoutCancel(ctx), set, h, size, info, hasPack)
+		err := p.record(context.WithoutCancel(ctx), set, size, info, hasPack)
 		if err != nil {
 			os.Remove(p.disk)
 			os.Remove(p.pack)
@@ -214,7 +246,7 @@ func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, h *hostRepo
 
 // record stores the built disk under its key if no shipped file changed
 // since the listing and none is racy.
-func (p *pending) record(ctx context.Context, set *FileSet, h *hostRepo, size int64, info *DiskInfo, hasPack bool) error {
+func (p *pending) record(ctx context.Context, set *FileSet, size int64, info *DiskInfo, hasPack bool) error {
 	stats := make([]fileStat, len(set.Files))
 	limit := p.listed.Add(-racyWindow).UnixNano()
 	for i, f := range set.Files {
@@ -232,9 +264,13 @@ func (p *pending) record(ctx context.Context, set *FileSet, h *hostRepo, size in
 		}
 		stats[i] = st
 	}
-	key := cacheKey(ctx, set, h, size, stats)
+	key := cacheKey(set, size, stats)
 	diskPath, packPath, metaPath := p.c.paths(key)
-	b, err := json.Marshal(cacheEntry{Key: key, Info: info.Info, Pack: hasPack, Created: time.Now().UTC().Format(time.RFC3339)})
+	e := cacheEntry{Key: key, Info: info.Info, Pack: hasPack, Created: time.Now().UTC().Format(time.RFC3339)}
+	if x, err := (gitCmd{dir: set.Root}).line(ctx, "config", "--path", "--get", "core.excludesFile"); err == nil && x != "" {
+		e.Excludes, e.ExcludesStat = x, excludesStat(x)
+	}
+	b, err := json.Marshal(e)
 	if err != nil {
 		return err
 	}

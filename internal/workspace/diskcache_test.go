@@ -163,6 +163,38 @@ func TestDiskCache(t *testing.T) {
 		t.Fatalf("not recorded: %v", err)
 	}
 
+	// Another branch at the same commit: HEAD names another ref.
+	git(t, r, "checkout", "-q", "-b", "other")
+	if s := ship(); !built(s) {
+		t.Fatal("after a branch switch: the cached disk was used")
+	}
+	if err := waitRecord(); err != nil {
+		t.Fatalf("not recorded: %v", err)
+	}
+	if s := ship(); built(s) {
+		t.Fatal("unchanged after the branch switch: built again")
+	}
+
+	// core.excludesFile (a file only git config names) edited: a new disk.
+	excl := filepath.Join(t.TempDir(), "ignore")
+	os.WriteFile(excl, []byte("*.log\n"), 0o644)
+	os.Chtimes(excl, old, old)
+	git(t, r, "config", "core.excludesFile", excl)
+	os.Chtimes(filepath.Join(r, ".git", "config"), old, old)
+	ship()
+	if err := waitRecord(); err != nil {
+		t.Fatalf("not recorded: %v", err)
+	}
+	if s := ship(); built(s) {
+		t.Fatal("unchanged with core.excludesFile: built again")
+	}
+	os.WriteFile(excl, []byte("*.log\n*.tmp\n"), 0o644)
+	os.Chtimes(excl, old, old)
+	if s := ship(); !built(s) {
+		t.Fatal("core.excludesFile edited: the cached disk was used")
+	}
+	waitRecord()
+
 	// A file written just now is racy: shipped, not recorded.
 	write(t, r, "c.txt", "charlie\n", 0o644)
 	git(t, r, "add", "c.txt")

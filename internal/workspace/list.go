@@ -75,12 +75,32 @@ type FileSet struct {
 	// IncludeUntracked records the option List ran with.
 	IncludeUntracked bool
 
-	listed time.Time // when List began (the work-disk cache's racy rule)
+	listed            time.Time // when List began (the work-disk cache's racy rule)
+	gitDir, commonDir string    // the work tree's (absolute)
 }
 
 // Root resolves the work-tree root of dir. A dir outside any git work tree
 // is errdefs.ErrInvalidArgument.
 func Root(ctx context.Context, dir string) (string, error) {
+	root, _, _, err := rootDirs(ctx, dir)
+	return root, err
+}
+
+// rootDirs is Root with the work tree's git dir and common dir (absolute),
+// from the same git command.
+func rootDirs(ctx context.Context, dir string) (root, gitDir, commonDir string, err error) {
+	root, err = rootOf(ctx, dir)
+	if err != nil {
+		return "", "", "", err
+	}
+	l := strings.Split(root, "\n")
+	if len(l) != 3 {
+		return "", "", "", fmt.Errorf("workspace %s: unexpected rev-parse output %q", dir, root)
+	}
+	return l[0], l[1], l[2], nil
+}
+
+func rootOf(ctx context.Context, dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", errdefs.InvalidArgument(fmt.Sprintf("workspace %s: %v", dir, err))
@@ -92,7 +112,7 @@ func Root(ctx context.Context, dir string) (string, error) {
 	if !fi.IsDir() {
 		return "", errdefs.InvalidArgument(fmt.Sprintf("workspace %s: not a directory", dir))
 	}
-	out, err := gitCmd{dir: abs}.line(ctx, "rev-parse", "--show-toplevel")
+	out, err := gitCmd{dir: abs}.line(ctx, "rev-parse", "--show-toplevel", "--path-format=absolute", "--git-dir", "--git-common-dir")
 	var se *system.Error
 	switch {
 	case err == nil && out != "":
@@ -116,11 +136,12 @@ func unwrapPathError(err error) error {
 
 // List returns the files to ship from the work tree containing dir.
 func List(ctx context.Context, dir string, o ListOptions) (*FileSet, error) {
-	root, err := Root(ctx, dir)
+	t0 := time.Now()
+	root, gitDir, commonDir, err := rootDirs(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	set := &FileSet{Root: root, IncludeUntracked: o.IncludeUntracked, listed: time.Now()}
+	set := &FileSet{Root: root, IncludeUntracked: o.IncludeUntracked, listed: t0, gitDir: gitDir, commonDir: commonDir}
 	l := &lister{set: set, root: root, dirs: map[string]bool{"": true}}
 	if err := l.listRepo(ctx, "", o.IncludeUntracked); err != nil {
 		return nil, err

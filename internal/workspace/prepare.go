@@ -159,7 +159,7 @@ func inspect(ctx context.Context, root string) (*hostRepo, error) {
 
 // prepare stages set's files under a new temporary directory in tmpDir
 // (hard links when possible) and builds the .git shipped with them.
-func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string, h *hostRepo) (_ *staging, err error) {
+func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string) (_ *staging, err error) {
 	if set == nil {
 		return nil, errors.New("workspace: nil FileSet")
 	}
@@ -175,10 +175,9 @@ func prepare(ctx context.Context, repo string, set *FileSet, tmpDir string, h *h
 	if set.Root != "" && filepath.Clean(set.Root) != root {
 		return nil, fmt.Errorf("workspace: file set is of %s, not %s", set.Root, root)
 	}
-	if h == nil || h.root != root {
-		if h, err = inspect(ctx, root); err != nil {
-			return nil, err
-		}
+	h, err := inspect(ctx, root)
+	if err != nil {
+		return nil, err
 	}
 	if tmpDir == "" {
 		tmpDir = filepath.Join(h.commonDir, "banger", "tmp")

@@ -53,17 +53,11 @@ func ShipSet(ctx context.Context, set *FileSet, o ShipOptions, upload func(*os.F
 		size = api.WorkSlotBytes
 	}
 	withPack := len(set.Submodules) == 0
-	var (
-		pend *pending
-		h    *hostRepo
-	)
-	if o.CacheDir != "" && set.TotalSize <= maxCachedBytes && !set.listed.IsZero() {
+	var pend *pending
+	if o.CacheDir != "" && set.TotalSize <= maxCachedBytes && !set.listed.IsZero() && set.gitDir != "" {
 		var err error
-		if h, err = inspect(ctx, set.Root); err != nil {
-			return nil, err
-		}
 		c := openDiskCache(o.CacheDir, set.Root)
-		key := cacheKey(ctx, set, h, size, listedStats(set))
+		key := cacheKey(set, size, listedStats(set))
 		if e, disk, pack := c.lookup(key); e != nil && e.Pack == withPack {
 			defer disk.Close()
 			if pack != nil {
@@ -91,14 +85,14 @@ func ShipSet(ctx context.Context, set *FileSet, o ShipOptions, upload func(*os.F
 		defer os.Remove(dest)
 		defer os.Remove(pack)
 	}
-	do := DiskOptions{Dest: dest, Size: size, Pack: pack, inspected: h}
+	do := DiskOptions{Dest: dest, Size: size, Pack: pack}
 	if pend != nil {
 		do.cleaned = pend.cleaned
 	}
 	info, err := BuildDisk(ctx, set.Root, set, do)
 	ok := false
 	if pend != nil {
-		defer func() { pend.finish(ctx, ok, set, h, size, info, withPack) }()
+		defer func() { pend.finish(ctx, ok, set, size, info, withPack) }()
 	}
 	if err != nil {
 		return nil, err

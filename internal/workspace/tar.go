@@ -19,7 +19,7 @@ import (
 // are sent once. The returned Info (the same as in the shipped .git) is
 // what Branch needs later: record it with the VM.
 func TarStream(ctx context.Context, repo string, set *FileSet, w io.Writer) (*Info, error) {
-	s, err := prepare(ctx, repo, set, "", nil)
+	s, err := prepare(ctx, repo, set, "")
 	if err != nil {
 		return nil, err
 	}
