@@ -106,3 +106,19 @@ func TestMissingUsesLookPathAndSkipsSelf(t *testing.T) {
 		t.Fatalf("self binaries counted: %+v", none)
 	}
 }
+
+// TestNice: Opts.Nice lowers the program's priority (nice(1) reads it
+// back; the sleep leaves time for the setpriority after the start).
+func TestNice(t *testing.T) {
+	out, err := RunOpts(context.Background(), Opts{Nice: 19}, "sh", "-c", "sleep 0.3; nice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(out)); got != "19" {
+		t.Fatalf("nice value %q, want 19", got)
+	}
+	out, err = Run(context.Background(), "sh", "-c", "nice")
+	if err != nil || strings.TrimSpace(string(out)) == "19" {
+		t.Fatalf("without Nice: %q %v (want the caller's, not 19)", out, err)
+	}
+}

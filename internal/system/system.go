@@ -17,6 +17,8 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // maxStderr bounds how much of a program's stderr an error carries.
@@ -80,6 +82,9 @@ type Opts struct {
 	Stdin  io.Reader // nil: /dev/null
 	Stdout io.Writer // nil: captured and returned by Run
 	Stderr io.Writer // nil: captured (bounded) into the error
+	// Nice, if > 0, is the process's nice value (set as it starts; threads
+	// it makes inherit it): work nobody waits for yields the CPU to VMs.
+	Nice int
 }
 
 // Run runs argv[0] with the rest as arguments and returns its stdout.
@@ -112,7 +117,14 @@ func RunOpts(ctx context.Context, o Opts, argv ...string) ([]byte, error) {
 	} else {
 		cmd.Stderr = stderr
 	}
-	if err := cmd.Run(); err != nil {
+	err = cmd.Start()
+	if err == nil {
+		if o.Nice > 0 {
+			unix.Setpriority(unix.PRIO_PROCESS, cmd.Process.Pid, o.Nice)
+		}
+		err = cmd.Wait()
+	}
+	if err != nil {
 		return stdout.Bytes(), wrap(argv, err, stderr.String())
 	}
 	return stdout.Bytes(), nil

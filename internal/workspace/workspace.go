@@ -115,6 +115,7 @@ type gitCmd struct {
 	stdin io.Reader
 	out   io.Writer
 	errw  io.Writer // also receives stderr (errors carry its tail anyway)
+	nice  int       // system.Opts.Nice
 }
 
 // baseGitEnv keeps git from prompting, paging, or taking optional locks on
@@ -135,6 +136,7 @@ func (g gitCmd) run(ctx context.Context, args ...string) ([]byte, error) {
 		Stdin:  g.stdin,
 		Stdout: g.out,
 		Stderr: g.errw,
+		Nice:   g.nice,
 	}, argv...)
 }
 
