@@ -7,7 +7,10 @@
 // stdin/stdout/stderr stream (see exec.go).
 package api
 
-import "time"
+import (
+	"os"
+	"time"
+)
 
 // MaxRequestBody bounds every JSON request body the daemon reads.
 const MaxRequestBody = 1 << 20
@@ -190,17 +193,19 @@ type ForwardRequest struct {
 // client names.
 type WorkspaceSpec struct {
 	Upload string `json:"upload"` // token of the uploaded work disk
-	Disk   string `json:"-"`      // the daemon's own copy (set by the daemon)
+	// Disk is the uploaded work disk: the descriptor the client passed
+	// (set by the daemon; whoever set it closes it).
+	Disk *os.File `json:"-"`
 	// Pack is the token of the uploaded pack of the shipped .git (the
 	// base's objects): with it the daemon builds exports with host git
 	// from the files the guest reports changed; without it (older
 	// clients, repositories with submodules) export runs git in the guest.
-	Pack         string `json:"pack,omitempty"`
-	PackFile     string `json:"-"`                       // the daemon's copy (set by the daemon)
-	ObjectFormat string `json:"object_format,omitempty"` // sha1 (default) or sha256
-	Path         string `json:"path,omitempty"`          // mount point in the guest, default /root/repo
-	Repo         string `json:"repo,omitempty"`          // host work tree
-	Base         Base   `json:"base"`
+	Pack         string   `json:"pack,omitempty"`
+	PackFile     *os.File `json:"-"`                       // the uploaded pack's descriptor (set by the daemon)
+	ObjectFormat string   `json:"object_format,omitempty"` // sha1 (default) or sha256
+	Path         string   `json:"path,omitempty"`          // mount point in the guest, default /root/repo
+	Repo         string   `json:"repo,omitempty"`          // host work tree
+	Base         Base     `json:"base"`
 }
 
 // Base is what a workspace was shipped from: the host's HEAD commit, the

@@ -16,7 +16,8 @@
 //     running VM made for it (untimed `vm create`; prepare attaches a work
 //     disk to its empty slot, one per VM) against the naive `git archive
 //     HEAD | banger vm exec VM -- tar -x -C DIR` (fresh DIRs of one VM);
-//     target ≥ 2x faster;
+//     target ≥ 2x faster; also after a file was edited just before (the
+//     CLI's cached work disk cannot serve: it is built), as for the main job;
 //   - on a tree with ≥ 1,000 .go files: export of 1,000 files changed in
 //     the guest against `git add -A -N . && git diff --binary` run natively
 //     in the guest through `banger vm exec` (raw, and with the fixed cost
@@ -258,7 +259,7 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 			return err
 		}
 	}
-	var runTrue, runWS, added, naive, prepare []time.Duration
+	var runTrue, runWS, added, addedEdited, naive, prepare, prepareEdited []time.Duration
 	var hostBuild, createWS, execTrue, status1, status2, status1Guest, status2Guest, cleanExport, del []time.Duration
 	for i := range b.runs {
 		// Main job, paired: vm run of true, then of git status with REPO
@@ -280,9 +281,24 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 			}
 		}
 		runTrue, runWS, added = append(runTrue, dTrue), append(runWS, dWS), append(added, dWS-dTrue)
+		// The same with a file edited just before (the CLI's cached work
+		// disk does not serve: it is built), then an untimed run that
+		// records the edited tree's disk for the next round's cached run.
+		if err := b.editFile(i); err != nil {
+			return err
+		}
+		dEd, _, err := b.timedBanger(ctx, "vm", "run", "--rm", "--vcpu", vc, b.repo, "--", "true")
+		if err != nil {
+			return err
+		}
+		addedEdited = append(addedEdited, dEd-dTrue)
+		time.Sleep(1100 * time.Millisecond) // past the cache's racy second
+		if _, err := b.banger(ctx, "vm", "run", "--rm", "--vcpu", vc, b.repo, "--", "true"); err != nil {
+			return err
+		}
 
 		if b.prepare {
-			if err := b.prepareRound(ctx, i, vc, naiveVM, &naive, &prepare); err != nil {
+			if err := b.prepareRound(ctx, i, vc, naiveVM, &naive, &prepare, &prepareEdited); err != nil {
 				return err
 			}
 		}
@@ -372,6 +388,8 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 		row{what: "vm run --rm REPO -- true", vals: runWS},
 		row{what: "MAIN JOB: added by REPO (paired difference)", vals: added,
 			target: fmt.Sprintf("≤ %.2f s", mainT), verdict: target(median(added).Seconds() <= mainT)},
+		row{what: "  the same, a file edited just before (disk built, not cached)", vals: addedEdited,
+			target: fmt.Sprintf("≤ %.2f s", mainT), verdict: target(median(addedEdited).Seconds() <= mainT)},
 		row{what: "UNCHANGED EXPORT: workspace export VM --out F (as --rm does)", vals: cleanExport,
 			target: fmt.Sprintf("≤ %.2f s", cleanT), verdict: target(median(cleanExport).Seconds() <= cleanT)},
 		row{what: "second git status in guest (guest clock)", vals: status2Guest, ratio: "(baseline)"},
@@ -384,7 +402,9 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 			row{what: "naive: git archive HEAD | vm exec VM -- tar -x -C DIR", vals: naive,
 				ratio: fmt.Sprintf("(baseline); %.1fx floor", ratio(naive, floor))},
 			row{what: "RUNNING VM: workspace prepare VM REPO --path DIR", vals: prepare,
-				ratio: fmt.Sprintf("%.2fx faster than naive; %.1fx floor", rP, ratio(prepare, floor)), target: "≥ 2x faster", verdict: target(rP >= 2)})
+				ratio: fmt.Sprintf("%.2fx faster than naive; %.1fx floor", rP, ratio(prepare, floor)), target: "≥ 2x faster", verdict: target(rP >= 2)},
+			row{what: "  the same, a file edited just before (disk built, not cached)", vals: prepareEdited,
+				ratio: fmt.Sprintf("%.2fx faster than naive", ratio(naive, prepareEdited)), target: "≥ 2x faster", verdict: target(ratio(naive, prepareEdited) >= 2)})
 	}
 	b.rows = append(b.rows,
 		row{what: "  breakdown: host List + BuildDisk (in process)", vals: hostBuild},
@@ -419,7 +439,7 @@ func (b *bench) shape(ctx context.Context, n int, floor []time.Duration) error {
 // prepareRound times the naive pipeline into a fresh directory of the
 // running VM naiveVM, and workspace prepare into a running VM created for
 // it (untimed: a VM holds one prepared workspace).
-func (b *bench) prepareRound(ctx context.Context, i int, vcpus, naiveVM string, naive, prepare *[]time.Duration) error {
+func (b *bench) prepareRound(ctx context.Context, i int, vcpus, naiveVM string, naive, prepare, prepareEdited *[]time.Duration) error {
 	dir := fmt.Sprintf("/root/naive%d", i)
 	if _, err := b.banger(ctx, "vm", "exec", naiveVM, "--", "mkdir", "-p", dir); err != nil {
 		return err
@@ -436,26 +456,71 @@ func (b *bench) prepareRound(ctx context.Context, i int, vcpus, naiveVM string, 
 	if err := b.checkCount(ctx, naiveVM, dir, false); err != nil {
 		return err
 	}
-	prepVM := fmt.Sprintf("prep%s-%d", vcpus, i)
-	b.vms[prepVM] = true
-	if _, err := b.banger(ctx, "vm", "create", prepVM, "--vcpu", vcpus); err != nil {
-		return err
+	for k, into := range []*[]time.Duration{prepare, prepareEdited} {
+		if k == 1 {
+			if err := b.editFile(i); err != nil {
+				return err
+			}
+		}
+		prepVM := fmt.Sprintf("prep%s-%d-%d", vcpus, i, k)
+		b.vms[prepVM] = true
+		if _, err := b.banger(ctx, "vm", "create", prepVM, "--vcpu", vcpus); err != nil {
+			return err
+		}
+		pdir := fmt.Sprintf("/root/prep%d", i)
+		d, _, err := b.timedBanger(ctx, "workspace", "prepare", prepVM, b.repo, "--path", pdir)
+		if err != nil {
+			return err
+		}
+		*into = append(*into, d)
+		if err := b.checkCount(ctx, prepVM, pdir, true); err != nil {
+			return err
+		}
+		if _, err := b.banger(ctx, "vm", "delete", "--force", prepVM); err != nil {
+			return err
+		}
+		delete(b.vms, prepVM)
 	}
-	pdir := fmt.Sprintf("/root/prep%d", i)
-	d, _, err = b.timedBanger(ctx, "workspace", "prepare", prepVM, b.repo, "--path", pdir)
+	b.log("round %d: naive %s; prepare %s, after an edit %s", i+1, secs((*naive)[i]), secs((*prepare)[i]), secs((*prepareEdited)[i]))
+	return nil
+}
+
+// editFile appends a line to a tracked text file of the tree and commits
+// it: the tree then differs from its last shipped disk.
+func (b *bench) editFile(round int) error {
+	name := ""
+	for _, n := range []string{"README.md", "go/build/doc.go"} {
+		if _, err := os.Stat(filepath.Join(b.repo, n)); err == nil {
+			name = n
+			break
+		}
+	}
+	if name == "" { // another repository: its first regular file
+		set, err := workspace.List(context.Background(), b.repo, workspace.ListOptions{})
+		if err != nil {
+			return err
+		}
+		for _, f := range set.Files {
+			if f.Mode.IsRegular() {
+				name = f.Path
+				break
+			}
+		}
+	}
+	f, err := os.OpenFile(filepath.Join(b.repo, name), os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		return fmt.Errorf("edit a file of the tree: %w", err)
+	}
+	_, err = fmt.Fprintf(f, "\n// bench edit %d\n", round)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return err
 	}
-	*prepare = append(*prepare, d)
-	b.log("round %d: naive %s; prepare %s", i+1, secs((*naive)[i]), secs(d))
-	if err := b.checkCount(ctx, prepVM, pdir, true); err != nil {
-		return err
-	}
-	if _, err := b.banger(ctx, "vm", "delete", "--force", prepVM); err != nil {
-		return err
-	}
-	delete(b.vms, prepVM)
-	return nil
+	// Committed: the shipped tree stays clean (the rounds check that).
+	_, err = system.RunOpts(context.Background(), system.Opts{Dir: b.repo, Env: gitEnv}, "git", "commit", "-q", "-a", "-m", fmt.Sprintf("bench edit %d", round))
+	return err
 }
 
 func (b *bench) timed2(fn func() error) (time.Duration, string, error) {

@@ -304,7 +304,7 @@ func TestRefusedRunDropsItsUpload(t *testing.T) {
 			t.Fatalf("upload: %+v %v", up, err)
 		}
 		if got := hostState(t, c, l); got == before {
-			t.Fatalf("the upload is not in the state dir: the check below cannot fail")
+			t.Fatalf("the upload is not held by the daemon: the check below cannot fail")
 		}
 		req := badInput{method: "POST", path: "/v1/runs", upgrade: api.RunUpgrade,
 			body: `{"vm":{"name":"newvm","workspace":{"upload":"` + up.Token + `"}` + bad + `},"exec":{"argv":["true"]}}`}

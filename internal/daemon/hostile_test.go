@@ -106,7 +106,34 @@ func hostState(tb testing.TB, c *client.Client, l paths.Layout) string {
 		}
 	}
 	fmt.Fprintf(&b, "children %s\n", strings.Join(children(), " "))
+	for _, f := range heldFiles(l) {
+		fmt.Fprintf(&b, "open %s\n", f)
+	}
 	return b.String()
+}
+
+// heldFiles lists the files outside the daemon's own directories that this
+// process (the daemon's, in these tests) holds open: uploads it kept.
+func heldFiles(l paths.Layout) []string {
+	fds, _ := filepath.Glob("/proc/self/fd/*")
+	var out []string
+	for _, fd := range fds {
+		target, err := os.Readlink(fd)
+		if err != nil || !strings.HasPrefix(target, "/") || strings.HasPrefix(target, "/dev/") || strings.HasPrefix(target, "/proc/") || strings.HasPrefix(target, "/sys/") {
+			continue
+		}
+		own := false
+		for _, root := range []string{l.State, l.Runtime, l.Cache, l.Config} {
+			if strings.HasPrefix(target, root+"/") {
+				own = true
+			}
+		}
+		if fi, err := os.Stat(fd); err == nil && fi.Mode().IsRegular() && !own {
+			out = append(out, target)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // children lists the pids of this process's children (every thread's).

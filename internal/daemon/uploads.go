@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,26 +12,29 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/banger-sh/banger/api"
-	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/errdefs"
 )
 
 // Uploads are how a client hands the root daemon a file it made (a work
 // disk): as an open file descriptor passed over the API socket
-// (SCM_RIGHTS), whose data the daemon copies into a file of its own. The
-// daemon never opens, renames or reads a path a client names, so no client
-// can make it touch a file the client could not itself read. A token names
-// the copy in the next create or run request of the same user (SO_PEERCRED)
-// for uploadTTL.
+// (SCM_RIGHTS), which the daemon keeps open and reads when the VM takes
+// the disk (one copy: into the VM's disk or a spare's slot). The daemon
+// never opens, renames or reads a path a client names, so no client can
+// make it touch a file the client could not itself read. A token names the
+// descriptor in the next create, run or workspace request of the same user
+// (SO_PEERCRED) for uploadTTL; what the client does to its file meanwhile
+// is its own VM's business.
 const (
 	uploadTTL      = 10 * time.Minute
 	maxUploadBytes = 1 << 40 // apparent size; only the data is copied
+	// maxUploadsPerUser bounds the descriptors one user can have the
+	// daemon hold (a create or run takes two).
+	maxUploadsPerUser = 64
 )
 
 type uploads struct {
@@ -42,14 +44,15 @@ type uploads struct {
 }
 
 type upload struct {
-	path    string
+	f       *os.File
 	uid     int
 	expires time.Time
 }
 
 func newUploads(dir string) *uploads {
 	u := &uploads{dir: dir, m: map[string]*upload{}}
-	// What a crashed daemon received is of no use: its tokens died with it.
+	// Copies an older daemon made (it copied uploads into dir) are of no
+	// use: their tokens died with it.
 	if old, _ := filepath.Glob(filepath.Join(dir, "upload-*")); len(old) > 0 {
 		for _, p := range old {
 			os.Remove(p)
@@ -117,7 +120,7 @@ func (d *Daemon) handleUpload(w http.ResponseWriter, r *http.Request) {
 	uc.Write(append(b, '\n'))
 }
 
-// receive reads one byte with one descriptor and copies the file's data.
+// receive reads one byte with one descriptor and keeps the file open.
 func (u *uploads) receive(uc *net.UnixConn, uid int) (string, int64, error) {
 	uc.SetReadDeadline(time.Now().Add(30 * time.Second))
 	buf := make([]byte, 1)
@@ -141,7 +144,12 @@ func (u *uploads) receive(uc *net.UnixConn, uid int) (string, int64, error) {
 		return "", 0, errdefs.InvalidArgument("upload: no file descriptor received")
 	}
 	f := os.NewFile(uintptr(fds[0]), "upload")
-	defer f.Close()
+	kept := false
+	defer func() {
+		if !kept {
+			f.Close()
+		}
+	}()
 	st, err := f.Stat()
 	if err != nil {
 		return "", 0, err
@@ -157,65 +165,58 @@ func (u *uploads) receive(uc *net.UnixConn, uid int) (string, int64, error) {
 		return "", 0, errdefs.InvalidArgument("upload: the descriptor is not open for reading")
 	}
 	tok := newToken()
-	if err := os.MkdirAll(u.dir, 0o700); err != nil {
-		return "", 0, err
-	}
-	dst := filepath.Join(u.dir, "upload-"+tok)
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", 0, err
-	}
-	err = out.Truncate(st.Size())
-	if err == nil {
-		err = disk.CopyData(f, out, st.Size())
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(dst)
-		if errors.Is(err, syscall.ENOSPC) {
-			return "", 0, fmt.Errorf("upload: %s is full: %w", u.dir, err)
-		}
-		return "", 0, fmt.Errorf("upload: %w", err)
-	}
 	u.mu.Lock()
 	u.sweepLocked()
-	u.m[tok] = &upload{path: dst, uid: uid, expires: time.Now().Add(uploadTTL)}
+	if n := u.countLocked(uid); n >= maxUploadsPerUser {
+		u.mu.Unlock()
+		return "", 0, errdefs.InvalidArgument(fmt.Sprintf("upload: %d uploads of this user not used yet (at most %d)", n, maxUploadsPerUser))
+	}
+	u.m[tok] = &upload{f: f, uid: uid, expires: time.Now().Add(uploadTTL)}
 	u.mu.Unlock()
+	kept = true
 	return tok, st.Size(), nil
 }
 
+func (u *uploads) countLocked(uid int) int {
+	n := 0
+	for _, up := range u.m {
+		if up.uid == uid {
+			n++
+		}
+	}
+	return n
+}
+
 // take hands the upload named by token to its user's request (once): the
-// daemon's own file, for the caller to move or remove.
-func (u *uploads) take(token string, uid int) (string, error) {
+// descriptor, for the caller to read and close.
+func (u *uploads) take(token string, uid int) (*os.File, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.sweepLocked()
 	up, ok := u.m[token]
 	if !ok || up.uid != uid {
-		return "", errdefs.InvalidArgument(fmt.Sprintf("upload %q: no such upload of this user (expired, used, or never made)", token))
+		return nil, errdefs.InvalidArgument(fmt.Sprintf("upload %q: no such upload of this user (expired, used, or never made)", token))
 	}
 	delete(u.m, token)
-	return up.path, nil
+	return up.f, nil
 }
 
 func (u *uploads) sweepLocked() {
 	now := time.Now()
 	for tok, up := range u.m {
 		if now.After(up.expires) {
-			os.Remove(up.path)
+			up.f.Close()
 			delete(u.m, tok)
 		}
 	}
 }
 
-// Close removes what was uploaded and never used.
+// Close closes what was uploaded and never used.
 func (u *uploads) Close(context.Context) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for tok, up := range u.m {
-		os.Remove(up.path)
+		up.f.Close()
 		delete(u.m, tok)
 	}
 	return nil
@@ -236,8 +237,13 @@ func (d *Daemon) dropUpload(ctx context.Context, ws *api.WorkspaceSpec) {
 		return
 	}
 	if p := peerOf(ctx); p.ok {
-		if path, err := d.uploads.take(ws.Upload, p.uid); err == nil {
-			os.Remove(path)
+		if f, err := d.uploads.take(ws.Upload, p.uid); err == nil {
+			f.Close()
+		}
+		if ws.Pack != "" {
+			if f, err := d.uploads.take(ws.Pack, p.uid); err == nil {
+				f.Close()
+			}
 		}
 	}
 }
@@ -253,17 +259,27 @@ func (d *Daemon) resolveWorkspace(ctx context.Context, ws *api.WorkspaceSpec) er
 	if !p.ok {
 		return errdefs.InvalidArgument("workspace: the peer's credentials are unknown")
 	}
-	path, err := d.uploads.take(ws.Upload, p.uid)
+	f, err := d.uploads.take(ws.Upload, p.uid)
 	if err != nil {
 		return err
 	}
-	ws.Disk = path
+	ws.Disk = f
 	if ws.Pack != "" { // the base's objects (HostExport); optional
 		if ws.PackFile, err = d.uploads.take(ws.Pack, p.uid); err != nil {
-			os.Remove(path)
-			ws.Disk = ""
+			f.Close()
+			ws.Disk = nil
 			return err
 		}
 	}
 	return nil
+}
+
+// closeUploads closes a resolved workspace's descriptors.
+func closeUploads(ws *api.WorkspaceSpec) {
+	if ws.Disk != nil {
+		ws.Disk.Close()
+	}
+	if ws.PackFile != nil {
+		ws.PackFile.Close()
+	}
 }

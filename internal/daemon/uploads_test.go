@@ -16,10 +16,11 @@ import (
 	"github.com/banger-sh/banger/internal/errdefs"
 )
 
-// TestUploadCopiesFromTheDescriptor: a file handed over as a descriptor
-// arrives as the daemon's own copy (data and holes alike), under a token
-// only the same user can use, once.
-func TestUploadCopiesFromTheDescriptor(t *testing.T) {
+// TestUploadKeepsTheDescriptor: a file handed over as a descriptor is held
+// by the daemon as that descriptor (nothing is copied until a VM takes it,
+// no file is made), under a token only the same user can use, once; the
+// client's file stays the client's.
+func TestUploadKeepsTheDescriptor(t *testing.T) {
 	l := testLayout(t)
 	cl, _ := startDaemon(t, l)
 	ctx := context.Background()
@@ -33,48 +34,87 @@ func TestUploadCopiesFromTheDescriptor(t *testing.T) {
 	f.WriteAt([]byte("tail"), 64<<20-4)
 	f.Close()
 	ro, _ := os.Open(src)
-	defer ro.Close()
 	up, err := cl.Upload(ctx, ro)
+	ro.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if up.Token == "" || up.Bytes != 64<<20 {
 		t.Fatalf("upload %+v", up)
 	}
-	// The source is the client's: untouched, still there.
+	// The source is the client's: untouched, still there; the daemon made
+	// no file of it and holds it open.
 	if _, err := os.Stat(src); err != nil {
 		t.Fatal(err)
 	}
-	d := l.UploadsDir()
-	copies, _ := filepath.Glob(filepath.Join(d, "upload-*"))
-	if len(copies) != 1 {
+	if copies, _ := filepath.Glob(filepath.Join(l.UploadsDir(), "*")); len(copies) != 0 {
 		t.Fatalf("copies %v", copies)
 	}
-	b, _ := os.ReadFile(copies[0])
-	if len(b) != 64<<20 || string(b[:4]) != "head" || string(b[len(b)-4:]) != "tail" {
-		t.Fatalf("copy differs (%d bytes)", len(b))
+	if held := heldFiles(l); len(held) != 1 || held[0] != src {
+		t.Fatalf("held %v, want %s", held, src)
 	}
-	var st syscall.Stat_t
-	syscall.Stat(copies[0], &st)
-	if st.Blocks*512 > 1<<20 {
-		t.Errorf("the copy is not sparse: %d bytes allocated", st.Blocks*512)
-	}
-	// Another user cannot take it; the owner can, once.
-	dm := &uploads{dir: d, m: map[string]*upload{}}
-	dm.m[up.Token] = &upload{path: copies[0], uid: 4242, expires: time.Now().Add(time.Minute)}
+	// Another user cannot take it; the owner can, once, and reads the
+	// file through it.
+	dm := &uploads{m: map[string]*upload{}}
+	g, _ := os.Open(src)
+	dm.m[up.Token] = &upload{f: g, uid: 4242, expires: time.Now().Add(time.Minute)}
 	if _, err := dm.take(up.Token, 1000); !errors.Is(err, errdefs.ErrInvalidArgument) {
 		t.Fatalf("another user took the upload: %v", err)
 	}
-	if p, err := dm.take(up.Token, 4242); err != nil || p != copies[0] {
-		t.Fatalf("take: %q %v", p, err)
+	got, err := dm.take(up.Token, 4242)
+	if err != nil {
+		t.Fatalf("take: %v", err)
 	}
+	b := make([]byte, 4)
+	if _, err := got.ReadAt(b, 64<<20-4); err != nil || string(b) != "tail" {
+		t.Fatalf("read through the upload: %q %v", b, err)
+	}
+	got.Close()
 	if _, err := dm.take(up.Token, 4242); err == nil {
 		t.Fatal("an upload was taken twice")
+	}
+	// Unused uploads are closed when they expire.
+	h, _ := os.Open(src)
+	dm.m["old"] = &upload{f: h, uid: 4242, expires: time.Now().Add(-time.Second)}
+	dm.mu.Lock()
+	dm.sweepLocked()
+	dm.mu.Unlock()
+	if _, err := h.Stat(); !errors.Is(err, os.ErrClosed) || len(dm.m) != 0 {
+		t.Fatalf("an expired upload is still held: %v", err)
+	}
+}
+
+// TestUploadsPerUserBounded: a user cannot make the daemon hold more than
+// maxUploadsPerUser descriptors.
+func TestUploadsPerUserBounded(t *testing.T) {
+	l := testLayout(t)
+	cl, _ := startDaemon(t, l)
+	ctx := context.Background()
+	src := filepath.Join(t.TempDir(), "d")
+	os.WriteFile(src, []byte("x"), 0o600)
+	f, _ := os.Open(src)
+	defer f.Close()
+	for i := 0; i < maxUploadsPerUser; i++ {
+		if _, err := cl.Upload(ctx, f); err != nil {
+			t.Fatalf("upload %d: %v", i, err)
+		}
+	}
+	if _, err := cl.Upload(ctx, f); !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("upload past the bound: %v", err)
+	}
+	n := 0
+	for _, p := range heldFiles(l) {
+		if p == src {
+			n++
+		}
+	}
+	if n != maxUploadsPerUser+1 { // and the test's own
+		t.Fatalf("%d descriptors of the file held, want %d", n, maxUploadsPerUser+1)
 	}
 }
 
 // TestUploadRefusesWhatIsNotAFileToRead: write-only descriptors, FIFOs and
-// directories are refused, and nothing is left in the uploads directory.
+// directories are refused, and nothing is left: no file, no descriptor.
 func TestUploadRefusesWhatIsNotAFileToRead(t *testing.T) {
 	l := testLayout(t)
 	cl, _ := startDaemon(t, l)
@@ -94,6 +134,7 @@ func TestUploadRefusesWhatIsNotAFileToRead(t *testing.T) {
 	defer dd.Close()
 	empty, _ := os.Create(filepath.Join(dir, "empty"))
 	defer empty.Close()
+	before := strings.Join(heldFiles(l), " ") // the test's own
 	for name, f := range map[string]*os.File{"write-only": wo, "fifo": ff, "directory": dd, "empty": empty} {
 		if _, err := cl.Upload(ctx, f); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%s: %v", name, err)
@@ -101,6 +142,9 @@ func TestUploadRefusesWhatIsNotAFileToRead(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(l.UploadsDir(), "*")); len(left) != 0 {
 		t.Fatalf("left behind: %v", left)
+	}
+	if held := strings.Join(heldFiles(l), " "); held != before {
+		t.Fatalf("held open: %v (before: %v)", held, before)
 	}
 }
 

@@ -269,10 +269,7 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 			return
 		}
 		if req.Workspace != nil {
-			defer os.Remove(req.Workspace.Disk) // the VM took it, or nobody will
-			if req.Workspace.PackFile != "" {
-				defer os.Remove(req.Workspace.PackFile)
-			}
+			defer closeUploads(req.Workspace) // the VM copied it, or nobody will
 		}
 		st := newEventStream(w)
 		v, err := d.vms.Create(r.Context(), req, st.Progress)
@@ -357,10 +354,7 @@ func (d *Daemon) vmRoutes(mux *http.ServeMux) {
 			writeError(w, r, err)
 			return
 		}
-		defer os.Remove(ws.Disk) // the VM took it, or nobody will
-		if ws.PackFile != "" {
-			defer os.Remove(ws.PackFile)
-		}
+		defer closeUploads(&ws) // the VM copied it, or nobody will
 		v, err := d.vms.PrepareDisk(r.Context(), r.PathValue("name"), &ws)
 		if err != nil {
 			writeError(w, r, err)

@@ -913,16 +913,16 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// removeWorkUploads removes the daemon's copies of a workspace's uploads
-// (work disk, pack) that a VM did not take.
+// removeWorkUploads closes a workspace's uploads (work disk, pack): the
+// VM copied what it needed, or nobody will.
 func removeWorkUploads(ws *api.WorkspaceSpec) {
 	if ws == nil {
 		return
 	}
-	if ws.Disk != "" {
-		os.Remove(ws.Disk)
+	if ws.Disk != nil {
+		ws.Disk.Close()
 	}
-	if ws.PackFile != "" {
-		os.Remove(ws.PackFile)
+	if ws.PackFile != nil {
+		ws.PackFile.Close()
 	}
 }

@@ -236,8 +236,13 @@ const onePatch = "diff --git a/new.txt b/new.txt\nnew file mode 100644\nindex 00
 func TestRunExportsThenDeletes(t *testing.T) {
 	vms := &fakeVMs{proc: newProc("out\n", 3), patch: onePatch}
 	m, layout := newManager(t, vms)
-	disk := filepath.Join(t.TempDir(), "upload")
-	os.WriteFile(disk, []byte("disk"), 0o600)
+	diskPath := filepath.Join(t.TempDir(), "upload")
+	os.WriteFile(diskPath, []byte("disk"), 0o600)
+	disk, err := os.Open(diskPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
 	sink := &recSink{}
 	l, err := m.Start(api.RunRequest{
 		VM:   api.CreateVMRequest{Name: "r1", Workspace: &api.WorkspaceSpec{Disk: disk, Repo: "/repo"}},
@@ -262,9 +267,9 @@ func TestRunExportsThenDeletes(t *testing.T) {
 	if got := strings.Join(sink.events, ","); got != "boot,run:created,run:exported,run:deleted" {
 		t.Fatalf("events %s", got)
 	}
-	// The daemon's copy of the work disk is gone (the VM took it, or not).
-	if _, err := os.Stat(disk); !os.IsNotExist(err) {
-		t.Fatalf("upload left: %v", err)
+	// The upload's descriptor is closed (the VM copied it, or not).
+	if _, err := disk.Stat(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("upload left open: %v", err)
 	}
 	// The record, as stored: the patch, output tails, no env values.
 	got, err := m.Get(context.Background(), l.ID()[:6])

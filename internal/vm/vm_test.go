@@ -59,9 +59,9 @@ func TestValidName(t *testing.T) {
 	}
 }
 
-// fillSlot writes a work disk into an existing (held open) slot file: same
-// inode, same bytes, holes left as holes.
-func TestFillSlot(t *testing.T) {
+// copyDisk writes a work disk into an existing (held open) slot file: same
+// inode, same bytes, holes left as holes; or into a new sparse file.
+func TestCopyDisk(t *testing.T) {
 	dir := t.TempDir()
 	src, dst := filepath.Join(dir, "src"), filepath.Join(dir, "slot")
 	const size = 64 << 20
@@ -86,7 +86,12 @@ func TestFillSlot(t *testing.T) {
 		f.WriteAt([]byte(s), off)
 	}
 	f.Close()
-	if err := fillSlot(src, dst); err != nil {
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	if err := copyDisk(in, size, dst, false); err != nil {
 		t.Fatal(err)
 	}
 	for off, s := range chunks {
@@ -105,8 +110,22 @@ func TestFillSlot(t *testing.T) {
 	if st.Size != size || st.Blocks*512 > 1<<20 {
 		t.Errorf("slot is %d bytes, %d allocated: holes not kept", st.Size, st.Blocks*512)
 	}
-	if err := fillSlot(filepath.Join(dir, "missing"), dst); err == nil {
-		t.Error("fillSlot of a missing file succeeded")
+	if err := copyDisk(in, size, filepath.Join(dir, "missing"), false); err == nil {
+		t.Error("copyDisk into a missing slot succeeded")
+	}
+	// A new disk: created sparse, the same data; never over a file.
+	made := filepath.Join(dir, "made")
+	if err := copyDisk(in, size, made, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Stat(made, &st); err != nil || st.Size != size || st.Blocks*512 > 1<<20 {
+		t.Errorf("new disk: %d bytes, %d allocated (%v)", st.Size, st.Blocks*512, err)
+	}
+	if b := make([]byte, 6); func() bool { g, _ := os.Open(made); defer g.Close(); g.ReadAt(b, 1<<20); return string(b) != "middle" }() {
+		t.Errorf("new disk at 1 MiB: %q", b)
+	}
+	if err := copyDisk(in, size, made, true); err == nil {
+		t.Error("copyDisk over an existing disk succeeded")
 	}
 }
 

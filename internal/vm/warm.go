@@ -29,9 +29,9 @@ func (m *Manager) claim(ctx context.Context, r *record, man *image.Manifest, ini
 		Net:    r.spec.Net != "off" && r.spec.Net != "",
 		Cold:   req.Cold,
 	}
-	if ws := req.Workspace; ws != nil && ws.Disk != "" {
+	if ws := req.Workspace; ws != nil && ws.Disk != nil {
 		w.WorkDiskBytes = -1 // unreadable: fits no slot
-		if st, err := os.Stat(ws.Disk); err == nil {
+		if st, err := ws.Disk.Stat(); err == nil {
 			w.WorkDiskBytes = st.Size()
 		}
 	}

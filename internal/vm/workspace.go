@@ -11,13 +11,15 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/banger-sh/banger/api"
 	"github.com/banger-sh/banger/internal/agent"
 	"github.com/banger-sh/banger/internal/disk"
 	"github.com/banger-sh/banger/internal/errdefs"
-	"github.com/banger-sh/banger/internal/system"
 	"github.com/banger-sh/banger/internal/vmm"
 	"github.com/banger-sh/banger/internal/workspace"
 )
@@ -41,11 +43,12 @@ func workspacePath(p string) (string, error) {
 	return p, nil
 }
 
-// adoptWorkDisk moves (or copies, across filesystems) a client-built work
-// disk into the VM's directory.
+// adoptWorkDisk copies a client-built work disk (the descriptor it
+// uploaded: only its data extents, copy_file_range) into the VM's
+// directory.
 //
-// intoSlot copies the disk into the work-disk slot a spare clone holds
-// open (same size, checked by spareFits) instead of renaming it there.
+// intoSlot copies it into the work-disk slot a spare clone holds open
+// (same size, checked by spareFits).
 //
 // The shadow repository (the base's objects, for exports built with host
 // git) is made in the background (startShadow): only an export that finds
@@ -55,26 +58,27 @@ func (m *Manager) adoptWorkDisk(ctx context.Context, id string, ws *api.Workspac
 	if err != nil {
 		return nil, err
 	}
-	st, err := os.Lstat(ws.Disk)
+	if ws.Disk == nil {
+		return nil, errdefs.InvalidArgument("workspace: no work disk")
+	}
+	st, err := ws.Disk.Stat()
 	if err != nil || !st.Mode().IsRegular() {
-		return nil, errdefs.InvalidArgument(fmt.Sprintf("work disk %q: not a regular file", ws.Disk))
+		return nil, errdefs.InvalidArgument("work disk: not a regular file")
 	}
 	dest := m.layout.VMWorkDisk(id)
 	t0 := time.Now()
-	if intoSlot {
-		if err := fillSlot(ws.Disk, dest); err != nil {
-			return nil, fmt.Errorf("take over work disk: %w", err)
+	if err := copyDisk(ws.Disk, st.Size(), dest, !intoSlot); err != nil {
+		if !intoSlot {
+			os.Remove(dest)
 		}
-		os.Remove(ws.Disk)
-	} else if err := os.Rename(ws.Disk, dest); err != nil {
-		if _, err := system.Run(ctx, "cp", "--sparse=always", "--reflink=auto", ws.Disk, dest); err != nil {
-			return nil, fmt.Errorf("take over work disk: %w", err)
+		if errors.Is(err, syscall.ENOSPC) {
+			return nil, fmt.Errorf("take over work disk: %s is full: %w", filepath.Dir(dest), err)
 		}
-		os.Remove(ws.Disk)
+		return nil, fmt.Errorf("take over work disk: %w", err)
 	}
 	info := &api.WorkspaceInfo{Path: p, Repo: ws.Repo, Base: ws.Base, Disk: true}
 	m.log.Debug("work disk adopted", "id", id, "into_slot", intoSlot, "took", time.Since(t0))
-	if ws.PackFile != "" {
+	if ws.PackFile != nil {
 		if err := m.startShadow(id, ws.PackFile, ws.ObjectFormat, ws.Base.Commit); err != nil {
 			return nil, err
 		}
@@ -100,10 +104,16 @@ func (m *Manager) shadowPending(id string) string {
 	return filepath.Join(m.layout.VMDir(id), "shadow.pending")
 }
 
-// startShadow starts the shadow job of VM id, which takes the pack file.
-func (m *Manager) startShadow(id, pack, format, base string) error {
+// startShadow starts the shadow job of VM id, which reads the uploaded
+// pack through a descriptor of its own (the request closes its one).
+func (m *Manager) startShadow(id string, packFile *os.File, format, base string) error {
+	fd, err := unix.Dup(int(packFile.Fd()))
+	if err != nil {
+		return err
+	}
+	pack := os.NewFile(uintptr(fd), "pack")
 	if err := os.WriteFile(m.shadowPending(id), nil, 0o644); err != nil {
-		os.Remove(pack)
+		pack.Close()
 		return err
 	}
 	ctx, cancel := context.WithCancel(m.bgCtx)
@@ -117,12 +127,16 @@ func (m *Manager) startShadow(id, pack, format, base string) error {
 		defer cancel()
 		t0 := time.Now()
 		err := workspace.ShadowInit(ctx, m.shadowDir(id), pack, format, base)
-		os.Remove(pack)
+		pack.Close()
 		if err != nil {
 			// A pack that does not index is the client's fault; the
 			// exports of this VM use git in the guest.
 			os.RemoveAll(m.shadowDir(id))
-			m.log.Warn("shadow repository not made: exports use git in the guest", "id", id, "err", err)
+			if ctx.Err() != nil {
+				m.log.Debug("shadow repository: stopped (the VM goes)", "id", id)
+			} else {
+				m.log.Warn("shadow repository not made: exports use git in the guest", "id", id, "err", err)
+			}
 		} else {
 			os.Remove(m.shadowPending(id))
 			m.log.Debug("shadow repository", "id", id, "took", time.Since(t0))
@@ -229,7 +243,10 @@ func (m *Manager) PrepareDisk(ctx context.Context, name string, ws *api.Workspac
 	if err != nil {
 		return api.VM{}, fmt.Errorf("vm %s: work-disk slot: %w", r.row.Name, err)
 	}
-	if dst, err := os.Stat(ws.Disk); err != nil || dst.Size() != sst.Size() {
+	if ws.Disk == nil {
+		return api.VM{}, errdefs.InvalidArgument("workspace: no work disk")
+	}
+	if dst, err := ws.Disk.Stat(); err != nil || dst.Size() != sst.Size() {
 		return api.VM{}, errdefs.InvalidArgument(fmt.Sprintf("work disk: want a disk of the slot's %d bytes", sst.Size()))
 	}
 	c, err := m.agent(ctx, r)
@@ -508,26 +525,28 @@ func (c *capWriter) Write(p []byte) (int, error) {
 	return k, nil
 }
 
-// fillSlot copies a work disk image into a spare's slot file, whose inode
-// the spare's VMM holds open: only src's data extents are written (the
-// slot is sparse and all zeros), with copy_file_range.
-func fillSlot(src, dst string) error {
-	in, err := os.Open(src)
+// copyDisk copies the first size bytes of a work disk image into dst: a
+// new sparse file (create), or a spare's slot file, whose inode the
+// spare's VMM holds open (sparse and all zeros, of the same size). Only
+// in's data extents are written, with copy_file_range (a reflink where
+// the filesystem can).
+func copyDisk(in *os.File, size int64, dst string, create bool) error {
+	flags := os.O_WRONLY
+	if create {
+		flags |= os.O_CREATE | os.O_EXCL
+	}
+	out, err := os.OpenFile(dst, flags, 0o644)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
-	if err != nil {
-		return err
+	if create {
+		err = out.Truncate(size)
 	}
-	defer out.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
+	if err == nil {
+		err = disk.CopyData(in, out, size)
 	}
-	if err := disk.CopyData(in, out, st.Size()); err != nil {
-		return fmt.Errorf("copy work disk: %w", err)
+	if cerr := out.Close(); err == nil {
+		err = cerr
 	}
-	return nil
+	return err
 }

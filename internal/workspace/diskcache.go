@@ -225,6 +225,7 @@ func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, size int64,
 	if !ok {
 		os.Remove(p.disk)
 		os.Remove(p.pack)
+		os.Remove(p.c.dir)
 		return
 	}
 	go func() {
@@ -239,6 +240,7 @@ func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, size int64,
 		if err != nil {
 			os.Remove(p.disk)
 			os.Remove(p.pack)
+			os.Remove(p.c.dir) // if nothing else is in it
 		}
 		cacheRecorded(err)
 	}()

@@ -80,9 +80,9 @@ type HostExportOptions struct {
 }
 
 // ShadowInit makes the bare repository gitDir (which must not exist) and
-// indexes pack (the shipped .git's pack) into it, then checks that base is
-// a commit in it.
-func ShadowInit(ctx context.Context, gitDir, pack, format, base string) error {
+// indexes pack (the shipped .git's pack, read from its start) into it, then
+// checks that base is a commit in it.
+func ShadowInit(ctx context.Context, gitDir string, pack *os.File, format, base string) error {
 	if format == "" {
 		format = "sha1"
 	}
@@ -97,13 +97,11 @@ func ShadowInit(ctx context.Context, gitDir, pack, format, base string) error {
 	if _, err := gi.run(ctx, "init", "-q", "--bare", "--object-format="+format, gitDir); err != nil {
 		return fmt.Errorf("workspace objects: %w", err)
 	}
-	f, err := os.Open(pack)
-	if err != nil {
-		return err
+	if _, err := pack.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("workspace objects: %w", err)
 	}
-	defer f.Close()
 	g := hostGit(gitDir, "", nil)
-	g.stdin, g.nice = f, 19
+	g.stdin, g.nice = pack, 19
 	if _, err := g.run(ctx, "index-pack", "--stdin"); err != nil {
 		return fmt.Errorf("workspace objects: %w", err)
 	}

@@ -62,7 +62,12 @@ func shippedShadow(t *testing.T) (string, *DiskInfo, string, HostExportOptions) 
 	guest := filepath.Join(t.TempDir(), "guest")
 	copyTree(t, info.Staging, guest)
 	o := HostExportOptions{GitDir: filepath.Join(td, "shadow.git"), Base: info.Base.Commit, ObjectFormat: info.ObjectFormat, TmpDir: td}
-	if err := ShadowInit(tctx(t), o.GitDir, pack, info.ObjectFormat, info.Base.Commit); err != nil {
+	pf, err := os.Open(pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pf.Close()
+	if err := ShadowInit(tctx(t), o.GitDir, pf, info.ObjectFormat, info.Base.Commit); err != nil {
 		t.Fatal(err)
 	}
 	return r, info, guest, o

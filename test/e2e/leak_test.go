@@ -56,7 +56,7 @@ type world struct {
 // cacheSkips are the subtrees of the home that are caches (their entries
 // live on by design) or the daemon's own files.
 var cacheSkips = []string{
-	"cache/images", "cache/build", "cache/initrd", "cache/templates",
+	"cache/images", "cache/build", "cache/initrd", "cache/templates", "cache/workdisks",
 	"run/tpl", // a warm-start template being built in the background (teardown checks it is gone)
 	"state/ssh", "state/bangerd.log", "state/bangerd.out", "state/state.db",
 	"run/bangerd.sock", "run/bangerd.lock", "run/bangerd.pid", "owner.pid", "config", "bin",
