@@ -365,17 +365,28 @@ func (m *Manager) ExportPatch(ctx context.Context, name string, w io.Writer) err
 
 // exportGuest is the guest side of a host export: the agent, bound to the
 // workspace directory.
+// It counts the time spent in the guest, for the export's log line.
 type exportGuest struct {
-	c   *agent.Client
-	dir string
+	c            *agent.Client
+	dir          string
+	scan, fetch  time.Duration
+	records, got int
 }
 
-func (g exportGuest) Scan(ctx context.Context, limit int) ([]agent.ScanRecord, string, error) {
-	return g.c.ScanWorkspace(ctx, g.dir, limit)
+func (g *exportGuest) Scan(ctx context.Context, limit int) ([]agent.ScanRecord, string, error) {
+	t0 := time.Now()
+	recs, giveUp, err := g.c.ScanWorkspace(ctx, g.dir, limit)
+	g.scan += time.Since(t0)
+	g.records += len(recs)
+	return recs, giveUp, err
 }
 
-func (g exportGuest) Fetch(ctx context.Context, paths []string, w io.Writer, limit int64) error {
-	return g.c.FetchFiles(ctx, g.dir, paths, w, limit)
+func (g *exportGuest) Fetch(ctx context.Context, paths []string, w io.Writer, limit int64) error {
+	t0 := time.Now()
+	err := g.c.FetchFiles(ctx, g.dir, paths, w, limit)
+	g.fetch += time.Since(t0)
+	g.got += len(paths)
+	return err
 }
 
 // exportTo exports the workspace and returns the patch's sha256.
@@ -400,12 +411,14 @@ func (m *Manager) exportTo(ctx context.Context, r *record, w io.Writer) (string,
 	out := &capWriter{w: io.MultiWriter(w, h), n: workspace.DefaultPatchLimit}
 	if ws := r.spec.Workspace; ws.HostExport {
 		t0 := time.Now()
-		err := workspace.HostExport(ctx, exportGuest{c, ws.Path}, workspace.HostExportOptions{
+		g := &exportGuest{c: c, dir: ws.Path}
+		err := workspace.HostExport(ctx, g, workspace.HostExportOptions{
 			GitDir: m.shadowDir(r.row.ID), Base: ws.Base.Commit, ObjectFormat: ws.ObjectFormat, TmpDir: m.layout.VMDir(r.row.ID),
 			Ready: func(ctx context.Context) error { return m.waitShadow(ctx, r.row.ID) },
 		}, out)
 		if err == nil {
-			m.log.Debug("host export", "vm", r.row.Name, "took", time.Since(t0))
+			m.log.Debug("host export", "vm", r.row.Name, "took", time.Since(t0),
+				"scan", g.scan, "records", g.records, "fetch", g.fetch, "fetched", g.got)
 			return hex.EncodeToString(h.Sum(nil)), nil
 		}
 		if out.over {
