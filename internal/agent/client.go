@@ -17,11 +17,16 @@ import (
 
 // yamuxConfig is shared by both sides. Keep-alives are off: the transport
 // reports a dead peer itself (socket EOF), and a ping timing out on a busy
-// emulated guest must not kill a healthy session.
+// emulated guest must not kill a healthy session. An 8 MiB stream window
+// (was 1 MiB) keeps the guest writing while the host's window updates are
+// on their way back: a host export of 1,000 changed files of Go's tree
+// (18.5 MB fetched) is ~8% faster at 1 vCPU (interleaved A/B, medians of 5:
+// 1.08x/1.02x of native git diff -> 0.96x/0.93x). A receiver buffers at most
+// that much of a stream it does not read.
 func yamuxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.EnableKeepAlive = false
-	c.MaxStreamWindowSize = 1 << 20
+	c.MaxStreamWindowSize = 8 << 20
 	c.ConnectionWriteTimeout = 30 * time.Second
 	c.LogOutput = io.Discard
 	return c
