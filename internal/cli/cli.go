@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/banger-sh/banger/internal/errdefs"
 	hints "github.com/banger-sh/banger/internal/hint"
 	"github.com/banger-sh/banger/internal/paths"
+	"github.com/banger-sh/banger/internal/workspace"
 )
 
 // Exit codes for banger's own outcomes.
@@ -57,7 +59,11 @@ type env struct {
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return Run(ctx, args, os.Stdin, os.Stdout, os.Stderr)
+	code := Run(ctx, args, os.Stdin, os.Stdout, os.Stderr)
+	// A ship's disk may still be on its way into the work-disk cache:
+	// let it finish, or remove it (never leave it behind).
+	workspace.Drain(5 * time.Second)
+	return code
 }
 
 // Run is Main with the context and streams passed in (tests).

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -189,8 +190,12 @@ func (c *diskCache) lookup(key string) (*cacheEntry, *os.File, *os.File) {
 	return &e, disk, pack
 }
 
-// cacheRecorded is told how each recording ended (tests).
-var cacheRecorded = func(error) {}
+// cacheRecorded is told how each recording ended, beforeRecord is called
+// just before one (tests).
+var (
+	cacheRecorded = func(error) {}
+	beforeRecord  = func() {}
+)
 
 // pending is a disk being built into the cache directory, recorded once
 // the build's staging is gone (its hard links changed the files' ctime)
@@ -201,6 +206,53 @@ type pending struct {
 	listed      time.Time
 	stagingGone chan struct{}
 	once        sync.Once
+
+	mu        sync.Mutex // held by record and abandon
+	abandoned bool
+}
+
+// background is the work a ship leaves running after it returns (removing
+// the build's staging, recording the disk in the cache): a process must
+// Drain it before it exits, or a disk being recorded stays behind as a
+// new-* file until a later ship's sweep.
+var background struct {
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	pending map[*pending]bool
+}
+
+// Drain waits up to d for the background work of earlier ships, then
+// removes the disks still waiting to be recorded (the next ship of their
+// tree builds again). It reports whether everything finished.
+func Drain(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { background.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+	}
+	background.mu.Lock()
+	ps := make([]*pending, 0, len(background.pending))
+	for p := range background.pending {
+		ps = append(ps, p)
+	}
+	background.mu.Unlock()
+	for _, p := range ps {
+		p.abandon()
+	}
+	return false
+}
+
+// abandon removes a disk that will not be recorded (record, if it runs
+// after this, finds it abandoned).
+func (p *pending) abandon() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.abandoned = true
+	os.Remove(p.disk)
+	os.Remove(p.pack)
+	os.Remove(p.c.dir) // if nothing else is in it
 }
 
 func (c *diskCache) begin(listed time.Time) (*pending, error) {
@@ -228,7 +280,20 @@ func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, size int64,
 		os.Remove(p.c.dir)
 		return
 	}
+	background.mu.Lock()
+	if background.pending == nil {
+		background.pending = map[*pending]bool{}
+	}
+	background.pending[p] = true
+	background.mu.Unlock()
+	background.wg.Add(1)
 	go func() {
+		defer func() {
+			background.mu.Lock()
+			delete(background.pending, p)
+			background.mu.Unlock()
+			background.wg.Done()
+		}()
 		select {
 		case <-p.stagingGone:
 		case <-time.After(time.Minute):
@@ -236,6 +301,7 @@ func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, size int64,
 			os.Remove(p.pack)
 			return
 		}
+		beforeRecord()
 		err := p.record(context.WithoutCancel(ctx), set, size, info, hasPack)
 		if err != nil {
 			os.Remove(p.disk)
@@ -249,6 +315,11 @@ func (p *pending) finish(ctx context.Context, ok bool, set *FileSet, size int64,
 // record stores the built disk under its key if no shipped file changed
 // since the listing and none is racy.
 func (p *pending) record(ctx context.Context, set *FileSet, size int64, info *DiskInfo, hasPack bool) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.abandoned {
+		return errors.New("abandoned: the process is exiting")
+	}
 	stats := make([]fileStat, len(set.Files))
 	limit := p.listed.Add(-racyWindow).UnixNano()
 	for i, f := range set.Files {

@@ -218,3 +218,85 @@ func TestDiskCache(t *testing.T) {
 		t.Fatalf("cache entries left: %v", names)
 	}
 }
+
+// TestDrain: a process that exits while its disk is still being recorded
+// (Drain times out) leaves nothing in the cache directory, and the late
+// recording finds the disk abandoned; one that waits long enough leaves
+// the entry.
+func TestDrain(t *testing.T) {
+	ctx := tctx(t)
+	r := newRepo(t)
+	write(t, r, "a.txt", "alpha\n", 0o644)
+	git(t, r, "add", "-A")
+	git(t, r, "commit", "-q", "-m", "one")
+	old := time.Now().Add(-time.Minute)
+	if err := os.Chtimes(filepath.Join(r, "a.txt"), old, old); err != nil {
+		t.Fatal(err)
+	}
+	recorded := make(chan error, 8)
+	release := make(chan struct{})
+	cacheRecorded = func(err error) { recorded <- err }
+	beforeRecord = func() { <-release }
+	t.Cleanup(func() { cacheRecorded, beforeRecord = func(error) {}, func() {} })
+	ship := func(cache string) {
+		t.Helper()
+		set, err := List(ctx, r, ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ShipSet(ctx, set, ShipOptions{TmpDir: t.TempDir(), CacheDir: cache},
+			func(*os.File) (string, error) { return "tok", nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := func(cache string) []string {
+		var out []string
+		filepath.WalkDir(cache, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				out = append(out, filepath.Base(p))
+			}
+			return nil
+		})
+		return out
+	}
+
+	cache := t.TempDir()
+	ship(cache)
+	if got := files(cache); len(got) == 0 {
+		t.Fatal("no disk being recorded: the test cannot tell")
+	}
+	if Drain(100 * time.Millisecond) {
+		t.Fatal("Drain: everything finished while the recording was blocked")
+	}
+	if got := files(cache); len(got) != 0 {
+		t.Fatalf("after a Drain that timed out the cache holds %v", got)
+	}
+	close(release)
+	if err := <-recorded; err == nil || !strings.Contains(err.Error(), "abandoned") {
+		t.Fatalf("late recording: %v, want abandoned", err)
+	}
+	if got := files(cache); len(got) != 0 {
+		t.Fatalf("after the late recording the cache holds %v", got)
+	}
+
+	cache = t.TempDir()
+	ship(cache)
+	if !Drain(30 * time.Second) {
+		t.Fatal("Drain timed out")
+	}
+	if err := <-recorded; err != nil {
+		t.Fatal(err)
+	}
+	var json int
+	for _, f := range files(cache) {
+		if strings.HasPrefix(f, "new-") {
+			t.Fatalf("after Drain a disk is still unrecorded: %s", f)
+		}
+		if strings.HasSuffix(f, ".json") {
+			json++
+		}
+	}
+	if json != 1 {
+		t.Fatalf("after Drain the cache holds %v, want one entry", files(cache))
+	}
+}

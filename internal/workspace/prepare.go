@@ -84,7 +84,9 @@ func (s *staging) close() {
 		cleaned()
 		return
 	}
+	background.wg.Add(1)
 	go func() {
+		defer background.wg.Done()
 		os.RemoveAll(trash)
 		sweep(filepath.Dir(trash))
 		cleaned()
