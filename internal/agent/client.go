@@ -17,16 +17,21 @@ import (
 
 // yamuxConfig is shared by both sides. Keep-alives are off: the transport
 // reports a dead peer itself (socket EOF), and a ping timing out on a busy
-// emulated guest must not kill a healthy session. An 8 MiB stream window
-// (was 1 MiB) keeps the guest writing while the host's window updates are
-// on their way back: a host export of 1,000 changed files of Go's tree
-// (18.5 MB fetched) is ~8% faster at 1 vCPU (interleaved A/B, medians of 5:
-// 1.08x/1.02x of native git diff -> 0.96x/0.93x). A receiver buffers at most
-// that much of a stream it does not read.
+// emulated guest must not kill a healthy session. The stream window is
+// what a receiver buffers at most of a stream it does not read, and what
+// a sender may have in flight: 1 MiB made a host export of 1,000 changed
+// files of Go's tree (18.5 MB fetched) wait on window updates (1.08x/1.02x
+// of native git diff at 1 vCPU; 8 MiB: 0.96x/0.93x, interleaved A/B,
+// medians of 5), but 8 MiB let the host's buffer of one stream grow to
+// 22-36 MiB of heap while the daemon checked a 24 MiB patch
+// (TestDeleteChecksBigPatchInBoundedMemory, its bound 32 MiB: 5-8 MiB at
+// 1 MiB, 7-10.5 MiB at 2 MiB, 10-21 MiB at 4 MiB). 2 MiB keeps a margin;
+// an A/B of the export at 2 MiB against 8 MiB was lost in the noise of a
+// slow day (0.86-1.38x of native at 1 vCPU for either).
 func yamuxConfig() *yamux.Config {
 	c := yamux.DefaultConfig()
 	c.EnableKeepAlive = false
-	c.MaxStreamWindowSize = 8 << 20
+	c.MaxStreamWindowSize = 2 << 20
 	c.ConnectionWriteTimeout = 30 * time.Second
 	c.LogOutput = io.Discard
 	return c
