@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -114,17 +115,25 @@ func parseManifest(b []byte) (map[string]*manifestEntry, error) {
 	return m, nil
 }
 
-// WarmTree reads every directory and inode under dir (readdir and lstat,
-// with workers goroutines; no file contents but .git's index and pack
+// WarmTree reads every directory and inode under dir (getdents, and an
+// fstatat relative to the directory's descriptor for each non-directory:
+// no path walks, no sorting; no file contents but .git's index and pack
 // indexes), so that the first git status, and the export's walk, find them
 // in the guest's caches: on a freshly mounted work disk, git's "refresh
 // index" pass costs 30x more the first time (each inode-table block a
 // separate disk read under emulation; measured 0.29 s vs 0.011 s on 306
 // files), while the index's stat data already matches (core.checkStat=minimal:
-// size and mtime second, which mkfs.ext4 -d keeps). Parallel lstats keep
-// several reads in flight. The agent runs it in the background after
+// size and mtime second, which mkfs.ext4 -d keeps). It returns how many
+// entries it reached. Symbolic links are not followed; directories it
+// cannot open are skipped. The agent runs it in the background after
 // mounting a work disk.
-func WarmTree(dir string, workers int) {
+//
+// It replaced os.ReadDir (which sorts) plus DirEntry.Info (an lstat of the
+// whole path) per entry: on the Go tree in a 1-vCPU guest, cold, 0.94-1.03 s
+// against 1.21-1.58 s (hot 0.26-0.28 s against 0.42-0.50 s), and one worker
+// was faster there than eight; on the host, hot, 51 ms against 67 ms
+// (BenchmarkWarmTree). The agent runs a worker per CPU.
+func WarmTree(dir string, workers int) int {
 	for _, p := range []string{".git/index", ".git/objects/pack"} {
 		fp := filepath.Join(dir, p)
 		if fi, err := os.Stat(fp); err == nil && fi.IsDir() {
@@ -139,33 +148,67 @@ func WarmTree(dir string, workers int) {
 			readAll(fp)
 		}
 	}
-	dirs := make(chan string, 1<<16)
+	const dirFlags = unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	root, err := unix.Open(dir, dirFlags, 0)
+	if err != nil {
+		return 0
+	}
+	// The queue holds open directories: bounded, so that a huge tree
+	// cannot exhaust the agent's descriptors (a directory that finds it
+	// full is walked by the worker that found it, depth first).
+	type openDir struct {
+		fd   int
+		path string // for os.File's own lstat where getdents gives no type
+	}
+	dirs := make(chan openDir, 512)
 	var pending sync.WaitGroup
+	var reached atomic.Int64
+	var walk func(d openDir)
+	walk = func(d openDir) {
+		fd := d.fd
+		f := os.NewFile(uintptr(fd), d.path)
+		defer f.Close()
+		var st unix.Stat_t
+		for {
+			ents, err := f.ReadDir(256)
+			for _, e := range ents {
+				reached.Add(1)
+				if !e.IsDir() {
+					unix.Fstatat(fd, e.Name(), &st, unix.AT_SYMLINK_NOFOLLOW) // the inode
+					continue
+				}
+				sub, err := unix.Openat(fd, e.Name(), dirFlags, 0)
+				if err != nil {
+					continue
+				}
+				sd := openDir{sub, filepath.Join(d.path, e.Name())}
+				pending.Add(1)
+				select {
+				case dirs <- sd:
+				default:
+					pending.Done()
+					walk(sd)
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
 	pending.Add(1)
-	dirs <- dir
+	dirs <- openDir{root, dir}
 	for range max(workers, 1) {
 		go func() {
 			idleThread()
 			for d := range dirs {
-				ents, _ := os.ReadDir(d)
-				for _, e := range ents {
-					if e.IsDir() {
-						pending.Add(1)
-						select {
-						case dirs <- filepath.Join(d, e.Name()):
-						default:
-							pending.Done() // queue full: a huge tree is warm enough
-						}
-						continue
-					}
-					e.Info() // lstat: the inode
-				}
+				walk(d)
 				pending.Done()
 			}
 		}()
 	}
 	pending.Wait()
 	close(dirs)
+	return int(reached.Load())
 }
 
 // warmWorkspace warms a freshly mounted work disk (WarmTree) and git's own
@@ -182,7 +225,7 @@ func warmWorkspace(dir string) {
 			break
 		}
 	}
-	WarmTree(dir, 8)
+	WarmTree(dir, runtime.NumCPU())
 }
 
 // idleThread puts the calling goroutine on a thread of its own at
