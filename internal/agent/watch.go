@@ -5,6 +5,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -24,6 +26,14 @@ import (
 // one marked (the agent holds the marked mount open, so that its mount id
 // cannot be given to another: a different id at the path means it was
 // detached and something mounted there), and a kernel without fanotify.
+//
+// One kind of event is let through: a change of an entry directly in the
+// workspace's .git (but of its info directory and the manifest), such as
+// the index a git status rewrites (index.lock, renamed to index). The walk
+// reads nothing else there (the rules of .git/info, the manifest), so it
+// would find what it found before. Telling those apart needs the kernel
+// to name the directory and entry of each event (FAN_REPORT_DFID_NAME,
+// Linux 5.9); without it every event counts.
 
 // changeMask is every event that changes what a scan reports.
 const changeMask = unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_CLOSE_WRITE |
@@ -33,9 +43,13 @@ const changeMask = unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_CLOSE_WRITE |
 type tracked struct {
 	mu    sync.Mutex
 	fd    int // the fanotify group
-	root  int // O_PATH of the marked mount: pins it and its mount id
+	root  int // the marked mount's root, open: pins it and its mount id (and is open_by_handle_at's mount fd, which O_PATH is not)
 	mntID uint64
 	dirty bool
+	// gitDir is the file handle of the workspace's .git when the mount
+	// was marked ("" when it had none, or events name no directory):
+	// events on its own entries (see ignorable) do not count.
+	gitDir string
 }
 
 var (
@@ -47,7 +61,7 @@ var (
 // fanotify (or file handles) nothing is tracked and scans walk.
 func trackChanges(path string) error {
 	path = filepath.Clean(path)
-	root, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	root, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
@@ -56,7 +70,13 @@ func trackChanges(path string) error {
 		unix.Close(root)
 		return err
 	}
-	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_REPORT_FID|unix.FAN_NONBLOCK|unix.FAN_CLOEXEC, unix.O_RDONLY)
+	const base = unix.FAN_CLASS_NOTIF | unix.FAN_REPORT_FID | unix.FAN_NONBLOCK | unix.FAN_CLOEXEC
+	named := true
+	fd, err := unix.FanotifyInit(base|unix.FAN_REPORT_DIR_FID|unix.FAN_REPORT_NAME, unix.O_RDONLY)
+	if err != nil {
+		named = false
+		fd, err = unix.FanotifyInit(base, unix.O_RDONLY)
+	}
 	if err != nil {
 		unix.Close(root)
 		return err
@@ -70,7 +90,13 @@ func trackChanges(path string) error {
 	if old := tracks[path]; old != nil {
 		old.close()
 	}
-	tracks[path] = &tracked{fd: fd, root: root, mntID: id}
+	tr := &tracked{fd: fd, root: root, mntID: id}
+	if named {
+		if h, _, err := unix.NameToHandleAt(root, ".git", 0); err == nil {
+			tr.gitDir = handleKey(h.Type(), h.Bytes())
+		}
+	}
+	tracks[path] = tr
 	trackMu.Unlock()
 	return nil
 }
@@ -94,15 +120,120 @@ func unchangedSinceMount(dir string) bool {
 		t.close()
 		return false
 	}
-	buf := make([]byte, 4096)
-	n, err := unix.Read(t.fd, buf)
-	if n > 0 || !errors.Is(err, unix.EAGAIN) {
-		// An event (or an error reading them): changed, or unknown.
-		t.dirty = true
-		t.close()
-		return false
+	buf := make([]byte, 8192)
+	for {
+		n, err := unix.Read(t.fd, buf)
+		if n <= 0 && errors.Is(err, unix.EAGAIN) {
+			return true // events read before were all ignorable
+		}
+		if n <= 0 || !t.allIgnorable(buf[:n]) {
+			// An event that counts (or an error reading them): changed,
+			// or unknown.
+			t.dirty = true
+			t.close()
+			return false
+		}
+	}
+}
+
+// allIgnorable reports whether every event in b (whole events, as one
+// read returns them) is ignorable.
+func (t *tracked) allIgnorable(b []byte) bool {
+	for len(b) > 0 {
+		if len(b) < unix.FAN_EVENT_METADATA_LEN {
+			return false
+		}
+		n := int(binary.NativeEndian.Uint32(b))
+		meta := int(binary.NativeEndian.Uint16(b[6:]))
+		if n < meta || meta < unix.FAN_EVENT_METADATA_LEN || n > len(b) || !t.ignorable(binary.NativeEndian.Uint64(b[8:]), b[meta:n]) {
+			return false
+		}
+		b = b[n:]
 	}
 	return true
+}
+
+// ignorable reports whether an event (its mask and info records) changed
+// an entry directly in the workspace's .git other than info and the
+// manifest, nothing the walk reads; or an inode removed (the old index a
+// rename replaced) or moved: that change is also an event naming the
+// directory it left. An inode with another link (which could be in the
+// work tree) counts; so does making a link into .git (a link-count change
+// of a live inode, an event that names no directory), whatever happens to
+// it before the events are read (TestTrackChangesGitDir).
+func (t *tracked) ignorable(mask uint64, info []byte) bool {
+	if t.gitDir == "" || mask&unix.FAN_Q_OVERFLOW != 0 {
+		return false
+	}
+	named := false
+	var objects []unix.FileHandle
+	for len(info) > 0 {
+		// struct fanotify_event_info_fid: type, pad, len; fsid (8 bytes);
+		// struct file_handle: handle_bytes, handle_type, f_handle; then,
+		// for DFID_NAME, the entry's name, NUL-terminated.
+		if len(info) < 4 {
+			return false
+		}
+		typ, l := info[0], int(binary.NativeEndian.Uint16(info[2:]))
+		if l < 20 || l > len(info) {
+			return false
+		}
+		rec := info[4:l]
+		info = info[l:]
+		hb := int(binary.NativeEndian.Uint32(rec[8:]))
+		if hb > len(rec)-16 {
+			return false
+		}
+		htype, handle := int32(binary.NativeEndian.Uint32(rec[12:])), rec[16:16+hb]
+		switch typ {
+		case unix.FAN_EVENT_INFO_TYPE_DFID_NAME:
+			name, _, _ := strings.Cut(string(rec[16+hb:]), "\x00")
+			if handleKey(htype, handle) != t.gitDir || name == "" || name == "." || name == "info" || name == ManifestFile {
+				return false
+			}
+			named = true
+		case unix.FAN_EVENT_INFO_TYPE_FID:
+			objects = append(objects, unix.NewFileHandle(htype, handle))
+		default:
+			return false
+		}
+	}
+	if !named && mask&^(unix.FAN_MOVE_SELF|unix.FAN_DELETE_SELF|unix.FAN_ONDIR) == 0 {
+		// An inode moved or removed: the same change is an event that
+		// names the directory it left.
+		return len(objects) > 0
+	}
+	for _, h := range objects {
+		if !t.unlinked(h, named) {
+			return false
+		}
+	}
+	return named || len(objects) > 0
+}
+
+// unlinked reports whether the inode of a handle is gone, or has no link
+// (or, when the event named a directory in .git, at most that one).
+func (t *tracked) unlinked(h unix.FileHandle, named bool) bool {
+	fd, err := unix.OpenByHandleAt(t.root, h, unix.O_PATH|unix.O_CLOEXEC)
+	if errors.Is(err, unix.ESTALE) || errors.Is(err, unix.ENOENT) {
+		return true
+	}
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return false
+	}
+	if named {
+		return st.Nlink <= 1
+	}
+	return st.Nlink == 0
+}
+
+func handleKey(typ int32, b []byte) string {
+	return strconv.Itoa(int(typ)) + ":" + string(b)
 }
 
 func (t *tracked) close() {

@@ -28,6 +28,11 @@ func trackedMount(t *testing.T) string {
 	os.Mkdir(filepath.Join(dir, "empty"), 0o755)
 	os.WriteFile(filepath.Join(dir, "a/b/f"), []byte("hello"), 0o644)
 	os.WriteFile(filepath.Join(dir, "g"), []byte("world"), 0o644)
+	os.MkdirAll(filepath.Join(dir, ".git/info"), 0o755)
+	os.MkdirAll(filepath.Join(dir, ".git/refs/heads"), 0o755)
+	os.WriteFile(filepath.Join(dir, ".git", ManifestFile), []byte("100644 5 0 g\x00"), 0o644)
+	os.WriteFile(filepath.Join(dir, ".git/index"), []byte("DIRC"), 0o644)
+	os.WriteFile(filepath.Join(dir, ".git/info/exclude"), nil, 0o644)
 	if err := trackChanges(dir); err != nil {
 		t.Skipf("no fanotify here: %v", err)
 	}
@@ -110,6 +115,70 @@ func TestTrackChanges(t *testing.T) {
 			}
 			if unchangedSinceMount(d) {
 				t.Fatalf("%s: unchanged on the second look", name)
+			}
+		})
+	}
+}
+
+// TestTrackChangesGitDir: what git status writes directly in .git (its
+// index, through index.lock) leaves the mount unchanged, as the walk
+// would find it; a change of the manifest, of .git/info, of .git itself or
+// deeper in .git, or beside it in the work tree, still counts, also after
+// ignored events.
+func TestTrackChangesGitDir(t *testing.T) {
+	gitStatus := func(d string) error { // what git does to update its index
+		lock := filepath.Join(d, ".git/index.lock")
+		if err := os.WriteFile(lock, []byte("DIRC2"), 0o644); err != nil {
+			return err
+		}
+		return os.Rename(lock, filepath.Join(d, ".git/index"))
+	}
+	d := trackedMount(t)
+	if trackMu.Lock(); tracks[d].gitDir == "" {
+		trackMu.Unlock()
+		t.Skip("this kernel's fanotify does not name events' directories (FAN_REPORT_DFID_NAME) on tmpfs: every event counts")
+	}
+	trackMu.Unlock()
+	for range 2 {
+		if err := gitStatus(d); err != nil {
+			t.Fatal(err)
+		}
+		if !unchangedSinceMount(d) {
+			t.Fatal("rewriting .git/index made the mount changed")
+		}
+	}
+	changes := map[string]func(d string) error{
+		"manifest":        func(d string) error { return appendTo(filepath.Join(d, ".git", ManifestFile)) },
+		"info/exclude":    func(d string) error { return appendTo(filepath.Join(d, ".git/info/exclude")) },
+		"info/attributes": func(d string) error { return os.WriteFile(filepath.Join(d, ".git/info/attributes"), nil, 0o644) },
+		"rename info":     func(d string) error { return os.Rename(filepath.Join(d, ".git/info"), filepath.Join(d, ".git/info2")) },
+		"deeper in .git":  func(d string) error { return os.WriteFile(filepath.Join(d, ".git/refs/heads/x"), nil, 0o644) },
+		"chmod .git":      func(d string) error { return os.Chmod(filepath.Join(d, ".git"), 0o700) },
+		"rename .git":     func(d string) error { return os.Rename(filepath.Join(d, ".git"), filepath.Join(d, "git")) },
+		"a tree file written through a link in .git": func(d string) error {
+			if err := os.Link(filepath.Join(d, "g"), filepath.Join(d, ".git/g")); err != nil {
+				return err
+			}
+			return appendTo(filepath.Join(d, ".git/g"))
+		},
+		"index into the tree": func(d string) error {
+			return os.Rename(filepath.Join(d, ".git/index"), filepath.Join(d, "index"))
+		},
+		"the tree, after the index": func(d string) error {
+			if err := gitStatus(d); err != nil {
+				return err
+			}
+			return appendTo(filepath.Join(d, "g"))
+		},
+	}
+	for name, change := range changes {
+		t.Run(name, func(t *testing.T) {
+			d := trackedMount(t)
+			if err := change(d); err != nil {
+				t.Fatal(err)
+			}
+			if unchangedSinceMount(d) {
+				t.Fatalf("%s: reported unchanged", name)
 			}
 		})
 	}
