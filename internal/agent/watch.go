@@ -41,9 +41,11 @@ const changeMask = unix.FAN_MODIFY | unix.FAN_ATTRIB | unix.FAN_CLOSE_WRITE |
 	unix.FAN_DELETE_SELF | unix.FAN_MOVE_SELF | unix.FAN_ONDIR
 
 type tracked struct {
-	mu    sync.Mutex
-	fd    int // the fanotify group
-	root  int // the marked mount's root, open: pins it and its mount id (and is open_by_handle_at's mount fd, which O_PATH is not)
+	mu sync.Mutex
+	fd int // the fanotify group
+	// root is the marked mount's root, open: it pins the mount and its
+	// mount id, and is open_by_handle_at's mount fd (an O_PATH one is not).
+	root  int
 	mntID uint64
 	dirty bool
 	// gitDir is the file handle of the workspace's .git when the mount
